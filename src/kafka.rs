@@ -1,0 +1,197 @@
+//! Kafka client configuration shared by every subcommand, header conversion and topic
+//! administration. The only other places that touch rdkafka are the worker's source (consumer)
+//! and sink (producer).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+
+/// Connection settings every subcommand takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated HOST:PORT.
+    #[arg(long, env = "VIGIL_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Any librdkafka property, as kcat takes it (`-X security.protocol=SSL`); may repeat.
+    /// Applied last, so it overrides vigil's defaults.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub property: Vec<(String, String)>,
+}
+
+/// Parses `key=value` for `-X`, naming the problem when it is malformed.
+pub fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE (e.g. -X security.protocol=SSL)"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("`{s}` has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Properties vigil sets for its delivery guarantees; overriding them with `-X` is refused.
+const GUARDED: &[&str] = &["enable.auto.offset.store", "enable.idempotence"];
+
+impl KafkaArgs {
+    /// Base client configuration, with `-X` overrides applied on top of `defaults`.
+    pub fn config(&self, defaults: &[(&str, &str)]) -> Result<ClientConfig, String> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c.set("client.id", "vigil");
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.property {
+            if GUARDED.contains(&k.as_str()) {
+                return Err(format!(
+                    "-X {k}={v}: `{k}` is set by vigil to keep its delivery guarantees and cannot be overridden"
+                ));
+            }
+            c.set(k, v);
+        }
+        Ok(c)
+    }
+
+    /// An idempotent producer: retries never duplicate or reorder a partition's records.
+    pub fn producer(&self, max_message_bytes: usize) -> Result<FutureProducer, String> {
+        let max = max_message_bytes.to_string();
+        self.config(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("message.max.bytes", &max),
+            ("message.timeout.ms", "120000"),
+        ])?
+        .create()
+        .map_err(|e| format!("cannot create producer: {e}"))
+    }
+}
+
+/// Copies Kafka headers into owned (name, bytes) pairs, in order.
+pub fn headers_to_vec<H: Headers>(h: Option<&H>) -> Vec<(String, Vec<u8>)> {
+    let Some(h) = h else { return Vec::new() };
+    h.iter()
+        .map(|hd| {
+            (
+                hd.key.to_string(),
+                hd.value.map(<[u8]>::to_vec).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Builds Kafka headers from (name, bytes) pairs.
+pub fn headers_from<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OwnedHeaders {
+    pairs.into_iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header {
+            key: k,
+            value: Some(v),
+        })
+    })
+}
+
+/// Creates topics that do not exist yet; existing ones are left alone (idempotent).
+pub async fn create_topics(
+    kafka: &KafkaArgs,
+    names: &[String],
+    partitions: i32,
+    replication: i32,
+    compacted: &[String],
+) -> Result<Vec<(String, bool)>, String> {
+    let admin: AdminClient<DefaultClientContext> = kafka
+        .config(&[])?
+        .create()
+        .map_err(|e| format!("cannot create admin client: {e}"))?;
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| {
+            let t = NewTopic::new(n, partitions, TopicReplication::Fixed(replication));
+            if compacted.contains(n) {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&topics, &opts)
+        .await
+        .map_err(|e| format!("create topics: {e}"))?;
+    let mut out = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => out.push((name, true)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((name, false)),
+            Err((name, code)) => return Err(format!("create topic {name}: {code}")),
+        }
+    }
+    Ok(out)
+}
+
+/// Returns the partition count of each named topic, or an error naming the first missing one.
+pub fn partition_counts(
+    client: &rdkafka::client::Client<impl rdkafka::client::ClientContext>,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<Vec<usize>, String> {
+    let md = client
+        .fetch_metadata(None, timeout)
+        .map_err(|e| format!("cannot reach the brokers: {e}"))?;
+    topics
+        .iter()
+        .map(|t| {
+            md.topics()
+                .iter()
+                .find(|m| m.name() == *t && m.error().is_none() && !m.partitions().is_empty())
+                .map(|m| m.partitions().len())
+                .ok_or_else(|| {
+                    format!(
+                        "topic `{t}` does not exist on the brokers; create it (`vigil topics create`) \
+                         or point the matching --*-topic option at an existing one"
+                    )
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn property_parsing_names_the_problem() {
+        assert_eq!(
+            parse_property("a.b=c=d").unwrap(),
+            ("a.b".to_string(), "c=d".to_string())
+        );
+        assert!(parse_property("novalue").unwrap_err().contains("novalue"));
+        assert!(parse_property("=x").unwrap_err().contains("empty key"));
+    }
+
+    #[test]
+    fn guarded_properties_are_refused() {
+        let k = KafkaArgs {
+            brokers: "x:1".into(),
+            property: vec![("enable.auto.offset.store".into(), "true".into())],
+        };
+        let err = k.config(&[]).unwrap_err();
+        assert!(err.contains("enable.auto.offset.store"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_over_defaults() {
+        let k = KafkaArgs {
+            brokers: "x:1".into(),
+            property: vec![("linger.ms".into(), "50".into())],
+        };
+        let c = k.config(&[("linger.ms", "5")]).unwrap();
+        assert_eq!(c.get("linger.ms"), Some("50"));
+    }
+}

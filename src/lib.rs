@@ -1,0 +1,32 @@
+//! vigil: camera frames in from Kafka, compliance observations out.
+//!
+//! The stages, in the order a frame meets them:
+//!
+//! - [`gateway`] publishes JPEG frames for simulated or real cameras to the frames topic
+//!   (key = camera id; headers per [`frame`]'s contract).
+//! - [`worker`] is a consumer-group member: it reads frames, checks them ([`frame`], [`jpeg`]:
+//!   headers, size, JPEG structure and pixel budget before any decode), decodes and preprocesses
+//!   them off the async runtime ([`decode`]), batches them across cameras ([`batcher`]), runs
+//!   the model ([`model`], loaded through [`runtime`]) and publishes one [`observation`] per frame,
+//!   or a dead letter with a reason. Offsets are stored only once a frame's outcome is delivered
+//!   ([`offsets`]).
+//! - [`metrics`] exposes Prometheus metrics; [`kafka`] holds client configuration and topic admin;
+//!   [`tail`] prints what a topic carries; [`cli`] is the command line.
+//!
+//! Policy cores ([`batcher`], [`offsets`], [`frame`], [`jpeg`]) are pure and synchronous;
+//! Kafka appears only in [`kafka`], the worker's source and sink, the gateway and [`tail`].
+
+pub mod batcher;
+pub mod cli;
+pub mod decode;
+pub mod frame;
+pub mod gateway;
+pub mod jpeg;
+pub mod kafka;
+pub mod metrics;
+pub mod model;
+pub mod observation;
+pub mod offsets;
+pub mod runtime;
+pub mod tail;
+pub mod worker;

@@ -1,0 +1,932 @@
+//! `vigil worker`: a consumer-group member that turns frames into observations.
+//!
+//! ```text
+//!  consumer ──► intake ──► decode (blocking pool, order kept) ──► batcher ──► model (blocking)
+//!               │  validate                  │ decode failed                    │
+//!               ▼                            ▼                                  ▼
+//!            dead letter ────────────────► emitter ◄──────────────────── observation
+//!                                            │ produce, await ack
+//!                                            ▼
+//!                                  offset tracker ──► store offset ──► (auto) commit
+//! ```
+//!
+//! Every frame read gets exactly one outcome (an observation or a dead letter). Its offset
+//! becomes committable only when that outcome, and the outcome of every earlier frame of the
+//! partition, has been acknowledged by the broker. All stages are joined by bounded channels and
+//! an in-flight limit, so a slow stage slows the consumer instead of growing memory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use opencv::prelude::*;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::batcher::{BatchPolicy, Batcher};
+use crate::decode;
+use crate::frame::{self, header, FrameMeta, Limits, Rejection};
+use crate::jpeg::JpegInfo;
+use crate::kafka::{self, KafkaArgs};
+use crate::metrics::{self, Metrics};
+use crate::model::{self, ExecutionConfig, InputSpec, Model};
+use crate::observation::{now_ms, FrameSize, ModelRef, Observation, SourceRef, Timings};
+use crate::offsets::{OffsetTracker, Ticket};
+
+/// Everything `vigil worker` is configured with.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub kafka: KafkaArgs,
+    /// Consumer group; workers sharing it split the frames topic's partitions.
+    pub group: String,
+    pub frames_topic: String,
+    pub observations_topic: String,
+    pub dlq_topic: String,
+    pub limits: Limits,
+    /// Model pack directory; found automatically when `None`.
+    pub model_dir: Option<PathBuf>,
+    /// Manifest name of the whole-frame classifier.
+    pub classifier: String,
+    /// ONNX Runtime library; found automatically when `None`.
+    pub ort_lib: Option<PathBuf>,
+    pub exec: ExecutionConfig,
+    pub batch: BatchPolicy,
+    /// Frames decoded concurrently.
+    pub decode_threads: usize,
+    /// Frames read but not yet delivered, at most.
+    pub max_in_flight: usize,
+    /// Address of the `/metrics` endpoint, if any.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Longest wait for in-flight frames at shutdown or revoke.
+    pub drain_timeout: Duration,
+    /// Name written into observations and dead letters.
+    pub worker_id: String,
+    /// Interval of the progress log line.
+    pub progress_interval: Duration,
+}
+
+/// A default worker id: host name and process id.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "vigil".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Frames in flight, shared by the intake (registers), the emitter (completes) and the
+/// rebalance callback (waits for a revoked partition to drain).
+struct InFlight {
+    tracker: Mutex<OffsetTracker>,
+    /// Signalled whenever a frame completes, for `wait_drained`.
+    changed: Condvar,
+    metrics: Arc<Metrics>,
+}
+
+impl InFlight {
+    fn register(&self, partition: i32, offset: i64) -> Ticket {
+        let mut t = self.tracker.lock().expect("tracker lock");
+        let ticket = t.register(partition, offset);
+        self.metrics
+            .frames_in_flight
+            .set(t.total_in_flight() as i64);
+        ticket
+    }
+
+    fn complete(&self, ticket: Ticket) -> Option<i64> {
+        let mut t = self.tracker.lock().expect("tracker lock");
+        let point = t.complete(ticket);
+        self.metrics
+            .frames_in_flight
+            .set(t.total_in_flight() as i64);
+        self.changed.notify_all();
+        point
+    }
+
+    /// Blocks until the partitions have nothing in flight or `timeout` passes; true if drained.
+    fn wait_drained(&self, partitions: &[i32], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut t = self.tracker.lock().expect("tracker lock");
+        loop {
+            if partitions.iter().all(|p| t.in_flight(*p) == 0) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            t = self
+                .changed
+                .wait_timeout(t, deadline - now)
+                .expect("tracker lock")
+                .0;
+        }
+    }
+
+    fn revoke(&self, partitions: &[i32]) {
+        let mut t = self.tracker.lock().expect("tracker lock");
+        t.revoke(partitions);
+        self.metrics
+            .frames_in_flight
+            .set(t.total_in_flight() as i64);
+    }
+}
+
+/// Consumer callbacks: drain before giving partitions away, lag from statistics.
+struct WorkerContext {
+    inflight: Arc<InFlight>,
+    metrics: Arc<Metrics>,
+    topic: String,
+    drain_timeout: Duration,
+}
+
+impl ClientContext for WorkerContext {
+    fn stats(&self, stats: Statistics) {
+        if let Some(t) = stats.topics.get(&self.topic) {
+            for p in t.partitions.values() {
+                if p.partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[&self.topic, &p.partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect()
+}
+
+/// Commits stored offsets; "nothing stored" is not an error.
+fn commit_stored<C: ConsumerContext, K: Consumer<C>>(consumer: &K, metrics: &Metrics) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => metrics.offsets_committed.inc(),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "offset commit failed; frames since the last commit will be processed again")
+        }
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = partitions_of(tpl, &self.topic);
+            let drained = self.inflight.wait_drained(&parts, self.drain_timeout);
+            commit_stored(consumer, &self.metrics);
+            self.inflight.revoke(&parts);
+            for p in &parts {
+                let _ = self
+                    .metrics
+                    .consumer_lag
+                    .remove_label_values(&[&self.topic, &p.to_string()]);
+            }
+            tracing::info!(partitions = ?parts, drained, "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts = partitions_of(tpl, &self.topic);
+                tracing::info!(partitions = ?parts, "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+        if let Ok(a) = consumer.assignment() {
+            self.metrics.partitions_assigned.set(a.count() as i64);
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        match result {
+            Ok(()) => self.metrics.offsets_committed.inc(),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+        }
+    }
+}
+
+type WorkerConsumer = StreamConsumer<WorkerContext>;
+
+/// Where a frame came from, and its place in flight.
+struct Origin {
+    ticket: Ticket,
+    /// One of `max_in_flight` slots; released when the outcome is delivered (or dropped).
+    _slot: OwnedSemaphorePermit,
+}
+
+/// A frame that failed a check, with everything needed to dead-letter it unchanged.
+struct DeadLetter {
+    origin: Origin,
+    key: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    payload: Vec<u8>,
+    rejection: Rejection,
+}
+
+/// A decoded, preprocessed frame waiting for the model.
+struct Decoded {
+    origin: Origin,
+    meta: FrameMeta,
+    size: FrameSize,
+    tensor: Vec<f32>,
+    decode_ms: f64,
+    preprocess_ms: f64,
+    /// When it entered the batcher queue.
+    ready_at: Instant,
+}
+
+/// What the emitter publishes for a frame.
+enum Outcome {
+    Observation(Origin, Box<Observation>),
+    DeadLetter(Box<DeadLetter>),
+}
+
+/// Static facts the stages need.
+struct Ctx {
+    cfg: WorkerConfig,
+    metrics: Arc<Metrics>,
+    input: InputSpec,
+    model_ref: ModelRef,
+    labels: Vec<String>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs a worker until `shutdown` resolves, then drains, commits and returns.
+pub async fn run(
+    cfg: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+
+    // Model first: a worker that cannot infer must not join the group.
+    let model = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
+            let (env, lib) = crate::runtime::init(cfg.ort_lib.as_deref())?;
+            let dir = model::locate_pack(cfg.model_dir.as_deref()).ok_or_else(|| {
+                anyhow!("no model pack found: pass --model-dir or set VIGIL_MODEL_DIR to the folder holding the manifests")
+            })?;
+            let manifest = model::find_manifest(&dir, &cfg.classifier)?;
+            let m = Model::load(env, manifest, cfg.exec)?;
+            tracing::info!(model = %m.manifest.name, version = %m.manifest.version, provider = m.provider,
+                requested = %cfg.exec.device, library = %lib.display(), dir = %dir.display(), "model loaded");
+            Ok(m)
+        })
+        .await??
+    };
+    metrics
+        .model_info
+        .with_label_values(&[
+            &model.manifest.name,
+            &model.manifest.version,
+            model.provider,
+            &cfg.exec.device.to_string(),
+        ])
+        .set(1);
+
+    if let Some(addr) = cfg.metrics_addr {
+        let bound = metrics::serve(metrics.clone(), addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        tracing::info!(addr = %bound, "metrics endpoint listening");
+    }
+
+    let producer = cfg
+        .kafka
+        .producer(64 * 1024 * 1024)
+        .map_err(|e| anyhow!(e))?;
+    {
+        let p = producer.clone();
+        let topics = [
+            cfg.frames_topic.clone(),
+            cfg.observations_topic.clone(),
+            cfg.dlq_topic.clone(),
+        ];
+        tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            kafka::partition_counts(p.client(), &names, Duration::from_secs(15))
+        })
+        .await?
+        .map_err(|e| anyhow!(e))?;
+    }
+
+    let inflight = Arc::new(InFlight {
+        tracker: Mutex::new(OffsetTracker::new()),
+        changed: Condvar::new(),
+        metrics: metrics.clone(),
+    });
+    let context = WorkerContext {
+        inflight: inflight.clone(),
+        metrics: metrics.clone(),
+        topic: cfg.frames_topic.clone(),
+        drain_timeout: cfg.drain_timeout,
+    };
+    let consumer: Arc<WorkerConsumer> = Arc::new(
+        cfg.kafka
+            .config(&[
+                ("group.id", &cfg.group),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("fetch.wait.max.ms", "5"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                ("statistics.interval.ms", "5000"),
+            ])
+            .map_err(|e| anyhow!(e))?
+            .create_with_context(context)
+            .context("cannot create consumer")?,
+    );
+    consumer
+        .subscribe(&[&cfg.frames_topic])
+        .context("cannot subscribe to the frames topic")?;
+
+    let ctx = Arc::new(Ctx {
+        input: model.manifest.input.clone(),
+        model_ref: ModelRef {
+            name: model.manifest.name.clone(),
+            version: model.manifest.version.clone(),
+            provider: model.provider.to_string(),
+        },
+        labels: model.manifest.labels.clone(),
+        metrics: metrics.clone(),
+        cfg: cfg.clone(),
+    });
+
+    let (decode_tx, decode_rx) =
+        mpsc::channel::<JoinHandle<Result<Decoded, DeadLetter>>>(cfg.decode_threads.max(1));
+    let (batch_tx, batch_rx) = mpsc::channel::<Decoded>(cfg.batch.max_batch * 4);
+    let (out_tx, out_rx) = mpsc::channel::<Outcome>(cfg.max_in_flight.max(1));
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(4);
+
+    let sequencer = tokio::spawn(sequence(decode_rx, batch_tx, out_tx.clone()));
+    let batcher = tokio::spawn(infer(
+        ctx.clone(),
+        model,
+        batch_rx,
+        out_tx.clone(),
+        fatal_tx.clone(),
+    ));
+    let emitter = tokio::spawn(emit(
+        ctx.clone(),
+        producer.clone(),
+        consumer.clone(),
+        inflight.clone(),
+        out_rx,
+        fatal_tx,
+    ));
+    let gauges = tokio::spawn(watch_queues(
+        metrics.clone(),
+        decode_tx.downgrade(),
+        out_tx.downgrade(),
+        cfg.progress_interval,
+    ));
+
+    tracing::info!(group = %cfg.group, topic = %cfg.frames_topic, worker = %cfg.worker_id, "worker started");
+    let slots = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
+    let mut failure: Option<anyhow::Error> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            e = fatal_rx.recv() => { failure = e; break }
+            s = slots.clone().acquire_owned() => s.expect("semaphore is never closed"),
+        };
+        let msg = tokio::select! {
+            _ = &mut shutdown => break,
+            e = fatal_rx.recv() => { failure = e; break }
+            m = consumer.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                continue;
+            }
+        };
+        metrics.frames_received.inc();
+        let origin = Origin {
+            ticket: inflight.register(msg.partition(), msg.offset()),
+            _slot: slot,
+        };
+        let key = msg.key().map(<[u8]>::to_vec);
+        let headers = kafka::headers_to_vec(msg.headers());
+        let payload = msg.payload().unwrap_or_default().to_vec();
+        drop(msg);
+        match frame::validate(key.as_deref(), &headers, &payload, &cfg.limits) {
+            Err(rejection) => {
+                let dl = DeadLetter {
+                    origin,
+                    key,
+                    headers,
+                    payload,
+                    rejection,
+                };
+                if out_tx
+                    .send(Outcome::DeadLetter(Box::new(dl)))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Ok((meta, info)) => {
+                let ctx = ctx.clone();
+                let job = tokio::task::spawn_blocking(move || {
+                    decode_frame(&ctx, origin, meta, info, key, headers, payload)
+                });
+                if decode_tx.send(job).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    // Drain: closing the intake's senders lets each stage finish what it holds and end.
+    tracing::info!("worker stopping, draining in-flight frames");
+    drop(decode_tx);
+    drop(out_tx);
+    let drained = tokio::time::timeout(cfg.drain_timeout, async {
+        let _ = sequencer.await;
+        let _ = batcher.await;
+        emitter.await
+    })
+    .await;
+    gauges.abort();
+    match drained {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => failure = failure.or(Some(e)),
+        Ok(Err(e)) => failure = failure.or(Some(anyhow!("emitter panicked: {e}"))),
+        Err(_) => tracing::warn!(
+            timeout_s = cfg.drain_timeout.as_secs_f64(),
+            "drain timed out; undelivered frames will be processed again after restart"
+        ),
+    }
+    if failure.is_none() {
+        if let Ok(e) = fatal_rx.try_recv() {
+            failure = Some(e);
+        }
+    }
+    {
+        let consumer = consumer.clone();
+        let metrics = metrics.clone();
+        let producer = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            commit_stored(&*consumer, &metrics);
+            let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
+        })
+        .await?;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!(
+                processed = metrics.frames_processed.get(),
+                received = metrics.frames_received.get(),
+                "worker stopped cleanly"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Blocking: decode, preprocess. A frame OpenCV cannot decode becomes a dead letter.
+fn decode_frame(
+    ctx: &Ctx,
+    origin: Origin,
+    meta: FrameMeta,
+    info: JpegInfo,
+    key: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    payload: Vec<u8>,
+) -> Result<Decoded, DeadLetter> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<opencv::core::Mat> = std::cell::RefCell::new(opencv::core::Mat::default());
+    }
+    let t0 = Instant::now();
+    let factor =
+        decode::reduction_factor(info.width, info.height, ctx.input.width, ctx.input.height);
+    let img = match decode::decode(&payload, factor) {
+        Ok(img) => img,
+        Err(rejection) => {
+            return Err(DeadLetter {
+                origin,
+                key,
+                headers,
+                payload,
+                rejection,
+            });
+        }
+    };
+    let decode_time = t0.elapsed();
+    let t1 = Instant::now();
+    let mut tensor = Vec::new();
+    let pre =
+        SCRATCH.with(|s| decode::preprocess(&img, &ctx.input, &mut s.borrow_mut(), &mut tensor));
+    if let Err(e) = pre {
+        let rejection = Rejection::new(frame::Reason::DecodeFailed, format!("preprocess: {e}"));
+        return Err(DeadLetter {
+            origin,
+            key,
+            headers,
+            payload,
+            rejection,
+        });
+    }
+    let preprocess_time = t1.elapsed();
+    ctx.metrics
+        .decode_seconds
+        .observe(decode_time.as_secs_f64());
+    ctx.metrics
+        .preprocess_seconds
+        .observe(preprocess_time.as_secs_f64());
+    Ok(Decoded {
+        origin,
+        meta,
+        size: FrameSize {
+            width: info.width,
+            height: info.height,
+            decoded_width: img.cols() as u32,
+            decoded_height: img.rows() as u32,
+        },
+        tensor,
+        decode_ms: ms(decode_time),
+        preprocess_ms: ms(preprocess_time),
+        ready_at: Instant::now(),
+    })
+}
+
+/// Awaits decode jobs in the order frames were read, so each camera's frames reach the batcher
+/// (and the observations topic) in order although they decode in parallel.
+async fn sequence(
+    mut jobs: mpsc::Receiver<JoinHandle<Result<Decoded, DeadLetter>>>,
+    batch_tx: mpsc::Sender<Decoded>,
+    out_tx: mpsc::Sender<Outcome>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let sent = match job.await {
+            Ok(Ok(d)) => batch_tx.send(d).await.is_ok(),
+            Ok(Err(dl)) => out_tx.send(Outcome::DeadLetter(Box::new(dl))).await.is_ok(),
+            Err(e) => {
+                tracing::error!(error = %e, "decode task panicked");
+                false
+            }
+        };
+        if !sent {
+            return;
+        }
+    }
+}
+
+/// Batches decoded frames and runs the model on a blocking thread, one batch at a time.
+async fn infer(
+    ctx: Arc<Ctx>,
+    model: Model,
+    mut rx: mpsc::Receiver<Decoded>,
+    out_tx: mpsc::Sender<Outcome>,
+    fatal: mpsc::Sender<anyhow::Error>,
+) {
+    let mut batcher: Batcher<Decoded> = Batcher::new(ctx.cfg.batch);
+    let mut model = Some(model);
+    loop {
+        let batch = match batcher.deadline() {
+            Some(deadline) => tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => batcher.push(item, Instant::now()).or_else(|| batcher.poll(Instant::now())),
+                    None => Some(batcher.drain()),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => batcher.poll(Instant::now()),
+            },
+            None => match rx.recv().await {
+                Some(item) => batcher.push(item, Instant::now()),
+                None => Some(batcher.drain()),
+            },
+        };
+        let closed = rx.is_closed() && rx.is_empty() && batcher.is_empty();
+        if let Some(batch) = batch.filter(|b| !b.is_empty()) {
+            match run_batch(&ctx, &mut model, batch, &out_tx).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "inference failed; stopping the worker without committing the batch");
+                    let _ = fatal.send(e).await;
+                    return;
+                }
+            }
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+async fn run_batch(
+    ctx: &Ctx,
+    model: &mut Option<Model>,
+    mut batch: Vec<Decoded>,
+    out_tx: &mpsc::Sender<Outcome>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let tensors: Vec<Vec<f32>> = batch
+        .iter_mut()
+        .map(|d| std::mem::take(&mut d.tensor))
+        .collect();
+    let mut m = model
+        .take()
+        .ok_or_else(|| anyhow!("model lost after an earlier failure"))?;
+    let (m, result, elapsed) = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
+        let t = Instant::now();
+        let r = m.classify(&refs);
+        (m, r, t.elapsed())
+    })
+    .await?;
+    *model = Some(m);
+    let scores = result?;
+    let n = batch.len();
+    ctx.metrics
+        .inference_seconds
+        .with_label_values(&[&ctx.model_ref.name])
+        .observe(elapsed.as_secs_f64());
+    ctx.metrics
+        .batch_size
+        .with_label_values(&[&ctx.model_ref.name])
+        .observe(n as f64);
+    let processed_at_ms = now_ms();
+    for (d, s) in batch.into_iter().zip(scores) {
+        let best = s
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        let obs = Observation {
+            camera: d.meta.camera,
+            site: d.meta.site,
+            zone: d.meta.zone,
+            captured_at_ms: d.meta.captured_at_ms,
+            seq: d.meta.seq,
+            frame: d.size,
+            model: ctx.model_ref.clone(),
+            label: ctx.labels[best].clone(),
+            scores: ctx.labels.iter().cloned().zip(s).collect(),
+            timings: Timings {
+                decode_ms: d.decode_ms,
+                preprocess_ms: d.preprocess_ms,
+                inference_ms: ms(elapsed),
+                batch_size: n,
+                batch_wait_ms: ms(started.saturating_duration_since(d.ready_at)),
+            },
+            source: SourceRef {
+                topic: ctx.cfg.frames_topic.clone(),
+                partition: d.origin.ticket.partition,
+                offset: d.origin.ticket.offset,
+            },
+            worker: ctx.cfg.worker_id.clone(),
+            processed_at_ms,
+        };
+        if out_tx
+            .send(Outcome::Observation(d.origin, Box::new(obs)))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Result of one produce: the frame it settles, and how it went.
+struct Delivery {
+    origin: Origin,
+    result: Result<(), KafkaError>,
+    took: Duration,
+    /// Some(captured_at) for observations (end-to-end latency), None for dead letters.
+    captured_at_ms: Option<i64>,
+    reason: Option<frame::Reason>,
+}
+
+/// Produces outcomes, and stores offsets as their deliveries are acknowledged.
+async fn emit(
+    ctx: Arc<Ctx>,
+    producer: FutureProducer,
+    consumer: Arc<WorkerConsumer>,
+    inflight: Arc<InFlight>,
+    mut rx: mpsc::Receiver<Outcome>,
+    fatal: mpsc::Sender<anyhow::Error>,
+) -> anyhow::Result<()> {
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some(d) = pending.next(), if !pending.is_empty() => {
+                let d: Delivery = d;
+                match d.result {
+                    Ok(()) => {
+                        ctx.metrics.produce_seconds.observe(d.took.as_secs_f64());
+                        match (d.captured_at_ms, d.reason) {
+                            (Some(at), _) => {
+                                ctx.metrics.frames_processed.inc();
+                                let e2e = (now_ms() - at).max(0) as f64 / 1e3;
+                                ctx.metrics.end_to_end_seconds.observe(e2e);
+                            }
+                            (None, Some(reason)) => ctx.metrics.frames_dead_lettered.with_label_values(&[reason.as_str()]).inc(),
+                            (None, None) => {}
+                        }
+                        if let Some(next) = inflight.complete(d.origin.ticket) {
+                            let mut tpl = TopicPartitionList::new();
+                            tpl.add_partition_offset(&ctx.cfg.frames_topic, d.origin.ticket.partition, Offset::Offset(next))
+                                .expect("valid offset");
+                            if let Err(e) = consumer.store_offsets(&tpl) {
+                                // The partition was revoked meanwhile; its new owner starts from the last commit.
+                                tracing::debug!(error = %e, partition = d.origin.ticket.partition, "offset not stored");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        ctx.metrics.producer_errors.inc();
+                        let err = anyhow!(
+                            "delivery failed for the frame at partition {} offset {}: {e}; stopping so that it is not committed",
+                            d.origin.ticket.partition, d.origin.ticket.offset
+                        );
+                        tracing::error!(error = %err, "producer failed");
+                        let _ = fatal.send(anyhow!("{err}")).await;
+                        return Err(err);
+                    }
+                }
+            }
+            o = rx.recv(), if open => match o {
+                Some(o) => pending.push(produce(&ctx, &producer, o)),
+                None => open = false,
+            },
+            else => return Ok(()),
+        }
+    }
+}
+
+/// Starts producing one outcome; the future resolves when the broker acknowledged it.
+fn produce(
+    ctx: &Ctx,
+    producer: &FutureProducer,
+    outcome: Outcome,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Delivery> + Send>> {
+    let producer = producer.clone();
+    match outcome {
+        Outcome::Observation(origin, obs) => {
+            let topic = ctx.cfg.observations_topic.clone();
+            let payload = serde_json::to_vec(&obs).expect("observation serialises");
+            Box::pin(async move {
+                let t = Instant::now();
+                let headers = kafka::headers_from([
+                    (header::CAMERA, obs.camera.as_bytes()),
+                    (header::SITE, obs.site.as_bytes()),
+                    ("content-type", b"application/json".as_slice()),
+                ]);
+                let rec = FutureRecord::to(&topic)
+                    .key(obs.camera.as_bytes())
+                    .payload(&payload)
+                    .headers(headers);
+                let result = producer
+                    .send(rec, Timeout::Never)
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e);
+                Delivery {
+                    origin,
+                    result,
+                    took: t.elapsed(),
+                    captured_at_ms: Some(obs.captured_at_ms),
+                    reason: None,
+                }
+            })
+        }
+        Outcome::DeadLetter(dl) => {
+            let topic = ctx.cfg.dlq_topic.clone();
+            let source_topic = ctx.cfg.frames_topic.clone();
+            let worker = ctx.cfg.worker_id.clone();
+            tracing::debug!(reason = %dl.rejection.reason, detail = %dl.rejection.detail,
+                partition = dl.origin.ticket.partition, offset = dl.origin.ticket.offset, "frame dead-lettered");
+            Box::pin(async move {
+                let t = Instant::now();
+                let DeadLetter {
+                    origin,
+                    key,
+                    headers,
+                    payload,
+                    rejection,
+                } = *dl;
+                let partition = origin.ticket.partition.to_string();
+                let offset = origin.ticket.offset.to_string();
+                let mut all: Vec<(&str, &[u8])> = headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        !k.starts_with("reason") && !k.starts_with("source_") && k != header::WORKER
+                    })
+                    .map(|(k, v)| (k.as_str(), v.as_slice()))
+                    .collect();
+                all.extend([
+                    (header::REASON, rejection.reason.as_str().as_bytes()),
+                    (header::REASON_DETAIL, rejection.detail.as_bytes()),
+                    (header::SOURCE_TOPIC, source_topic.as_bytes()),
+                    (header::SOURCE_PARTITION, partition.as_bytes()),
+                    (header::SOURCE_OFFSET, offset.as_bytes()),
+                    (header::WORKER, worker.as_bytes()),
+                ]);
+                let mut rec = FutureRecord::to(&topic)
+                    .payload(&payload)
+                    .headers(kafka::headers_from(all));
+                if let Some(k) = key.as_deref() {
+                    rec = rec.key(k);
+                }
+                let result = producer
+                    .send(rec, Timeout::Never)
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e);
+                Delivery {
+                    origin,
+                    result,
+                    took: t.elapsed(),
+                    captured_at_ms: None,
+                    reason: Some(rejection.reason),
+                }
+            })
+        }
+    }
+}
+
+/// Updates queue-depth gauges every second and logs a progress line at `interval`. Holds only
+/// weak senders so that it never keeps a stage alive.
+async fn watch_queues(
+    metrics: Arc<Metrics>,
+    decode: mpsc::WeakSender<JoinHandle<Result<Decoded, DeadLetter>>>,
+    output: mpsc::WeakSender<Outcome>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_log = Instant::now();
+    let mut last_processed = 0;
+    loop {
+        tick.tick().await;
+        if let Some(s) = decode.upgrade() {
+            metrics
+                .queue_depth
+                .with_label_values(&["decode"])
+                .set((s.max_capacity() - s.capacity()) as i64);
+        }
+        if let Some(s) = output.upgrade() {
+            metrics
+                .queue_depth
+                .with_label_values(&["output"])
+                .set((s.max_capacity() - s.capacity()) as i64);
+        }
+        if last_log.elapsed() >= interval {
+            let processed = metrics.frames_processed.get();
+            let rate = (processed - last_processed) as f64 / last_log.elapsed().as_secs_f64();
+            let dead: u64 = frame::Reason::ALL
+                .iter()
+                .map(|r| {
+                    metrics
+                        .frames_dead_lettered
+                        .with_label_values(&[r.as_str()])
+                        .get()
+                })
+                .sum();
+            tracing::info!(
+                received = metrics.frames_received.get(),
+                processed,
+                dead_lettered = dead,
+                in_flight = metrics.frames_in_flight.get(),
+                rate_per_s = format!("{rate:.1}"),
+                "worker progress"
+            );
+            last_log = Instant::now();
+            last_processed = processed;
+        }
+    }
+}
