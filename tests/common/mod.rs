@@ -1,0 +1,361 @@
+//! Shared helpers for the tests that run against a real Kafka-protocol broker.
+//!
+//! The broker is started by `scripts/test.sh` (nisshi on a free loopback port) and named in
+//! `VIGIL_TEST_BROKERS`. Every test creates its own topics and consumer groups, so tests run in
+//! parallel without seeing each other's records.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+pub type Result<T = ()> = anyhow::Result<T>;
+
+pub fn brokers() -> String {
+    std::env::var("VIGIL_TEST_BROKERS").expect(
+        "VIGIL_TEST_BROKERS is not set: run the tests with scripts/test.sh, which starts a broker, \
+         or point VIGIL_TEST_BROKERS at one whose topics may be created",
+    )
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn face(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("tests/data/faces").join(name)).expect("test photo exists")
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000;
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The three topics a worker needs, created fresh for one test.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub frames: String,
+    pub observations: String,
+    pub dlq: String,
+}
+
+pub async fn create_topics(partitions: i32) -> Result<Topics> {
+    let base = unique("t");
+    let t = Topics {
+        frames: format!("{base}.frames"),
+        observations: format!("{base}.observations"),
+        dlq: format!("{base}.dlq"),
+    };
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()?;
+    let topics: Vec<NewTopic> = [&t.frames, &t.observations, &t.dlq]
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        r.map_err(|(n, e)| anyhow!("create {n}: {e}"))?;
+    }
+    Ok(t)
+}
+
+/// One record to produce.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub payload: Vec<u8>,
+}
+
+/// A frame following the contract.
+pub fn frame(camera: &str, site: &str, seq: u64, jpeg: Vec<u8>) -> Rec {
+    Rec {
+        key: Some(camera.as_bytes().to_vec()),
+        headers: vec![
+            ("site".into(), site.as_bytes().to_vec()),
+            ("camera".into(), camera.as_bytes().to_vec()),
+            (
+                "captured_at".into(),
+                (1_700_000_000_000u64 + seq * 500).to_string().into_bytes(),
+            ),
+            ("seq".into(), seq.to_string().into_bytes()),
+        ],
+        payload: jpeg,
+    }
+}
+
+pub fn producer() -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", "10000000")
+        .create()?)
+}
+
+/// Produces records in order and returns the (partition, offset) of each.
+pub async fn produce(topic: &str, recs: &[Rec]) -> Result<Vec<(i32, i64)>> {
+    let p = producer()?;
+    let mut out = Vec::new();
+    for r in recs {
+        let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v),
+            })
+        });
+        let mut rec = FutureRecord::to(topic).payload(&r.payload).headers(headers);
+        if let Some(k) = &r.key {
+            rec = rec.key(k);
+        }
+        let d = p
+            .send(rec, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map_err(|(e, _)| anyhow!("produce: {e}"))?;
+        out.push((d.partition, d.offset));
+    }
+    Ok(out)
+}
+
+/// A record read back.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub payload: Vec<u8>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    pub fn observation(&self) -> Result<vigil::observation::Observation> {
+        Ok(serde_json::from_slice(&self.payload)?)
+    }
+}
+
+/// Reads a topic from the beginning until `n` records arrived, then `settle` longer to catch any
+/// extra (duplicate) record; fails if `n` do not arrive within `timeout`.
+pub async fn collect(
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Result<Vec<Got>> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    c.subscribe(&[topic])?;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut settle_until: Option<Instant> = None;
+    loop {
+        let until = settle_until.unwrap_or(deadline);
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        match tokio::time::timeout(until - now, c.recv()).await {
+            Err(_) => break,
+            Ok(m) => {
+                let m = m?;
+                got.push(Got {
+                    key: m.key().map(<[u8]>::to_vec),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                });
+                if got.len() >= n && settle_until.is_none() {
+                    settle_until = Some(Instant::now() + settle);
+                }
+            }
+        }
+    }
+    if got.len() < n {
+        bail!(
+            "{topic}: expected {n} records within {timeout:?}, got {}",
+            got.len()
+        );
+    }
+    Ok(got)
+}
+
+/// Source (partition, offset) of each observation, checking that none repeats.
+pub fn sources_once(obs: &[Got]) -> Result<HashSet<(i32, i64)>> {
+    let mut seen = HashSet::new();
+    for g in obs {
+        let o = g.observation()?;
+        if !seen.insert((o.source.partition, o.source.offset)) {
+            bail!(
+                "frame {}:{} observed twice",
+                o.source.partition,
+                o.source.offset
+            );
+        }
+    }
+    Ok(seen)
+}
+
+/// A `vigil worker` child process, logging JSON to a file; killed if still running when dropped.
+pub struct Worker {
+    pub child: Child,
+    pub log: PathBuf,
+    pub id: String,
+}
+
+pub fn log_dir() -> PathBuf {
+    let d = repo().join("target").join("test-logs");
+    std::fs::create_dir_all(&d).expect("log dir");
+    d
+}
+
+impl Worker {
+    pub fn start(topics: &Topics, group: &str, extra: &[&str]) -> Result<Worker> {
+        let id = unique("worker");
+        let log = log_dir().join(format!("{id}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["--log-format", "json", "worker", "--brokers", &brokers()])
+            .args(["--frames-topic", &topics.frames])
+            .args(["--observations-topic", &topics.observations])
+            .args(["--dlq-topic", &topics.dlq])
+            .args(["--group", group, "--worker-id", &id])
+            .args(["--metrics-addr", "127.0.0.1:0", "--intra-threads", "1"])
+            .args(["--decode-threads", "2", "--drain-timeout-secs", "20"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .context("spawn vigil worker")?;
+        Ok(Worker { child, log, id })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Log lines as JSON objects.
+    pub fn log_events(&self) -> Vec<serde_json::Value> {
+        BufReader::new(std::fs::File::open(&self.log).expect("log"))
+            .lines()
+            .map_while(|l| l.ok())
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    }
+
+    /// Partitions in the most recent "partitions assigned" line, if any.
+    pub fn assigned(&self) -> Option<Vec<i32>> {
+        self.log_events()
+            .iter()
+            .rev()
+            .find(|e| e["message"] == "partitions assigned" || e["message"] == "partitions revoked")
+            .and_then(|e| {
+                if e["message"] == "partitions revoked" {
+                    return Some(Vec::new());
+                }
+                let s = e["partitions"]
+                    .as_str()?
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .to_string();
+                Some(s.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+            })
+    }
+
+    pub fn signal(&self, sig: &str) -> Result {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()?;
+        if !st.success() {
+            bail!("kill -{sig} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "worker {} still running after {timeout:?}; log:\n{}",
+                    self.id,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until `cond` holds, polling.
+pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+pub fn python() -> PathBuf {
+    repo().join(".venv/bin/python")
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,389 @@
+//! The frame path end to end, against a real broker: gateway/outside producers → Kafka →
+//! `vigil worker` processes → observations and dead letters.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use common::*;
+
+const PHOTOS: [&str; 4] = [
+    "grace_hopper.jpg",
+    "sample1.jpg",
+    "sample2.jpg",
+    "sample5.jpg",
+];
+
+fn frames(cameras: usize, per_camera: u64) -> Vec<Rec> {
+    let photos: Vec<Vec<u8>> = PHOTOS.iter().map(|p| face(p)).collect();
+    let mut recs = Vec::new();
+    for seq in 0..per_camera {
+        for c in 0..cameras {
+            let camera = format!("cam-{c:02}");
+            recs.push(frame(
+                &camera,
+                "site-001",
+                seq,
+                photos[(c + seq as usize) % photos.len()].clone(),
+            ));
+        }
+    }
+    recs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_in_observations_out() -> Result {
+    let topics = create_topics(3).await?;
+    let recs = frames(3, 4);
+    let sent = produce(&topics.frames, &recs).await?;
+    let group = unique("g");
+    let worker = Worker::start(&topics, &group, &[])?;
+    let got = collect(
+        &topics.observations,
+        recs.len(),
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+    )
+    .await
+    .with_context(|| worker.log_text())?;
+    let seen = sources_once(&got)?;
+    ensure!(
+        seen == sent.iter().copied().collect::<HashSet<_>>(),
+        "observed frames differ from sent ones"
+    );
+    for g in &got {
+        let o = g.observation()?;
+        let (p, off) = (o.source.partition, o.source.offset);
+        let i = sent
+            .iter()
+            .position(|s| *s == (p, off))
+            .context("unknown source")?;
+        let r = &recs[i];
+        ensure!(
+            g.key.as_deref() == r.key.as_deref(),
+            "observation key is the camera id"
+        );
+        ensure!(
+            Some(o.camera.as_bytes()) == r.key.as_deref(),
+            "camera matches the frame"
+        );
+        ensure!(o.seq == i as u64 / 3, "seq carried over");
+        ensure!(o.model.name == "mask" && o.model.provider == "CPUExecutionProvider");
+        let total: f32 = o.scores.values().sum();
+        ensure!(
+            (total - 1.0).abs() < 1e-3,
+            "softmax scores sum to 1, got {total}"
+        );
+        ensure!(o.scores.len() == 2 && o.scores.contains_key(&o.label));
+        ensure!(
+            o.frame.decoded_width < o.frame.width || o.frame.width < 448,
+            "large frames decode reduced"
+        );
+        ensure!(o.worker == worker.id);
+    }
+    // Per camera, observations come out in frame order.
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for g in &got {
+        let o = g.observation()?;
+        if let Some(prev) = last.insert(o.camera.clone(), o.seq) {
+            ensure!(
+                o.seq > prev,
+                "camera {} out of order: {} after {}",
+                o.camera,
+                o.seq,
+                prev
+            );
+        }
+    }
+    let dlq = collect(
+        &topics.dlq,
+        0,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    )
+    .await?;
+    ensure!(
+        dlq.is_empty(),
+        "good frames never reach the dead-letter topic"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_from_an_outside_producer_are_dead_lettered() -> Result {
+    let topics = create_topics(2).await?;
+    let out = std::process::Command::new(python())
+        .arg(repo().join("tests/tools/outside_producer.py"))
+        .args([&brokers(), &topics.frames, "250000"])
+        .output()
+        .context("run the outside producer (bootstrap installs confluent-kafka into .venv)")?;
+    ensure!(
+        out.status.success(),
+        "outside producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cases: HashMap<(i32, i64), String> = HashMap::new();
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        cases.insert(
+            (
+                v["partition"].as_i64().unwrap() as i32,
+                v["offset"].as_i64().unwrap(),
+            ),
+            v["case"].as_str().unwrap().to_string(),
+        );
+    }
+    ensure!(cases.len() == 10, "the corpus has 10 records");
+    let good = cases.values().filter(|c| *c == "good").count();
+    let bad = cases.len() - good;
+
+    let worker = Worker::start(&topics, &unique("g"), &["--max-frame-bytes", "250000"])?;
+    let dead = collect(
+        &topics.dlq,
+        bad,
+        Duration::from_secs(90),
+        Duration::from_secs(2),
+    )
+    .await
+    .with_context(|| worker.log_text())?;
+    let expected = HashMap::from([
+        ("empty", "empty"),
+        ("truncated", "truncated"),
+        ("png", "not_jpeg"),
+        ("bomb", "pixel_budget"),
+        ("no_camera", "missing_header"),
+        ("oversize", "oversize"),
+        ("bad_captured_at", "bad_header"),
+    ]);
+    ensure!(
+        dead.len() == bad,
+        "each malformed frame is dead-lettered once, got {}",
+        dead.len()
+    );
+    for d in &dead {
+        let case = d.header("case").context("original headers are kept")?;
+        let reason = d.header("reason").context("reason header")?;
+        ensure!(
+            expected.get(case.as_str()) == Some(&reason.as_str()),
+            "case {case}: reason {reason}"
+        );
+        ensure!(
+            !d.header("reason_detail").unwrap_or_default().is_empty(),
+            "a human-readable detail"
+        );
+        let src = (
+            d.header("source_partition")
+                .context("source partition")?
+                .parse::<i32>()?,
+            d.header("source_offset")
+                .context("source offset")?
+                .parse::<i64>()?,
+        );
+        ensure!(
+            cases.get(&src) == Some(&case),
+            "source coordinates point at the original record"
+        );
+        ensure!(d.header("source_topic").as_deref() == Some(topics.frames.as_str()));
+        ensure!(d.header("worker").as_deref() == Some(worker.id.as_str()));
+        if case == "oversize" {
+            ensure!(d.payload.len() > 250_000, "the original bytes are kept");
+        }
+        if case != "no_camera" {
+            ensure!(d.key.is_some(), "the original key is kept");
+        }
+    }
+    let obs = collect(
+        &topics.observations,
+        good,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await?;
+    let seen = sources_once(&obs)?;
+    let good_sources: HashSet<_> = cases
+        .iter()
+        .filter(|(_, c)| *c == "good")
+        .map(|(k, _)| *k)
+        .collect();
+    ensure!(
+        seen == good_sources,
+        "every good frame observed, and only those"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_split_the_partitions_and_observe_each_frame_once() -> Result {
+    let topics = create_topics(4).await?;
+    let group = unique("g");
+    let a = Worker::start(&topics, &group, &[])?;
+    let b = Worker::start(&topics, &group, &[])?;
+    wait_for(
+        "both workers to share all 4 partitions",
+        Duration::from_secs(90),
+        || match (a.assigned(), b.assigned()) {
+            (Some(x), Some(y)) if !x.is_empty() && !y.is_empty() => {
+                let all: HashSet<i32> = x.iter().chain(&y).copied().collect();
+                all.len() == 4 && x.len() + y.len() == 4
+            }
+            _ => false,
+        },
+    )
+    .await
+    .with_context(|| format!("A:\n{}\nB:\n{}", a.log_text(), b.log_text()))?;
+    let recs = frames(8, 4);
+    let sent = produce(&topics.frames, &recs).await?;
+    let got = collect(
+        &topics.observations,
+        recs.len(),
+        Duration::from_secs(120),
+        Duration::from_secs(3),
+    )
+    .await?;
+    let seen = sources_once(&got)?;
+    ensure!(
+        seen == sent.into_iter().collect::<HashSet<_>>(),
+        "every frame observed exactly once"
+    );
+    let by_worker: HashSet<String> = got
+        .iter()
+        .map(|g| g.observation().map(|o| o.worker))
+        .collect::<Result<_>>()?;
+    ensure!(
+        by_worker.len() == 2,
+        "both workers produced observations: {by_worker:?}"
+    );
+    // Each partition was handled by one worker only.
+    let mut owner: HashMap<i32, String> = HashMap::new();
+    for g in &got {
+        let o = g.observation()?;
+        let prev = owner.insert(o.source.partition, o.worker.clone());
+        ensure!(
+            prev.is_none_or(|p| p == o.worker),
+            "partition {} split between workers",
+            o.source.partition
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_commits_and_a_restart_resumes_without_loss_or_repeat() -> Result {
+    let topics = create_topics(2).await?;
+    let group = unique("g");
+    let first = frames(2, 5);
+    let sent1 = produce(&topics.frames, &first).await?;
+    let mut w1 = Worker::start(&topics, &group, &[])?;
+    collect(
+        &topics.observations,
+        first.len(),
+        Duration::from_secs(120),
+        Duration::ZERO,
+    )
+    .await
+    .with_context(|| w1.log_text())?;
+    w1.signal("TERM")?;
+    let status = w1.wait(Duration::from_secs(40))?;
+    ensure!(
+        status.success(),
+        "SIGTERM exits 0, got {status:?}; log:\n{}",
+        w1.log_text()
+    );
+    ensure!(w1.log_text().contains("worker stopped cleanly"));
+
+    let second = frames(2, 5);
+    let sent2 = produce(&topics.frames, &second).await?;
+    let w2 = Worker::start(&topics, &group, &[])?;
+    let total = first.len() + second.len();
+    let got = collect(
+        &topics.observations,
+        total,
+        Duration::from_secs(120),
+        Duration::from_secs(4),
+    )
+    .await
+    .with_context(|| w2.log_text())?;
+    let seen =
+        sources_once(&got).context("a frame committed before SIGTERM was processed again")?;
+    let all: HashSet<_> = sent1.iter().chain(&sent2).copied().collect();
+    ensure!(seen == all, "every frame observed once across the restart");
+    let by_second: HashSet<(i32, i64)> = got
+        .iter()
+        .filter_map(|g| g.observation().ok())
+        .filter(|o| o.worker == w2.id)
+        .map(|o| (o.source.partition, o.source.offset))
+        .collect();
+    ensure!(
+        by_second == sent2.iter().copied().collect::<HashSet<_>>(),
+        "the restarted worker resumed at the committed offsets"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_publishes_the_frame_contract_for_many_cameras() -> Result {
+    let topics = create_topics(3).await?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "gateway",
+            "--brokers",
+            &brokers(),
+            "--frames-topic",
+            &topics.frames,
+        ])
+        .args([
+            "--source",
+            repo().join("tests/data/faces").to_str().unwrap(),
+        ])
+        .args([
+            "--cameras",
+            "5",
+            "--sites",
+            "2",
+            "--zones",
+            "kitchen,dining",
+            "--fps",
+            "20",
+            "--frames",
+            "3",
+            "--width",
+            "640",
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "gateway failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = collect(
+        &topics.frames,
+        15,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await?;
+    ensure!(got.len() == 15, "5 cameras x 3 frames, got {}", got.len());
+    let mut per_camera: HashMap<String, Vec<u64>> = HashMap::new();
+    for g in &got {
+        let (meta, info) = vigil::frame::validate(
+            g.key.as_deref(),
+            &g.headers,
+            &g.payload,
+            &Default::default(),
+        )
+        .map_err(|r| anyhow::anyhow!("gateway frame breaks the contract: {r:?}"))?;
+        ensure!(info.width == 640, "resized to --width");
+        ensure!(meta.zone.is_some());
+        ensure!(meta.site == "site-001" || meta.site == "site-002");
+        per_camera.entry(meta.camera).or_default().push(meta.seq);
+    }
+    ensure!(per_camera.len() == 5);
+    for (cam, seqs) in per_camera {
+        if seqs != vec![0, 1, 2] {
+            bail!("camera {cam}: seqs {seqs:?} (one partition per camera keeps order)");
+        }
+    }
+    Ok(())
+}

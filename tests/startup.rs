@@ -1,0 +1,144 @@
+//! Start-up refusals: a worker that cannot trust its model or configuration stops at once with
+//! a message naming the problem, before it joins a consumer group.
+
+mod common;
+
+use std::process::Command;
+
+use anyhow::ensure;
+use common::*;
+
+fn worker(args: &[&str]) -> Result<(i32, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["worker", "--metrics-addr", ""])
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A copy of the model pack in a temporary folder, for tampering.
+fn pack_copy() -> Result<tempfile::TempDir> {
+    let d = tempfile::tempdir()?;
+    for f in ["mask_classifier.toml", "mask_classifier.onnx"] {
+        std::fs::copy(repo().join("models").join(f), d.path().join(f))?;
+    }
+    Ok(d)
+}
+
+#[test]
+fn a_model_whose_hash_differs_is_refused() -> Result {
+    let d = pack_copy()?;
+    let onnx = d.path().join("mask_classifier.onnx");
+    let mut bytes = std::fs::read(&onnx)?;
+    let n = bytes.len();
+    bytes[n - 10] ^= 0xFF;
+    std::fs::write(&onnx, bytes)?;
+    let (code, err) = worker(&[
+        "--model-dir",
+        d.path().to_str().unwrap(),
+        "--brokers",
+        "127.0.0.1:1",
+    ])?;
+    ensure!(code == 1, "exit code {code}: {err}");
+    ensure!(
+        err.contains("sha256") && err.contains("mask_classifier.onnx"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_missing_model_file_is_refused() -> Result {
+    let d = pack_copy()?;
+    std::fs::remove_file(d.path().join("mask_classifier.onnx"))?;
+    let (code, err) = worker(&[
+        "--model-dir",
+        d.path().to_str().unwrap(),
+        "--brokers",
+        "127.0.0.1:1",
+    ])?;
+    ensure!(code == 1 && err.contains("is missing"), "{code}: {err}");
+    Ok(())
+}
+
+#[test]
+fn a_manifest_that_disagrees_with_the_graph_is_refused() -> Result {
+    let d = pack_copy()?;
+    let m = d.path().join("mask_classifier.toml");
+    let text = std::fs::read_to_string(&m)?.replace("width = 224", "width = 256");
+    std::fs::write(&m, text)?;
+    let (code, err) = worker(&[
+        "--model-dir",
+        d.path().to_str().unwrap(),
+        "--brokers",
+        "127.0.0.1:1",
+    ])?;
+    ensure!(
+        code == 1 && err.contains("shape") && err.contains("image"),
+        "{code}: {err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unknown_classifier_names_what_the_pack_has() -> Result {
+    let (code, err) = worker(&["--classifier", "helmet", "--brokers", "127.0.0.1:1"])?;
+    ensure!(
+        code == 1 && err.contains("helmet") && err.contains("mask"),
+        "{code}: {err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_options_name_the_key() -> Result {
+    let (code, err) = worker(&["-X", "linger.ms"])?;
+    ensure!(code == 2 && err.contains("linger.ms"), "{code}: {err}");
+    let (code, err) = worker(&["-X", "enable.auto.offset.store=true"])?;
+    ensure!(
+        code != 0 && err.contains("enable.auto.offset.store"),
+        "{code}: {err}"
+    );
+    let (code, err) = worker(&["--max-batch", "0"])?;
+    ensure!(code == 2 && err.contains("--max-batch"), "{code}: {err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["worker", "--metrics-addr", "nonsense"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && err.contains("--metrics-addr"),
+        "{err}"
+    );
+    let (code, err) = worker(&["--device", "cuda", "--brokers", "127.0.0.1:1"])?;
+    if !cfg!(feature = "cuda") {
+        ensure!(
+            code == 1 && err.contains("cuda"),
+            "asking for cuda without it is an error: {code}: {err}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_named_at_start_up() -> Result {
+    let topics = create_topics(1).await?;
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["worker", "--metrics-addr", "", "--brokers", &brokers()])
+        .args([
+            "--frames-topic",
+            &topics.frames,
+            "--observations-topic",
+            &topics.observations,
+        ])
+        .args(["--dlq-topic", "no-such-topic-here"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1) && err.contains("no-such-topic-here"),
+        "{err}"
+    );
+    Ok(())
+}
