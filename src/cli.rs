@@ -121,9 +121,16 @@ pub struct WorkerArgs {
     /// Model pack directory (default: `models/` beside the binary or the repository).
     #[arg(long, env = "VIGIL_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
-    /// Manifest name of the whole-frame classifier.
-    #[arg(long, default_value = "mask")]
-    pub classifier: String,
+    /// Rules file (TOML) mapping sites, zones and cameras to rules (default: masks checked
+    /// everywhere except the `dining` zone).
+    #[arg(long, env = "VIGIL_RULES")]
+    pub rules: Option<PathBuf>,
+    /// Write annotated debug images (boxes, labels) for these cameras (comma-separated)…
+    #[arg(long, value_delimiter = ',')]
+    pub debug_camera: Vec<String>,
+    /// …into this folder.
+    #[arg(long, default_value = "vigil-debug")]
+    pub debug_dir: PathBuf,
     /// Path of libonnxruntime.so (default: found in the project's .venv).
     #[arg(long, env = "VIGIL_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
@@ -143,7 +150,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "VIGIL_DECODE_THREADS")]
     pub decode_threads: Option<usize>,
     /// Frames read but not yet delivered, at most.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 128)]
     pub max_in_flight: usize,
     /// Largest accepted frame, in bytes.
     #[arg(long, env = "VIGIL_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
@@ -234,7 +241,11 @@ impl WorkerArgs {
                 max_pixels: self.max_pixels,
             },
             model_dir: self.model_dir,
-            classifier: self.classifier,
+            rules: self.rules,
+            debug: (!self.debug_camera.is_empty()).then(|| crate::inference::DebugImages {
+                dir: self.debug_dir,
+                cameras: self.debug_camera,
+            }),
             ort_lib: self.ort_lib,
             exec: ExecutionConfig {
                 device: self.device,

@@ -17,16 +17,19 @@
 //! Kafka appears only in [`kafka`], the worker's source and sink, the gateway and [`tail`].
 
 pub mod batcher;
+pub mod cascade;
 pub mod cli;
 pub mod decode;
 pub mod frame;
 pub mod gateway;
+pub mod inference;
 pub mod jpeg;
 pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod observation;
 pub mod offsets;
+pub mod rules;
 pub mod runtime;
 pub mod tail;
 pub mod worker;

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub partitions_assigned: IntGauge,
     pub model_info: IntGaugeVec,
+    pub rule_outcomes: IntCounterVec,
     pub producer_errors: IntCounter,
     pub offsets_committed: IntCounter,
     pub gateway_frames_sent: IntCounter,
@@ -175,6 +176,17 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            rule_outcomes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vigil_frames_evaluated_total",
+                        "Frames evaluated per rule, by verdict (compliant, violation, unknown).",
+                    ),
+                    &["rule", "verdict"],
+                )
+                .expect("valid"),
+            ),
             producer_errors: counter(
                 "vigil_producer_errors_total",
                 "Output records the producer failed to deliver.",
@@ -215,7 +227,7 @@ impl Metrics {
         for reason in Reason::ALL {
             m.frames_dead_lettered.with_label_values(&[reason.as_str()]);
         }
-        for stage in ["decode", "batch", "output"] {
+        for stage in ["decode", "output"] {
             m.queue_depth.with_label_values(&[stage]);
         }
         m

@@ -271,6 +271,25 @@ pub struct ExecutionConfig {
     pub intra_threads: usize,
 }
 
+/// One detected object, as the detector contract defines it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Detection {
+    /// Index into the detector's labels.
+    pub class_id: u32,
+    pub score: f32,
+    /// `[x1, y1, x2, y2]`, normalised to the frame (0..1), clamped.
+    pub bbox: [f32; 4],
+}
+
+/// What a model returns for one image.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelOutput {
+    /// Class scores, in label order (classifiers).
+    Scores(Vec<f32>),
+    /// Detections, best first (detectors).
+    Detections(Vec<Detection>),
+}
+
 /// A loaded, verified model with its ONNX Runtime session.
 pub struct Model {
     pub manifest: Manifest,
@@ -327,9 +346,74 @@ impl Model {
         3 * self.manifest.input.width as usize * self.manifest.input.height as usize
     }
 
+    /// Runs the model on a batch of preprocessed images and returns one output per image.
+    pub fn infer(&mut self, items: &[&[f32]]) -> Result<Vec<ModelOutput>, ModelError> {
+        match self.manifest.task {
+            Task::Classify => Ok(self
+                .classify(items)?
+                .into_iter()
+                .map(ModelOutput::Scores)
+                .collect()),
+            Task::Detect => Ok(self
+                .detect(items)?
+                .into_iter()
+                .map(ModelOutput::Detections)
+                .collect()),
+        }
+    }
+
+    /// Runs a detector on a batch and returns each image's detections (contract rows
+    /// `[batch_index, class_id, score, x1, y1, x2, y2]`, coordinates normalised to the frame).
+    pub fn detect(&mut self, items: &[&[f32]]) -> Result<Vec<Vec<Detection>>, ModelError> {
+        let n = items.len();
+        let (shape, data) = self.run(items)?;
+        if shape.len() != 2 || shape[1] != 7 {
+            return Err(ModelError::Contract {
+                model: self.manifest.name.clone(),
+                message: format!("detections have shape {shape:?}, expected [K, 7]"),
+            });
+        }
+        let mut out = vec![Vec::new(); n];
+        for row in data.chunks_exact(7) {
+            let b = row[0];
+            if b < 0.0 || b as usize >= n || !row.iter().all(|v| v.is_finite()) {
+                continue;
+            }
+            let c = |v: f32| v.clamp(0.0, 1.0);
+            let (x1, y1, x2, y2) = (c(row[3]), c(row[4]), c(row[5]), c(row[6]));
+            if x2 <= x1 || y2 <= y1 {
+                continue;
+            }
+            out[b as usize].push(Detection {
+                class_id: row[1].max(0.0) as u32,
+                score: row[2],
+                bbox: [x1, y1, x2, y2],
+            });
+        }
+        for dets in &mut out {
+            dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+        }
+        Ok(out)
+    }
+
     /// Runs a classifier on a batch of preprocessed images (each `item_len()` values) and returns
     /// one score vector per image, in label order.
     pub fn classify(&mut self, items: &[&[f32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let n = items.len();
+        let classes = self.manifest.labels.len();
+        let name = self.manifest.name.clone();
+        let (out_shape, data) = self.run(items)?;
+        if out_shape.len() != 2 || out_shape[0] as usize != n || out_shape[1] as usize != classes {
+            return Err(ModelError::Contract {
+                model: name,
+                message: format!("output shape {out_shape:?}, expected [{n}, {classes}]"),
+            });
+        }
+        Ok(data.chunks(classes).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Runs the graph on a batch; returns the output tensor's shape and values.
+    fn run(&mut self, items: &[&[f32]]) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
         let n = items.len();
         let (w, h) = (
             self.manifest.input.width as usize,
@@ -366,14 +450,7 @@ impl Model {
         let (out_shape, data) = outputs[self.manifest.output.name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(rt)?;
-        let classes = self.manifest.labels.len();
-        if out_shape.len() != 2 || out_shape[0] as usize != n || out_shape[1] as usize != classes {
-            return Err(ModelError::Contract {
-                model: name.clone(),
-                message: format!("output shape {out_shape:?}, expected [{n}, {classes}]"),
-            });
-        }
-        Ok(data.chunks(classes).map(<[f32]>::to_vec).collect())
+        Ok((out_shape.iter().copied().collect(), data.to_vec()))
     }
 }
 
@@ -510,16 +587,24 @@ fn check_contract(session: &Session, m: &Manifest) -> Result<(), ModelError> {
                     .join(", ")
             ))
         })?;
-    if m.task == Task::Classify {
-        if let ValueType::Tensor { shape, .. } = output.dtype() {
-            let last = shape.iter().last().copied().unwrap_or(0);
-            if last != -1 && last as usize != m.labels.len() {
-                return Err(contract(format!(
-                    "output `{}` has {last} classes but the manifest lists {} labels",
-                    m.output.name,
-                    m.labels.len()
-                )));
-            }
+    if let ValueType::Tensor { shape, .. } = output.dtype() {
+        let last = shape.iter().last().copied().unwrap_or(0);
+        let (want, what) = match m.task {
+            Task::Classify => (
+                m.labels.len(),
+                "classes, but the manifest lists that many labels",
+            ),
+            Task::Detect => (
+                7,
+                "columns, but detector rows are [batch, class, score, x1, y1, x2, y2]",
+            ),
+        };
+        if shape.len() != 2 || (last != -1 && last as usize != want) {
+            return Err(contract(format!(
+                "output `{}` has shape {:?}: expected rank 2 with {want} {what}",
+                m.output.name,
+                shape.iter().collect::<Vec<_>>()
+            )));
         }
     }
     Ok(())

@@ -15,18 +15,77 @@ pub struct Observation {
     /// Gateway sequence number of the frame for its camera.
     pub seq: u64,
     pub frame: FrameSize,
-    pub model: ModelRef,
-    /// Highest-scoring label.
-    pub label: String,
-    /// Score per label.
-    pub scores: BTreeMap<String, f32>,
+    /// Outcome of each rule that applies to this camera (empty: observed, never a violation).
+    pub rules: Vec<RuleResult>,
+    /// Detections kept by the rules, with their crop's class scores.
+    pub detections: Vec<DetectionResult>,
+    /// Whole-frame classifier results.
+    pub classifications: Vec<Classification>,
+    /// Every model that ran on this frame.
+    pub models: Vec<ModelRef>,
     pub timings: Timings,
     /// Where the frame was read from: the key to replay or audit it.
     pub source: SourceRef,
     /// Worker that produced this observation.
     pub worker: String,
-    /// When the worker finished inference (epoch ms).
+    /// When the worker finished with the frame (epoch ms).
     pub processed_at_ms: i64,
+}
+
+/// What a rule concluded for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Compliant,
+    Violation,
+    /// No evidence either way (e.g. no face found): counts as neither.
+    Unknown,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Compliant => "compliant",
+            Verdict::Violation => "violation",
+            Verdict::Unknown => "unknown",
+        }
+    }
+}
+
+/// One rule's result on one frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleResult {
+    pub rule: String,
+    pub verdict: Verdict,
+    /// Why the verdict is unknown (`no_detection`), if it is.
+    pub reason: Option<String>,
+    /// Strength of the violation evidence, 0..1: the highest violation-label score among the
+    /// crops (or of the whole frame); `None` when there was no evidence.
+    pub level: Option<f32>,
+    /// Detections the rule classified.
+    pub detections: usize,
+}
+
+/// A detection and what the rule's classifier said about its crop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectionResult {
+    pub rule: String,
+    pub detector: String,
+    pub score: f32,
+    /// `[x1, y1, x2, y2]`, normalised to the frame.
+    pub bbox: [f32; 4],
+    pub classifier: String,
+    /// Top label of the crop.
+    pub label: String,
+    pub scores: BTreeMap<String, f32>,
+}
+
+/// A whole-frame classifier's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Classification {
+    pub model: String,
+    pub label: String,
+    pub scores: BTreeMap<String, f32>,
 }
 
 /// Frame dimensions as sent and as decoded.
@@ -51,12 +110,24 @@ pub struct ModelRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     pub decode_ms: f64,
+    /// Whole-frame preprocessing for every model the frame feeds.
     pub preprocess_ms: f64,
-    /// Duration of the model run this frame was part of.
+    /// Crop extraction and preprocessing.
+    pub crop_ms: f64,
+    /// One entry per model run the frame took part in.
+    pub stages: Vec<StageTiming>,
+    /// From decoded to fully evaluated.
+    pub total_ms: f64,
+}
+
+/// One model run a frame was part of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageTiming {
+    pub model: String,
     pub inference_ms: f64,
-    /// Items in that run.
+    /// Items in that run (frames or crops, possibly from many cameras).
     pub batch_size: usize,
-    /// Time the frame waited for its batch to start.
+    /// Time the item waited for its batch to start.
     pub batch_wait_ms: f64,
 }
 

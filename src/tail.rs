@@ -49,17 +49,53 @@ pub fn describe(
     }
     match serde_json::from_slice::<Observation>(value) {
         Ok(o) => {
-            let scores: Vec<String> = o
-                .scores
+            let rules: Vec<String> = o
+                .rules
                 .iter()
-                .map(|(k, v)| format!("{k}={v:.3}"))
+                .map(|r| match r.level {
+                    Some(l) => format!("{}={}({l:.2})", r.rule, r.verdict.as_str()),
+                    None => format!(
+                        "{}={}",
+                        r.rule,
+                        r.reason.as_deref().unwrap_or(r.verdict.as_str())
+                    ),
+                })
+                .collect();
+            let dets: Vec<String> = o
+                .detections
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{}:{:.2}",
+                        d.label,
+                        d.scores.get(&d.label).copied().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            let infer: f64 = o.timings.stages.iter().map(|s| s.inference_ms).sum();
+            let batches: Vec<String> = o
+                .timings
+                .stages
+                .iter()
+                .map(|s| s.batch_size.to_string())
                 .collect();
             format!(
-                "observation p{partition}@{offset} site={} camera={} seq={} label={} [{}] frame {}:{}/{} {}x{} decode={:.1}ms infer={:.1}ms batch={} worker={}",
-                o.site, o.camera, o.seq, o.label, scores.join(" "),
-                o.source.topic, o.source.partition, o.source.offset,
-                o.frame.width, o.frame.height, o.timings.decode_ms, o.timings.inference_ms,
-                o.timings.batch_size, o.worker
+                "observation p{partition}@{offset} site={} camera={} zone={} seq={} rules=[{}] faces=[{}] frame {}:{}/{} {}x{} decode={:.1}ms infer={:.1}ms batches=[{}] worker={}",
+                o.site,
+                o.camera,
+                o.zone.as_deref().unwrap_or("-"),
+                o.seq,
+                if rules.is_empty() { "none".to_string() } else { rules.join(" ") },
+                dets.join(" "),
+                o.source.topic,
+                o.source.partition,
+                o.source.offset,
+                o.frame.width,
+                o.frame.height,
+                o.timings.decode_ms,
+                infer,
+                batches.join(","),
+                o.worker
             )
         }
         Err(_) => format!(

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use opencv::prelude::*;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -35,15 +34,15 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::batcher::{BatchPolicy, Batcher};
-use crate::decode;
-use crate::frame::{self, header, FrameMeta, Limits, Rejection};
-use crate::jpeg::JpegInfo;
+use crate::batcher::BatchPolicy;
+use crate::frame::{self, header, Limits, Rejection};
+use crate::inference::{self, DebugImages, Decoded, Engine};
 use crate::kafka::{self, KafkaArgs};
 use crate::metrics::{self, Metrics};
-use crate::model::{self, ExecutionConfig, InputSpec, Model};
-use crate::observation::{now_ms, FrameSize, ModelRef, Observation, SourceRef, Timings};
+use crate::model::{self, ExecutionConfig, Model};
+use crate::observation::{now_ms, Observation};
 use crate::offsets::{OffsetTracker, Ticket};
+use crate::rules::RuleSet;
 
 /// Everything `vigil worker` is configured with.
 #[derive(Debug, Clone)]
@@ -57,8 +56,10 @@ pub struct WorkerConfig {
     pub limits: Limits,
     /// Model pack directory; found automatically when `None`.
     pub model_dir: Option<PathBuf>,
-    /// Manifest name of the whole-frame classifier.
-    pub classifier: String,
+    /// Rules file; the built-in default when `None`.
+    pub rules: Option<PathBuf>,
+    /// Annotated debug images for some cameras.
+    pub debug: Option<DebugImages>,
     /// ONNX Runtime library; found automatically when `None`.
     pub ort_lib: Option<PathBuf>,
     pub exec: ExecutionConfig,
@@ -229,50 +230,58 @@ impl ConsumerContext for WorkerContext {
 type WorkerConsumer = StreamConsumer<WorkerContext>;
 
 /// Where a frame came from, and its place in flight.
-struct Origin {
-    ticket: Ticket,
+pub(crate) struct Origin {
+    pub(crate) ticket: Ticket,
     /// One of `max_in_flight` slots; released when the outcome is delivered (or dropped).
     _slot: OwnedSemaphorePermit,
 }
 
 /// A frame that failed a check, with everything needed to dead-letter it unchanged.
-struct DeadLetter {
-    origin: Origin,
-    key: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
-    payload: Vec<u8>,
-    rejection: Rejection,
-}
-
-/// A decoded, preprocessed frame waiting for the model.
-struct Decoded {
-    origin: Origin,
-    meta: FrameMeta,
-    size: FrameSize,
-    tensor: Vec<f32>,
-    decode_ms: f64,
-    preprocess_ms: f64,
-    /// When it entered the batcher queue.
-    ready_at: Instant,
+pub(crate) struct DeadLetter {
+    pub(crate) origin: Origin,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) rejection: Rejection,
 }
 
 /// What the emitter publishes for a frame.
-enum Outcome {
+pub(crate) enum Outcome {
     Observation(Origin, Box<Observation>),
     DeadLetter(Box<DeadLetter>),
 }
 
-/// Static facts the stages need.
+/// Static facts the source and sink need.
 struct Ctx {
     cfg: WorkerConfig,
     metrics: Arc<Metrics>,
-    input: InputSpec,
-    model_ref: ModelRef,
-    labels: Vec<String>,
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+/// Loads ONNX Runtime, the rules and every model they use; checks them against each other.
+fn load_engine(cfg: &WorkerConfig, metrics: Arc<Metrics>) -> anyhow::Result<(Engine, Vec<Model>)> {
+    let (env, lib) = crate::runtime::init(cfg.ort_lib.as_deref())?;
+    let ruleset = RuleSet::load(cfg.rules.as_deref())?;
+    let dir = model::locate_pack(cfg.model_dir.as_deref()).ok_or_else(|| {
+        anyhow!("no model pack found: pass --model-dir or set VIGIL_MODEL_DIR to the folder holding the manifests")
+    })?;
+    let mut models = Vec::new();
+    for name in ruleset.models() {
+        let manifest = model::find_manifest(&dir, &name)?;
+        let m = Model::load(env, manifest, cfg.exec)?;
+        tracing::info!(model = %m.manifest.name, version = %m.manifest.version, task = ?m.manifest.task,
+            provider = m.provider, requested = %cfg.exec.device, library = %lib.display(), dir = %dir.display(), "model loaded");
+        models.push(m);
+    }
+    let engine = Engine::new(
+        ruleset,
+        &models,
+        metrics,
+        cfg.frames_topic.clone(),
+        cfg.worker_id.clone(),
+        cfg.debug.clone(),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    Ok((engine, models))
 }
 
 /// Runs a worker until `shutdown` resolves, then drains, commits and returns.
@@ -282,31 +291,24 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
 
-    // Model first: a worker that cannot infer must not join the group.
-    let model = {
+    // Models first: a worker that cannot infer must not join the group.
+    let (engine, models) = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
-            let (env, lib) = crate::runtime::init(cfg.ort_lib.as_deref())?;
-            let dir = model::locate_pack(cfg.model_dir.as_deref()).ok_or_else(|| {
-                anyhow!("no model pack found: pass --model-dir or set VIGIL_MODEL_DIR to the folder holding the manifests")
-            })?;
-            let manifest = model::find_manifest(&dir, &cfg.classifier)?;
-            let m = Model::load(env, manifest, cfg.exec)?;
-            tracing::info!(model = %m.manifest.name, version = %m.manifest.version, provider = m.provider,
-                requested = %cfg.exec.device, library = %lib.display(), dir = %dir.display(), "model loaded");
-            Ok(m)
-        })
-        .await??
+        let metrics = metrics.clone();
+        tokio::task::spawn_blocking(move || load_engine(&cfg, metrics)).await??
     };
-    metrics
-        .model_info
-        .with_label_values(&[
-            &model.manifest.name,
-            &model.manifest.version,
-            model.provider,
-            &cfg.exec.device.to_string(),
-        ])
-        .set(1);
+    for m in &models {
+        metrics
+            .model_info
+            .with_label_values(&[
+                &m.manifest.name,
+                &m.manifest.version,
+                m.provider,
+                &cfg.exec.device.to_string(),
+            ])
+            .set(1);
+    }
+    let engine = Arc::new(engine);
 
     if let Some(addr) = cfg.metrics_addr {
         let bound = metrics::serve(metrics.clone(), addr)
@@ -367,31 +369,23 @@ pub async fn run(
         .context("cannot subscribe to the frames topic")?;
 
     let ctx = Arc::new(Ctx {
-        input: model.manifest.input.clone(),
-        model_ref: ModelRef {
-            name: model.manifest.name.clone(),
-            version: model.manifest.version.clone(),
-            provider: model.provider.to_string(),
-        },
-        labels: model.manifest.labels.clone(),
         metrics: metrics.clone(),
         cfg: cfg.clone(),
     });
 
-    let (decode_tx, decode_rx) =
-        mpsc::channel::<JoinHandle<Result<Decoded, DeadLetter>>>(cfg.decode_threads.max(1));
-    let (batch_tx, batch_rx) = mpsc::channel::<Decoded>(cfg.batch.max_batch * 4);
+    type DecodeJob = JoinHandle<Result<Decoded, Box<DeadLetter>>>;
+    let (decode_tx, decode_rx) = mpsc::channel::<DecodeJob>(cfg.decode_threads.max(1));
     let (out_tx, out_rx) = mpsc::channel::<Outcome>(cfg.max_in_flight.max(1));
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(4);
 
-    let sequencer = tokio::spawn(sequence(decode_rx, batch_tx, out_tx.clone()));
-    let batcher = tokio::spawn(infer(
-        ctx.clone(),
-        model,
-        batch_rx,
+    let (frame_tx, stage_handles) = inference::start(
+        engine.clone(),
+        models,
+        cfg.batch,
         out_tx.clone(),
         fatal_tx.clone(),
-    ));
+    );
+    let sequencer = tokio::spawn(sequence(decode_rx, frame_tx, out_tx.clone()));
     let emitter = tokio::spawn(emit(
         ctx.clone(),
         producer.clone(),
@@ -456,9 +450,9 @@ pub async fn run(
                 }
             }
             Ok((meta, info)) => {
-                let ctx = ctx.clone();
+                let engine = engine.clone();
                 let job = tokio::task::spawn_blocking(move || {
-                    decode_frame(&ctx, origin, meta, info, key, headers, payload)
+                    inference::decode_frame(&engine, origin, meta, info, key, headers, payload)
                 });
                 if decode_tx.send(job).await.is_err() {
                     break;
@@ -473,7 +467,9 @@ pub async fn run(
     drop(out_tx);
     let drained = tokio::time::timeout(cfg.drain_timeout, async {
         let _ = sequencer.await;
-        let _ = batcher.await;
+        for h in stage_handles {
+            let _ = h.await;
+        }
         emitter.await
     })
     .await;
@@ -515,83 +511,17 @@ pub async fn run(
     }
 }
 
-/// Blocking: decode, preprocess. A frame OpenCV cannot decode becomes a dead letter.
-fn decode_frame(
-    ctx: &Ctx,
-    origin: Origin,
-    meta: FrameMeta,
-    info: JpegInfo,
-    key: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
-    payload: Vec<u8>,
-) -> Result<Decoded, DeadLetter> {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<opencv::core::Mat> = std::cell::RefCell::new(opencv::core::Mat::default());
-    }
-    let t0 = Instant::now();
-    let factor =
-        decode::reduction_factor(info.width, info.height, ctx.input.width, ctx.input.height);
-    let img = match decode::decode(&payload, factor) {
-        Ok(img) => img,
-        Err(rejection) => {
-            return Err(DeadLetter {
-                origin,
-                key,
-                headers,
-                payload,
-                rejection,
-            });
-        }
-    };
-    let decode_time = t0.elapsed();
-    let t1 = Instant::now();
-    let mut tensor = Vec::new();
-    let pre =
-        SCRATCH.with(|s| decode::preprocess(&img, &ctx.input, &mut s.borrow_mut(), &mut tensor));
-    if let Err(e) = pre {
-        let rejection = Rejection::new(frame::Reason::DecodeFailed, format!("preprocess: {e}"));
-        return Err(DeadLetter {
-            origin,
-            key,
-            headers,
-            payload,
-            rejection,
-        });
-    }
-    let preprocess_time = t1.elapsed();
-    ctx.metrics
-        .decode_seconds
-        .observe(decode_time.as_secs_f64());
-    ctx.metrics
-        .preprocess_seconds
-        .observe(preprocess_time.as_secs_f64());
-    Ok(Decoded {
-        origin,
-        meta,
-        size: FrameSize {
-            width: info.width,
-            height: info.height,
-            decoded_width: img.cols() as u32,
-            decoded_height: img.rows() as u32,
-        },
-        tensor,
-        decode_ms: ms(decode_time),
-        preprocess_ms: ms(preprocess_time),
-        ready_at: Instant::now(),
-    })
-}
-
-/// Awaits decode jobs in the order frames were read, so each camera's frames reach the batcher
-/// (and the observations topic) in order although they decode in parallel.
+/// Awaits decode jobs in the order frames were read, so each camera's frames reach the
+/// inference stages (and the observations topic) in order although they decode in parallel.
 async fn sequence(
-    mut jobs: mpsc::Receiver<JoinHandle<Result<Decoded, DeadLetter>>>,
-    batch_tx: mpsc::Sender<Decoded>,
+    mut jobs: mpsc::Receiver<JoinHandle<Result<Decoded, Box<DeadLetter>>>>,
+    frame_tx: mpsc::Sender<Decoded>,
     out_tx: mpsc::Sender<Outcome>,
 ) {
     while let Some(job) = jobs.recv().await {
         let sent = match job.await {
-            Ok(Ok(d)) => batch_tx.send(d).await.is_ok(),
-            Ok(Err(dl)) => out_tx.send(Outcome::DeadLetter(Box::new(dl))).await.is_ok(),
+            Ok(Ok(d)) => frame_tx.send(d).await.is_ok(),
+            Ok(Err(dl)) => out_tx.send(Outcome::DeadLetter(dl)).await.is_ok(),
             Err(e) => {
                 tracing::error!(error = %e, "decode task panicked");
                 false
@@ -601,123 +531,6 @@ async fn sequence(
             return;
         }
     }
-}
-
-/// Batches decoded frames and runs the model on a blocking thread, one batch at a time.
-async fn infer(
-    ctx: Arc<Ctx>,
-    model: Model,
-    mut rx: mpsc::Receiver<Decoded>,
-    out_tx: mpsc::Sender<Outcome>,
-    fatal: mpsc::Sender<anyhow::Error>,
-) {
-    let mut batcher: Batcher<Decoded> = Batcher::new(ctx.cfg.batch);
-    let mut model = Some(model);
-    loop {
-        let batch = match batcher.deadline() {
-            Some(deadline) => tokio::select! {
-                item = rx.recv() => match item {
-                    Some(item) => batcher.push(item, Instant::now()).or_else(|| batcher.poll(Instant::now())),
-                    None => Some(batcher.drain()),
-                },
-                _ = tokio::time::sleep_until(deadline.into()) => batcher.poll(Instant::now()),
-            },
-            None => match rx.recv().await {
-                Some(item) => batcher.push(item, Instant::now()),
-                None => Some(batcher.drain()),
-            },
-        };
-        let closed = rx.is_closed() && rx.is_empty() && batcher.is_empty();
-        if let Some(batch) = batch.filter(|b| !b.is_empty()) {
-            match run_batch(&ctx, &mut model, batch, &out_tx).await {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "inference failed; stopping the worker without committing the batch");
-                    let _ = fatal.send(e).await;
-                    return;
-                }
-            }
-        }
-        if closed {
-            return;
-        }
-    }
-}
-
-async fn run_batch(
-    ctx: &Ctx,
-    model: &mut Option<Model>,
-    mut batch: Vec<Decoded>,
-    out_tx: &mpsc::Sender<Outcome>,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let tensors: Vec<Vec<f32>> = batch
-        .iter_mut()
-        .map(|d| std::mem::take(&mut d.tensor))
-        .collect();
-    let mut m = model
-        .take()
-        .ok_or_else(|| anyhow!("model lost after an earlier failure"))?;
-    let (m, result, elapsed) = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
-        let t = Instant::now();
-        let r = m.classify(&refs);
-        (m, r, t.elapsed())
-    })
-    .await?;
-    *model = Some(m);
-    let scores = result?;
-    let n = batch.len();
-    ctx.metrics
-        .inference_seconds
-        .with_label_values(&[&ctx.model_ref.name])
-        .observe(elapsed.as_secs_f64());
-    ctx.metrics
-        .batch_size
-        .with_label_values(&[&ctx.model_ref.name])
-        .observe(n as f64);
-    let processed_at_ms = now_ms();
-    for (d, s) in batch.into_iter().zip(scores) {
-        let best = s
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-            .unwrap_or(0);
-        let obs = Observation {
-            camera: d.meta.camera,
-            site: d.meta.site,
-            zone: d.meta.zone,
-            captured_at_ms: d.meta.captured_at_ms,
-            seq: d.meta.seq,
-            frame: d.size,
-            model: ctx.model_ref.clone(),
-            label: ctx.labels[best].clone(),
-            scores: ctx.labels.iter().cloned().zip(s).collect(),
-            timings: Timings {
-                decode_ms: d.decode_ms,
-                preprocess_ms: d.preprocess_ms,
-                inference_ms: ms(elapsed),
-                batch_size: n,
-                batch_wait_ms: ms(started.saturating_duration_since(d.ready_at)),
-            },
-            source: SourceRef {
-                topic: ctx.cfg.frames_topic.clone(),
-                partition: d.origin.ticket.partition,
-                offset: d.origin.ticket.offset,
-            },
-            worker: ctx.cfg.worker_id.clone(),
-            processed_at_ms,
-        };
-        if out_tx
-            .send(Outcome::Observation(d.origin, Box::new(obs)))
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// Result of one produce: the frame it settles, and how it went.
@@ -884,7 +697,7 @@ fn produce(
 /// weak senders so that it never keeps a stage alive.
 async fn watch_queues(
     metrics: Arc<Metrics>,
-    decode: mpsc::WeakSender<JoinHandle<Result<Decoded, DeadLetter>>>,
+    decode: mpsc::WeakSender<JoinHandle<Result<Decoded, Box<DeadLetter>>>>,
     output: mpsc::WeakSender<Outcome>,
     interval: Duration,
 ) {

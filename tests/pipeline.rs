@@ -70,15 +70,39 @@ async fn frames_in_observations_out() -> Result {
             "camera matches the frame"
         );
         ensure!(o.seq == i as u64 / 3, "seq carried over");
-        ensure!(o.model.name == "mask" && o.model.provider == "CPUExecutionProvider");
-        let total: f32 = o.scores.values().sum();
+        ensure!(o
+            .models
+            .iter()
+            .any(|m| m.name == "face-ssd" && m.provider == "CPUExecutionProvider"));
         ensure!(
-            (total - 1.0).abs() < 1e-3,
-            "softmax scores sum to 1, got {total}"
+            o.rules.len() == 1 && o.rules[0].rule == "mask_required",
+            "default rules: masks checked"
         );
-        ensure!(o.scores.len() == 2 && o.scores.contains_key(&o.label));
         ensure!(
-            o.frame.decoded_width < o.frame.width || o.frame.width < 448,
+            !o.detections.is_empty(),
+            "a face is found in {}: {:?}",
+            PHOTOS[(i % 3 + i / 3) % PHOTOS.len()],
+            o
+        );
+        for d in &o.detections {
+            ensure!(
+                d.label == "no_mask",
+                "nobody in these photos wears a mask: {d:?}"
+            );
+            let total: f32 = d.scores.values().sum();
+            ensure!(
+                (total - 1.0).abs() < 1e-3,
+                "softmax scores sum to 1, got {total}"
+            );
+            ensure!(
+                d.bbox[0] < d.bbox[2]
+                    && d.bbox[1] < d.bbox[3]
+                    && d.bbox.iter().all(|v| (0.0..=1.0).contains(v))
+            );
+        }
+        ensure!(o.rules[0].verdict == vigil::observation::Verdict::Violation);
+        ensure!(
+            o.frame.decoded_width < o.frame.width || o.frame.width < 600,
             "large frames decode reduced"
         );
         ensure!(o.worker == worker.id);

@@ -22,8 +22,11 @@ fn worker(args: &[&str]) -> Result<(i32, String)> {
 /// A copy of the model pack in a temporary folder, for tampering.
 fn pack_copy() -> Result<tempfile::TempDir> {
     let d = tempfile::tempdir()?;
-    for f in ["mask_classifier.toml", "mask_classifier.onnx"] {
-        std::fs::copy(repo().join("models").join(f), d.path().join(f))?;
+    for e in std::fs::read_dir(repo().join("models"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "toml" || x == "onnx") {
+            std::fs::copy(&p, d.path().join(p.file_name().unwrap()))?;
+        }
     }
     Ok(d)
 }
@@ -83,13 +86,63 @@ fn a_manifest_that_disagrees_with_the_graph_is_refused() -> Result {
     Ok(())
 }
 
+fn rules_file(text: &str) -> Result<tempfile::NamedTempFile> {
+    let f = tempfile::NamedTempFile::new()?;
+    std::fs::write(f.path(), text)?;
+    Ok(f)
+}
+
 #[test]
-fn an_unknown_classifier_names_what_the_pack_has() -> Result {
-    let (code, err) = worker(&["--classifier", "helmet", "--brokers", "127.0.0.1:1"])?;
+fn rules_that_disagree_with_the_pack_are_refused() -> Result {
+    let unknown =
+        rules_file("[rules.helmets]\nclassifier = 'helmet'\nviolation_label = 'no_helmet'\n")?;
+    let (code, err) = worker(&[
+        "--rules",
+        unknown.path().to_str().unwrap(),
+        "--brokers",
+        "127.0.0.1:1",
+    ])?;
     ensure!(
         code == 1 && err.contains("helmet") && err.contains("mask"),
+        "names the missing model and what exists: {code}: {err}"
+    );
+
+    let label = rules_file(
+        "[rules.m]\ndetector = 'face-ssd'\nclassifier = 'mask'\nviolation_label = 'unmasked'\n",
+    )?;
+    let (code, err) = worker(&[
+        "--rules",
+        label.path().to_str().unwrap(),
+        "--brokers",
+        "127.0.0.1:1",
+    ])?;
+    ensure!(
+        code == 1 && err.contains("unmasked") && err.contains("no_mask"),
         "{code}: {err}"
     );
+
+    let swapped = rules_file(
+        "[rules.m]\ndetector = 'mask'\nclassifier = 'face-ssd'\nviolation_label = 'face'\n",
+    )?;
+    let (code, err) = worker(&[
+        "--rules",
+        swapped.path().to_str().unwrap(),
+        "--brokers",
+        "127.0.0.1:1",
+    ])?;
+    ensure!(
+        code == 1 && err.contains("detector `mask`"),
+        "{code}: {err}"
+    );
+
+    let typo = rules_file("[rules.m]\nclasifier = 'mask'\nviolation_label = 'no_mask'\n")?;
+    let (code, err) = worker(&[
+        "--rules",
+        typo.path().to_str().unwrap(),
+        "--brokers",
+        "127.0.0.1:1",
+    ])?;
+    ensure!(code == 1 && err.contains("clasifier"), "{code}: {err}");
     Ok(())
 }
 
