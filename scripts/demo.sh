@@ -23,15 +23,18 @@ export VIGIL_BROKERS
 echo "demo: broker at $VIGIL_BROKERS, topics vigil.frames / vigil.observations / vigil.dlq (6 partitions)" >&2
 
 METRICS=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$VIGIL" worker --metrics-addr "$METRICS" --progress-secs 5 2>"$RUN/worker.log" &
+# Frames up to 1 MB (the broker's default message limit); a gateway would enforce the same.
+MAX_FRAME=1000000
+"$VIGIL" worker --metrics-addr "$METRICS" --progress-secs 5 --max-frame-bytes $MAX_FRAME \
+  --debug-camera cam-0001 --debug-dir "$ROOT/target/demo-debug" 2>"$RUN/worker.log" &
 WORKER_PID=$!
 echo "demo: worker started (pid $WORKER_PID, metrics on http://$METRICS/metrics, log $RUN/worker.log)" >&2
 
 echo "demo: gateway publishing 4 frames from each of 6 cameras" >&2
 "$VIGIL" gateway --source tests/data/faces --cameras 6 --sites 2 --zones kitchen,dining \
-  --fps 2 --frames 4 --width 1280
+  --fps 2 --frames 4 --width 1280 --max-frame-bytes $MAX_FRAME
 echo "demo: an outside producer (Python confluent-kafka) sends 10 frames, 7 of them malformed" >&2
-.venv/bin/python tests/tools/outside_producer.py "$VIGIL_BROKERS" vigil.frames >/dev/null
+.venv/bin/python tests/tools/outside_producer.py "$VIGIL_BROKERS" vigil.frames $MAX_FRAME >/dev/null
 
 echo; echo "== observations (24 from the gateway + 3 good outside frames) =="
 "$VIGIL" tail --topic vigil.observations --count 27 --idle-secs 60
@@ -48,4 +51,5 @@ PY
 echo
 kill -TERM "$WORKER_PID"
 wait "$WORKER_PID" && echo "demo: worker drained, committed and exited 0 on SIGTERM"
+echo "demo: annotated frames of cam-0001 (boxes, labels) are in target/demo-debug/"
 WORKER_PID=""

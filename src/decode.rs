@@ -6,7 +6,49 @@ use opencv::prelude::*;
 use opencv::{imgcodecs, imgproc};
 
 use crate::frame::{Reason, Rejection};
-use crate::model::{ChannelOrder, InputSpec, Layout};
+use crate::model::{ChannelOrder, InputSpec, Layout, Resize};
+
+/// Where a letterboxed image sits inside the model input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    /// Size of the resized image inside the input.
+    pub width: u32,
+    pub height: u32,
+    /// Offset of its top-left corner.
+    pub x: u32,
+    pub y: u32,
+    /// Input size.
+    pub input_width: u32,
+    pub input_height: u32,
+}
+
+impl Letterbox {
+    /// The placement of a `w`×`h` image fitted, aspect kept and centred, into `in_w`×`in_h`.
+    pub fn fit(w: u32, h: u32, in_w: u32, in_h: u32) -> Letterbox {
+        let s = (in_w as f64 / w.max(1) as f64).min(in_h as f64 / h.max(1) as f64);
+        let width = ((w as f64 * s).round() as u32).clamp(1, in_w);
+        let height = ((h as f64 * s).round() as u32).clamp(1, in_h);
+        Letterbox {
+            width,
+            height,
+            x: (in_w - width) / 2,
+            y: (in_h - height) / 2,
+            input_width: in_w,
+            input_height: in_h,
+        }
+    }
+
+    /// Maps a box normalised to the input back to one normalised to the original image.
+    pub fn to_image(&self, b: [f32; 4]) -> [f32; 4] {
+        let fx = |v: f32| {
+            ((v * self.input_width as f32 - self.x as f32) / self.width as f32).clamp(0.0, 1.0)
+        };
+        let fy = |v: f32| {
+            ((v * self.input_height as f32 - self.y as f32) / self.height as f32).clamp(0.0, 1.0)
+        };
+        [fx(b[0]), fy(b[1]), fx(b[2]), fy(b[3])]
+    }
+}
 
 /// The largest libjpeg scale-down factor (1, 2, 4 or 8) that still leaves the image at least
 /// `need_w` × `need_h`. Decoding at 1/2 or 1/4 costs markedly less than a full decode followed
@@ -45,13 +87,19 @@ pub fn preprocess(
     out: &mut Vec<f32>,
 ) -> opencv::Result<()> {
     let (w, h) = (spec.width as usize, spec.height as usize);
-    let resized: &Mat = if img.cols() as usize == w && img.rows() as usize == h {
+    let fit = match spec.resize {
+        Resize::Stretch => Letterbox::fit(w as u32, h as u32, w as u32, h as u32),
+        Resize::Letterbox => {
+            Letterbox::fit(img.cols() as u32, img.rows() as u32, w as u32, h as u32)
+        }
+    };
+    let resized: &Mat = if img.cols() as u32 == fit.width && img.rows() as u32 == fit.height {
         img
     } else {
         imgproc::resize(
             img,
             scratch,
-            Size::new(w as i32, h as i32),
+            Size::new(fit.width as i32, fit.height as i32),
             0.0,
             0.0,
             imgproc::INTER_LINEAR,
@@ -65,8 +113,6 @@ pub fn preprocess(
         continuous = resized.try_clone()?;
         continuous.data_bytes()?
     };
-    out.clear();
-    out.resize(3 * w * h, 0.0);
     // Source channel for each model channel: OpenCV images are BGR.
     let src = match spec.channels {
         ChannelOrder::RGB => [2, 1, 0],
@@ -74,7 +120,23 @@ pub fn preprocess(
     };
     let scale = [1.0 / spec.std[0], 1.0 / spec.std[1], 1.0 / spec.std[2]];
     let plane = w * h;
-    for (i, px) in data.chunks_exact(3).enumerate() {
+    out.clear();
+    out.resize(3 * plane, 0.0);
+    if fit.width as usize != w || fit.height as usize != h {
+        // Padding is black (pixel value 0) after normalisation.
+        for c in 0..3 {
+            let v = -spec.mean[c] * scale[c];
+            for i in 0..plane {
+                match spec.layout {
+                    Layout::NCHW => out[c * plane + i] = v,
+                    Layout::NHWC => out[i * 3 + c] = v,
+                }
+            }
+        }
+    }
+    let rw = fit.width as usize;
+    for (k, px) in data.chunks_exact(3).enumerate() {
+        let i = (fit.y as usize + k / rw) * w + fit.x as usize + k % rw;
         for c in 0..3 {
             let v = (px[src[c]] as f32 - spec.mean[c]) * scale[c];
             match spec.layout {
@@ -121,7 +183,29 @@ mod tests {
             channels,
             mean: [0.0, 0.0, 0.0],
             std: [1.0, 1.0, 1.0],
+            resize: Resize::Stretch,
         }
+    }
+
+    #[test]
+    fn letterbox_centres_and_maps_back() -> opencv::Result<()> {
+        let lb = Letterbox::fit(200, 100, 10, 10);
+        assert_eq!((lb.width, lb.height, lb.x, lb.y), (10, 5, 0, 2));
+        let b = lb.to_image([0.0, 0.2, 1.0, 0.7]);
+        assert!(
+            (b[0] - 0.0).abs() < 1e-6 && (b[1] - 0.0).abs() < 1e-6 && (b[3] - 1.0).abs() < 1e-6
+        );
+        // A 2x1 image into a 2x2 NCHW input: one row of padding (black), one of pixels.
+        let img =
+            Mat::from_bytes::<opencv::core::Vec3b>(&[10u8, 20, 30, 40, 50, 60])?.try_clone()?;
+        let mut s = spec(Layout::NCHW, ChannelOrder::BGR);
+        s.height = 2;
+        s.mean = [1.0, 1.0, 1.0];
+        s.resize = Resize::Letterbox;
+        let mut out = Vec::new();
+        preprocess(&img, &s, &mut Mat::default(), &mut out)?;
+        assert_eq!(&out[0..4], &[9.0, 39.0, -1.0, -1.0]);
+        Ok(())
     }
 
     #[test]

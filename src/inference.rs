@@ -32,7 +32,7 @@ use crate::decode;
 use crate::frame::{self, FrameMeta, Rejection};
 use crate::jpeg::JpegInfo;
 use crate::metrics::Metrics;
-use crate::model::{Detection, InputSpec, Model, ModelOutput, Task};
+use crate::model::{Detection, InputSpec, Model, ModelOutput, Resize, Task};
 use crate::observation::{
     now_ms, Classification, DetectionResult, FrameSize, ModelRef, Observation, RuleResult,
     SourceRef, StageTiming, Timings, Verdict,
@@ -597,6 +597,21 @@ fn schedule_crops(
     reply_tx: &mpsc::UnboundedSender<Reply>,
 ) {
     let (w, h) = (f.size.decoded_width, f.size.decoded_height);
+    let input = &engine.models[detector].input;
+    let mapped: Vec<Detection>;
+    let dets = if input.resize == Resize::Letterbox {
+        let lb = decode::Letterbox::fit(w, h, input.width, input.height);
+        mapped = dets
+            .iter()
+            .map(|d| Detection {
+                bbox: lb.to_image(d.bbox),
+                ..*d
+            })
+            .collect();
+        &mapped[..]
+    } else {
+        dets
+    };
     let mut jobs: Vec<(usize, Slot, [f32; 4], f32)> = Vec::new();
     for &r in &f.rules {
         let rule = &engine.rules[r];

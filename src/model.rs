@@ -71,6 +71,18 @@ pub enum ChannelOrder {
     BGR,
 }
 
+/// How an image is fitted to the input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    /// Resized to the input size, aspect ratio ignored.
+    #[default]
+    Stretch,
+    /// Resized keeping the aspect ratio, centred, the rest padded with black; a detector's
+    /// boxes are mapped back to the frame.
+    Letterbox,
+}
+
 /// How to build the input tensor from an image.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +99,9 @@ pub struct InputSpec {
     pub mean: [f32; 3],
     /// Per-channel divisor applied after the mean: value = (pixel − mean) / std.
     pub std: [f32; 3],
+    /// How the image is fitted to width × height.
+    #[serde(default)]
+    pub resize: Resize,
 }
 
 /// Which output tensor to read.
@@ -118,6 +133,9 @@ pub struct Manifest {
     pub source: String,
     /// Licence of the weights.
     pub licence: String,
+    /// The pack's default model for its task (the built-in rules use it).
+    #[serde(default)]
+    pub default: bool,
     /// Free text: how the file was built and checked.
     #[serde(default)]
     pub notes: Option<String>,

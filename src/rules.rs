@@ -10,7 +10,7 @@
 //!
 //! ```toml
 //! [rules.mask_required]
-//! detector = "face-ssd"        # detector model (manifest name)
+//! detector = "face-blazeface"  # detector model (manifest name)
 //! classifier = "mask"          # classifier run on each detection's crop
 //! violation_label = "no_mask"
 //! min_detection_score = 0.5
@@ -123,7 +123,7 @@ pub struct RulesError {
 /// the `dining` zone, which are observed only.
 pub const DEFAULT_RULES: &str = r#"
 [rules.mask_required]
-detector = "face-ssd"
+detector = "face-blazeface"
 classifier = "mask"
 violation_label = "no_mask"
 
@@ -231,7 +231,7 @@ mod tests {
         );
         assert_eq!(r.rules_for(&meta("s", "c", None)), ["mask_required"]);
         assert!(r.rules_for(&meta("s", "c", Some("dining"))).is_empty());
-        assert_eq!(r.models(), ["face-ssd", "mask"]);
+        assert_eq!(r.models(), ["face-blazeface", "mask"]);
     }
 
     #[test]

@@ -78,13 +78,14 @@ def main():
     brokers, topic = sys.argv[1], sys.argv[2]
     max_frame_bytes = int(sys.argv[3]) if len(sys.argv) > 3 else 4 * 1024 * 1024
     p = Producer({"bootstrap.servers": brokers, "enable.idempotence": True, "message.max.bytes": 10_000_000})
-    results = []
+    results, errors = [], []
 
     def done(case):
         def cb(err, msg):
             if err is not None:
-                sys.exit(f"delivery failed for {case}: {err}")
-            results.append({"case": case, "partition": msg.partition(), "offset": msg.offset()})
+                errors.append(f"delivery failed for {case}: {err}")
+            else:
+                results.append({"case": case, "partition": msg.partition(), "offset": msg.offset()})
 
         return cb
 
@@ -93,8 +94,8 @@ def main():
         p.produce(topic, key=key, value=value, headers=list(hdrs.items()), on_delivery=done(case))
         p.poll(0)
     remaining = p.flush(30)
-    if remaining:
-        sys.exit(f"{remaining} records not delivered")
+    if remaining or errors:
+        sys.exit("; ".join(errors) or f"{remaining} records not delivered")
     for r in results:
         print(json.dumps(r))
 
