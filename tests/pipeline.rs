@@ -73,7 +73,7 @@ async fn frames_in_observations_out() -> Result {
         ensure!(o
             .models
             .iter()
-            .any(|m| m.name == "face-ssd" && m.provider == "CPUExecutionProvider"));
+            .any(|m| m.name == "face-blazeface" && m.provider == "CPUExecutionProvider"));
         ensure!(
             o.rules.len() == 1 && o.rules[0].rule == "mask_required",
             "default rules: masks checked"
