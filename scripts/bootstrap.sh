@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what vigil needs on a Debian bookworm machine, skipping what is already there:
-#   - Debian packages: OpenCV headers/libraries, clang/libclang (for the opencv crate's bindings)
+#   - Debian packages: OpenCV headers/libraries, clang/libclang (for the opencv crate's bindings),
+#     prometheus and promtool (the tests check dashboards and alert rules against them)
 #   - .venv: a project-local Python venv with the onnxruntime wheel (its libonnxruntime.so is
 #     what the worker loads) and confluent-kafka (an outside client for tests)
 #   - .tools/bin/nisshi: a Kafka-protocol broker for the demo and the tests (built once, ~10 min)
@@ -13,7 +14,7 @@ say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # --- Debian packages ---------------------------------------------------------------------
 need=()
-for pkg in libopencv-dev clang libclang-dev pkg-config cmake; do
+for pkg in libopencv-dev clang libclang-dev pkg-config cmake prometheus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -104,6 +104,9 @@ pub struct GatewayArgs {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5.0)]
     pub progress_secs: f64,
+    /// Address for the gateway's Prometheus `/metrics` endpoint (default: none).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +170,10 @@ pub struct WorkerArgs {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 10.0)]
     pub progress_secs: f64,
+    /// Export per-camera metric series (last frame time, violation frames). Switch off when the
+    /// number of cameras per worker would exceed the metrics budget.
+    #[arg(long, env = "VIGIL_METRICS_CAMERA_LABELS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_camera_labels: bool,
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +272,7 @@ impl WorkerArgs {
                 .worker_id
                 .unwrap_or_else(crate::worker::default_worker_id),
             progress_interval: secs("--progress-secs", self.progress_secs)?,
+            camera_labels: self.metrics_camera_labels,
         })
     }
 }
@@ -340,6 +348,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     width: a.width,
                     max_frame_bytes: a.max_frame_bytes,
                     camera_prefix: a.camera_prefix,
+                    metrics_addr: a.metrics_addr,
                     progress_interval: secs("--progress-secs", a.progress_secs)
                         .map_err(|e| (2, anyhow::anyhow!(e)))?,
                 };

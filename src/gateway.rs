@@ -17,7 +17,7 @@ use rdkafka::util::Timeout;
 use crate::decode::encode_jpeg;
 use crate::frame::header;
 use crate::kafka::{self, KafkaArgs};
-use crate::metrics::Metrics;
+use crate::metrics::GatewayMetrics;
 use crate::observation::now_ms;
 
 /// Everything `vigil gateway` is configured with.
@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     pub camera_prefix: String,
     pub progress_interval: Duration,
+    /// Address of the gateway's `/metrics` endpoint, if any.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Camera id, site and zone of simulated camera `i`.
@@ -170,7 +172,13 @@ pub async fn run(
     if !(1..=100).contains(&cfg.quality) {
         bail!("--quality must be between 1 and 100, got {}", cfg.quality);
     }
-    let metrics = Metrics::new();
+    let metrics = GatewayMetrics::new();
+    if let Some(addr) = cfg.metrics_addr {
+        let bound = crate::metrics::serve(metrics.registry.clone(), addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        tracing::info!(addr = %bound, "metrics endpoint listening");
+    }
     let producer: FutureProducer = cfg
         .kafka
         .producer(cfg.max_frame_bytes + 64 * 1024)
@@ -232,7 +240,7 @@ pub async fn run(
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        metrics.gateway_errors.with_label_values(&["capture"]).inc();
+                        metrics.errors.with_label_values(&["capture"]).inc();
                         tracing::warn!(error = %e, "capture failed");
                         continue 'rounds;
                     }
@@ -245,10 +253,7 @@ pub async fn run(
         for ((camera, site, zone), frame) in ids.iter().zip(frames) {
             if frame.len() > cfg.max_frame_bytes {
                 oversize += 1;
-                metrics
-                    .gateway_errors
-                    .with_label_values(&["oversize"])
-                    .inc();
+                metrics.errors.with_label_values(&["oversize"]).inc();
                 continue;
             }
             let mut hs: Vec<(&str, &[u8])> = vec![
@@ -292,35 +297,29 @@ pub async fn run(
     let p = producer.clone();
     tokio::task::spawn_blocking(move || p.flush(Timeout::After(Duration::from_secs(30)))).await??;
     progress(&metrics, started, oversize);
-    let errors = metrics
-        .gateway_errors
-        .with_label_values(&["delivery"])
-        .get();
+    let errors = metrics.errors.with_label_values(&["delivery"]).get();
     if errors > 0 {
         bail!("{errors} frames could not be delivered");
     }
     Ok(())
 }
 
-fn settle(metrics: &Metrics, r: Result<(), rdkafka::error::KafkaError>) {
+fn settle(metrics: &GatewayMetrics, r: Result<(), rdkafka::error::KafkaError>) {
     match r {
-        Ok(()) => metrics.gateway_frames_sent.inc(),
+        Ok(()) => metrics.frames_sent.inc(),
         Err(e) => {
-            metrics
-                .gateway_errors
-                .with_label_values(&["delivery"])
-                .inc();
+            metrics.errors.with_label_values(&["delivery"]).inc();
             tracing::warn!(error = %e, "frame not delivered");
         }
     }
 }
 
-fn progress(metrics: &Metrics, started: Instant, oversize: u64) {
-    let sent = metrics.gateway_frames_sent.get();
+fn progress(metrics: &GatewayMetrics, started: Instant, oversize: u64) {
+    let sent = metrics.frames_sent.get();
     let secs = started.elapsed().as_secs_f64().max(1e-3);
     let errors: u64 = ["capture", "encode", "oversize", "delivery"]
         .iter()
-        .map(|k| metrics.gateway_errors.with_label_values(&[k]).get())
+        .map(|k| metrics.errors.with_label_values(&[k]).get())
         .sum();
     tracing::info!(
         sent,

@@ -362,6 +362,29 @@ struct InFrame {
     started: Instant,
 }
 
+/// Spawns a pipeline stage. A stage that panics stops the worker (through `fatal`) instead of
+/// leaving its frames in flight forever; they are not committed and are read again.
+pub(crate) fn spawn_stage(
+    name: &'static str,
+    fatal: mpsc::Sender<anyhow::Error>,
+    stage: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use futures_util::FutureExt;
+    tokio::spawn(async move {
+        if let Err(panic) = std::panic::AssertUnwindSafe(stage).catch_unwind().await {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            tracing::error!(stage = name, panic = %what, "pipeline stage panicked; stopping the worker");
+            let _ = fatal
+                .send(anyhow!("pipeline stage {name} panicked: {what}"))
+                .await;
+        }
+    })
+}
+
 /// Spawns one model task per model and the collector; returns the collector's input.
 pub(crate) fn start(
     engine: Arc<Engine>,
@@ -376,20 +399,26 @@ pub(crate) fn start(
     for (i, model) in models.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<InferItem>(policy.max_batch * 4);
         model_txs.push(tx);
-        handles.push(tokio::spawn(model_task(
-            engine.clone(),
-            i,
-            model,
-            policy,
-            rx,
-            reply_tx.clone(),
+        handles.push(spawn_stage(
+            "model",
             fatal.clone(),
-        )));
+            model_task(
+                engine.clone(),
+                i,
+                model,
+                policy,
+                rx,
+                reply_tx.clone(),
+                fatal.clone(),
+            ),
+        ));
     }
     let (frame_tx, frame_rx) = mpsc::channel::<Decoded>(policy.max_batch * 2);
-    handles.push(tokio::spawn(collect(
-        engine, frame_rx, model_txs, reply_rx, reply_tx, out_tx,
-    )));
+    handles.push(spawn_stage(
+        "collector",
+        fatal,
+        collect(engine, frame_rx, model_txs, reply_rx, reply_tx, out_tx),
+    ));
     (frame_tx, handles)
 }
 
@@ -709,9 +738,13 @@ fn finish(engine: &Engine, f: InFrame) -> (Origin, Box<Observation>) {
         let (verdict, level) = cascade::verdict(&scores, cr.violation);
         engine
             .metrics
-            .rule_outcomes
-            .with_label_values(&[&cr.name, verdict.as_str()])
-            .inc();
+            .count_verdict(&f.meta.site, &cr.name, verdict.as_str());
+        if verdict == Verdict::Violation {
+            if let Some(c) = &engine.metrics.camera_violations {
+                c.with_label_values(&[&f.meta.site, &f.meta.camera, &cr.name])
+                    .inc();
+            }
+        }
         rules.push(RuleResult {
             rule: cr.name.clone(),
             verdict,
@@ -768,8 +801,18 @@ fn finish(engine: &Engine, f: InFrame) -> (Origin, Box<Observation>) {
         if debug.cameras.iter().any(|c| *c == obs.camera) {
             let obs = obs.clone();
             let dir = debug.dir.clone();
+            let violating: Vec<bool> = obs
+                .detections
+                .iter()
+                .map(|d| {
+                    engine
+                        .rules
+                        .iter()
+                        .any(|r| r.name == d.rule && r.rule.violation_label == d.label)
+                })
+                .collect();
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = draw_debug(&image, &obs, &dir) {
+                if let Err(e) = draw_debug(&image, &obs, &violating, &dir) {
                     tracing::warn!(error = %e, camera = %obs.camera, "debug image not written");
                 }
             });
@@ -779,17 +822,17 @@ fn finish(engine: &Engine, f: InFrame) -> (Origin, Box<Observation>) {
 }
 
 /// Writes `DIR/<camera>-<seq>.jpg` with each detection's box and label drawn.
-fn draw_debug(image: &Mat, obs: &Observation, dir: &std::path::Path) -> anyhow::Result<()> {
+fn draw_debug(
+    image: &Mat,
+    obs: &Observation,
+    violating: &[bool],
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
     use opencv::core::{Point, Scalar};
     use opencv::imgproc;
     let mut img = image.try_clone()?;
     let (w, h) = (img.cols() as f32, img.rows() as f32);
-    for d in &obs.detections {
-        let violation = obs
-            .rules
-            .iter()
-            .any(|r| r.rule == d.rule && r.verdict == Verdict::Violation)
-            && d.label != "mask";
+    for (d, &violation) in obs.detections.iter().zip(violating) {
         let colour = if violation {
             Scalar::new(0.0, 0.0, 255.0, 0.0)
         } else {

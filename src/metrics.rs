@@ -4,13 +4,11 @@
 //! `docs/metrics.md` can be compared line by line (a test does). Labels stay low-cardinality:
 //! reason codes, model names, partitions; never camera ids.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -45,11 +43,67 @@ pub struct Metrics {
     pub partitions_assigned: IntGauge,
     pub model_info: IntGaugeVec,
     pub rule_outcomes: IntCounterVec,
+    /// Per-camera series; `None` when camera labels are switched off (cardinality budget).
+    pub camera_last_frame: Option<prometheus::GaugeVec>,
+    pub camera_violations: Option<IntCounterVec>,
     pub producer_errors: IntCounter,
     pub offsets_committed: IntCounter,
-    pub gateway_frames_sent: IntCounter,
-    pub gateway_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
+}
+
+/// Metrics of a gateway process (its own registry: a worker never exposes them).
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    pub frames_sent: IntCounter,
+    pub errors: IntCounterVec,
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let m = GatewayMetrics {
+            frames_sent: reg(
+                &r,
+                IntCounter::new(
+                    "vigil_gateway_frames_sent_total",
+                    "Frames the gateway delivered to the frames topic.",
+                )
+                .expect("valid"),
+            ),
+            errors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vigil_gateway_errors_total",
+                        "Gateway failures, by kind (capture, encode, oversize, delivery).",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid"),
+            ),
+            registry: r,
+        };
+        for kind in ["capture", "encode", "oversize", "delivery"] {
+            m.errors.with_label_values(&[kind]);
+        }
+        m
+    }
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The Prometheus text exposition of a registry.
+pub fn encode(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("text encoding cannot fail");
+    String::from_utf8(buf).expect("text format is UTF-8")
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -59,7 +113,8 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> 
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `camera_labels`: export the per-camera series (one or two per camera and rule).
+    pub fn new(camera_labels: bool) -> Self {
         let r = Registry::new();
         let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid"));
         let hist = |name: &str, help: &str, buckets: &[f64]| {
@@ -181,12 +236,38 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "vigil_frames_evaluated_total",
-                        "Frames evaluated per rule, by verdict (compliant, violation, unknown).",
+                        "Frames evaluated per site and rule, by verdict (compliant, violation, unknown).",
                     ),
-                    &["rule", "verdict"],
+                    &["site", "rule", "verdict"],
                 )
                 .expect("valid"),
             ),
+            camera_last_frame: camera_labels.then(|| {
+                reg(
+                    &r,
+                    prometheus::GaugeVec::new(
+                        Opts::new(
+                            "vigil_camera_last_frame_timestamp_seconds",
+                            "captured_at of the newest frame read from each camera (Unix seconds).",
+                        ),
+                        &["site", "camera"],
+                    )
+                    .expect("valid"),
+                )
+            }),
+            camera_violations: camera_labels.then(|| {
+                reg(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "vigil_camera_violation_frames_total",
+                            "Frames judged a violation, per camera and rule.",
+                        ),
+                        &["site", "camera", "rule"],
+                    )
+                    .expect("valid"),
+                )
+            }),
             producer_errors: counter(
                 "vigil_producer_errors_total",
                 "Output records the producer failed to deliver.",
@@ -194,21 +275,6 @@ impl Metrics {
             offsets_committed: counter(
                 "vigil_offset_commits_total",
                 "Successful offset commits to the consumer group.",
-            ),
-            gateway_frames_sent: counter(
-                "vigil_gateway_frames_sent_total",
-                "Frames the gateway delivered to the frames topic.",
-            ),
-            gateway_errors: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "vigil_gateway_errors_total",
-                        "Gateway failures, by kind (capture, encode, oversize, delivery).",
-                    ),
-                    &["kind"],
-                )
-                .expect("valid"),
             ),
             build_info: reg(
                 &r,
@@ -235,23 +301,30 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
-        String::from_utf8(buf).expect("text format is UTF-8")
+        encode(&self.registry)
+    }
+
+    /// Counts a verdict, creating the rule's other verdict series at zero so that ratios over
+    /// them have data from the first frame on.
+    pub fn count_verdict(&self, site: &str, rule: &str, verdict: &str) {
+        for v in ["compliant", "violation", "unknown"] {
+            let c = self.rule_outcomes.with_label_values(&[site, rule, v]);
+            if v == verdict {
+                c.inc();
+            }
+        }
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(true)
     }
 }
 
 /// Serves `GET /metrics` (and `GET /healthz`) on `addr` until the process ends. Returns the
 /// bound address (useful with port 0).
-pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+pub async fn serve(registry: Registry, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
@@ -259,7 +332,7 @@ pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> std::io::Result<S
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
-            let metrics = metrics.clone();
+            let registry = registry.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let mut len = 0;
@@ -284,7 +357,7 @@ pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> std::io::Result<S
                     "/metrics" => (
                         "200 OK",
                         "text/plain; version=0.0.4; charset=utf-8",
-                        metrics.encode(),
+                        encode(&registry),
                     ),
                     "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
                     _ => ("404 Not Found", "text/plain", "not found\n".to_string()),

@@ -72,7 +72,12 @@ pub fn describe(
                     )
                 })
                 .collect();
-            let infer: f64 = o.timings.stages.iter().map(|s| s.inference_ms).sum();
+            let infer: f64 = o
+                .timings
+                .stages
+                .iter()
+                .map(|s| s.inference_ms)
+                .fold(0.0, |a, b| a + b);
             let batches: Vec<String> = o
                 .timings
                 .stages

@@ -76,6 +76,8 @@ pub struct WorkerConfig {
     pub worker_id: String,
     /// Interval of the progress log line.
     pub progress_interval: Duration,
+    /// Export per-camera metric series.
+    pub camera_labels: bool,
 }
 
 /// A default worker id: host name and process id.
@@ -289,7 +291,7 @@ pub async fn run(
     cfg: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(cfg.camera_labels));
 
     // Models first: a worker that cannot infer must not join the group.
     let (engine, models) = {
@@ -311,7 +313,7 @@ pub async fn run(
     let engine = Arc::new(engine);
 
     if let Some(addr) = cfg.metrics_addr {
-        let bound = metrics::serve(metrics.clone(), addr)
+        let bound = metrics::serve(metrics.registry.clone(), addr)
             .await
             .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
         tracing::info!(addr = %bound, "metrics endpoint listening");
@@ -385,7 +387,11 @@ pub async fn run(
         out_tx.clone(),
         fatal_tx.clone(),
     );
-    let sequencer = tokio::spawn(sequence(decode_rx, frame_tx, out_tx.clone()));
+    let sequencer = inference::spawn_stage(
+        "sequencer",
+        fatal_tx.clone(),
+        sequence(decode_rx, frame_tx, out_tx.clone()),
+    );
     let emitter = tokio::spawn(emit(
         ctx.clone(),
         producer.clone(),
@@ -450,6 +456,10 @@ pub async fn run(
                 }
             }
             Ok((meta, info)) => {
+                if let Some(g) = &metrics.camera_last_frame {
+                    g.with_label_values(&[&meta.site, &meta.camera])
+                        .set(meta.captured_at_ms as f64 / 1e3);
+                }
                 let engine = engine.clone();
                 let job = tokio::task::spawn_blocking(move || {
                     inference::decode_frame(&engine, origin, meta, info, key, headers, payload)

@@ -259,7 +259,12 @@ impl Worker {
             .args(["--observations-topic", &topics.observations])
             .args(["--dlq-topic", &topics.dlq])
             .args(["--group", group, "--worker-id", &id])
-            .args(["--metrics-addr", "127.0.0.1:0", "--intra-threads", "1"])
+            .args(if extra.contains(&"--metrics-addr") {
+                &[][..]
+            } else {
+                &["--metrics-addr", "127.0.0.1:0"][..]
+            })
+            .args(["--intra-threads", "1"])
             .args(["--decode-threads", "2", "--drain-timeout-secs", "20"])
             .args(extra)
             .env("RUST_LOG", "info")
