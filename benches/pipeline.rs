@@ -1,5 +1,5 @@
-//! Per-stage costs of the frame path: JPEG decode (full vs reduced), preprocessing, the mask
-//! classifier's throughput per item at batch sizes 1–32, and the batcher's overhead.
+//! Per-stage costs of the frame path: JPEG decode (full vs reduced), preprocessing, each model's
+//! throughput per item at batch sizes 1–32 (1 and 2 threads), and the batcher's overhead.
 //!
 //! `cargo bench --bench pipeline` (after scripts/bootstrap.sh). Results: BENCHMARKS.md.
 
@@ -40,18 +40,14 @@ fn frame(width: i32, height: i32) -> Vec<u8> {
     decode::encode_jpeg(&out, 85).unwrap()
 }
 
-fn load_model() -> Model {
+fn load_model(name: &str, threads: usize) -> Model {
     let (env, _) = vigil::runtime::init(None).expect("ONNX Runtime (run scripts/bootstrap.sh)");
-    let manifest = model::find_manifest(&repo().join("models"), "mask").unwrap();
-    Model::load(
-        env,
-        manifest,
-        ExecutionConfig {
-            device: Device::Cpu,
-            intra_threads: 1,
-        },
-    )
-    .unwrap()
+    let manifest = model::find_manifest(&repo().join("models"), name).unwrap();
+    let exec = ExecutionConfig {
+        device: Device::Cpu,
+        intra_threads: threads,
+    };
+    Model::load(env, manifest, exec).unwrap()
 }
 
 fn bench_decode(c: &mut Criterion) {
@@ -70,7 +66,7 @@ fn bench_decode(c: &mut Criterion) {
 }
 
 fn bench_preprocess(c: &mut Criterion) {
-    let m = load_model();
+    let m = load_model("mask", 1);
     let mut g = c.benchmark_group("preprocess_to_224");
     for (name, w, h) in [
         ("720p_reduced_1_2", 1280, 720),
@@ -91,23 +87,28 @@ fn bench_preprocess(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_model(c: &mut Criterion) {
-    let mut m = load_model();
+/// Throughput per item at batch sizes 1–32, for each model at 1 and 2 ONNX Runtime threads.
+fn bench_models(c: &mut Criterion) {
     let img = decode::decode(&frame(1280, 720), 2).unwrap();
-    let mut tensor = Vec::new();
-    decode::preprocess(&img, &m.manifest.input, &mut Mat::default(), &mut tensor).unwrap();
-    let mut g = c.benchmark_group("mask_classifier");
-    g.sample_size(10)
-        .measurement_time(Duration::from_secs(4))
-        .warm_up_time(Duration::from_secs(1));
-    for batch in [1usize, 2, 4, 8, 16, 32] {
-        let items: Vec<&[f32]> = (0..batch).map(|_| tensor.as_slice()).collect();
-        g.throughput(Throughput::Elements(batch as u64));
-        g.bench_with_input(BenchmarkId::new("batch", batch), &items, |b, items| {
-            b.iter(|| m.classify(black_box(items)).unwrap())
-        });
+    for name in ["mask", "face-blazeface"] {
+        for threads in [1usize, 2] {
+            let mut m = load_model(name, threads);
+            let mut tensor = Vec::new();
+            decode::preprocess(&img, &m.manifest.input, &mut Mat::default(), &mut tensor).unwrap();
+            let mut g = c.benchmark_group(format!("{name}_{threads}thread"));
+            g.sample_size(10)
+                .measurement_time(Duration::from_secs(3))
+                .warm_up_time(Duration::from_secs(1));
+            for batch in [1usize, 2, 4, 8, 16, 32] {
+                let items: Vec<&[f32]> = (0..batch).map(|_| tensor.as_slice()).collect();
+                g.throughput(Throughput::Elements(batch as u64));
+                g.bench_with_input(BenchmarkId::new("batch", batch), &items, |b, items| {
+                    b.iter(|| m.infer(black_box(items)).unwrap())
+                });
+            }
+            g.finish();
+        }
     }
-    g.finish();
 }
 
 fn bench_batcher(c: &mut Criterion) {
@@ -132,11 +133,11 @@ fn bench_batcher(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(
-    benches,
-    bench_decode,
-    bench_preprocess,
-    bench_model,
-    bench_batcher
-);
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    targets = bench_decode, bench_preprocess, bench_models, bench_batcher
+}
 criterion_main!(benches);

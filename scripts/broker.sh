@@ -31,9 +31,12 @@ start)
     sleep 0.1
   done
   printf 'VIGIL_BROKERS=127.0.0.1:%s\nBROKER_PID=%s\n' "$port" "$pid" >"$dir/broker.env"
-  for topic in vigil.frames vigil.observations vigil.dlq; do
+  # The state topic is compacted and co-partitioned with the frames topic (same count).
+  for topic in vigil.frames vigil.observations vigil.dlq vigil.violations vigil.state; do
+    config=()
+    [ "$topic" = vigil.state ] && config=(--config cleanup.policy=compact)
     "$TOOLS/bin/nisshi" topic create --broker "tcp://127.0.0.1:$port" \
-      --partitions "$partitions" --silent "$topic" >>"$dir/broker.log" 2>&1 || {
+      --partitions "$partitions" "${config[@]}" --silent "$topic" >>"$dir/broker.log" 2>&1 || {
         echo "could not create topic $topic; log:" >&2; tail -20 "$dir/broker.log" >&2; exit 1; }
   done
   echo "VIGIL_BROKERS=127.0.0.1:$port"

@@ -42,6 +42,37 @@ pub enum Command {
     Topics(TopicsArgs),
     /// Print the records of a topic (observations, dead letters) in readable form.
     Tail(TailArgs),
+    /// Follow violation episode events: print them, optionally POST them to a webhook,
+    /// each event once (deduplicated by event_id).
+    Alerts(AlertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Topic of the episode events.
+    #[arg(
+        long,
+        env = "VIGIL_VIOLATIONS_TOPIC",
+        default_value = "vigil.violations"
+    )]
+    pub topic: String,
+    /// Consumer group (alerts resume where they stopped).
+    #[arg(long, default_value = "vigil-alerts")]
+    pub group: String,
+    /// POST each event as JSON to this http:// URL.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// Attempts per webhook delivery (backoff 0.5 s doubling to 30 s).
+    #[arg(long, default_value_t = 8)]
+    pub max_attempts: u32,
+    /// Print events as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many seconds without an event.
+    #[arg(long)]
+    pub idle_secs: Option<f64>,
 }
 
 /// Topic names, shared by the subcommands.
@@ -60,6 +91,16 @@ pub struct TopicArgs {
     /// Dead-letter topic for frames that cannot be handled.
     #[arg(long, env = "VIGIL_DLQ_TOPIC", default_value = "vigil.dlq")]
     pub dlq_topic: String,
+    /// Topic violation episode events (Avro) are published to.
+    #[arg(
+        long,
+        env = "VIGIL_VIOLATIONS_TOPIC",
+        default_value = "vigil.violations"
+    )]
+    pub violations_topic: String,
+    /// Compacted topic holding episode state, co-partitioned with the frames topic.
+    #[arg(long, env = "VIGIL_STATE_TOPIC", default_value = "vigil.state")]
+    pub state_topic: String,
 }
 
 #[derive(Debug, Args)]
@@ -184,7 +225,8 @@ pub struct TopicsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsAction {
-    /// Create the frames, observations and dead-letter topics (existing ones are kept).
+    /// Create the frames, observations, dead-letter, violations and (compacted) state topics,
+    /// all with the same partition count; existing ones are kept.
     Create {
         #[command(flatten)]
         kafka: KafkaArgs,
@@ -243,6 +285,8 @@ impl WorkerArgs {
             frames_topic: self.topics.frames_topic,
             observations_topic: self.topics.observations_topic,
             dlq_topic: self.topics.dlq_topic,
+            violations_topic: self.topics.violations_topic,
+            state_topic: self.topics.state_topic,
             limits: Limits {
                 max_frame_bytes: self.max_frame_bytes,
                 max_pixels: self.max_pixels,
@@ -378,6 +422,25 @@ pub fn run(cli: Cli) -> ExitCode {
                     println!("{name}: {}", if new { "created" } else { "exists" });
                 }
                 Ok(())
+            }
+            Command::Alerts(a) => {
+                let cfg = crate::alerts::AlertsConfig {
+                    kafka: a.kafka,
+                    topic: a.topic,
+                    group: a.group,
+                    webhook: a.webhook,
+                    max_attempts: a.max_attempts,
+                    json: a.json,
+                    idle_timeout: a
+                        .idle_secs
+                        .map(|s| secs("--idle-secs", s))
+                        .transpose()
+                        .map_err(|e| (2, anyhow::anyhow!(e)))?,
+                    remember: 100_000,
+                };
+                crate::alerts::run(cfg, shutdown_signal())
+                    .await
+                    .map_err(|e| (1, e))
             }
             Command::Tail(a) => {
                 let cfg = crate::tail::TailConfig {

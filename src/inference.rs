@@ -29,6 +29,8 @@ use tokio::sync::mpsc;
 use crate::batcher::{BatchPolicy, Batcher};
 use crate::cascade;
 use crate::decode;
+use crate::episodes::EpisodePolicy;
+use crate::events::{EventCodec, EventContext, ViolationEvent};
 use crate::frame::{self, FrameMeta, Rejection};
 use crate::jpeg::JpegInfo;
 use crate::metrics::Metrics;
@@ -38,7 +40,8 @@ use crate::observation::{
     SourceRef, StageTiming, Timings, Verdict,
 };
 use crate::rules::{Rule, RuleSet};
-use crate::worker::{DeadLetter, Origin, Outcome};
+use crate::state::StateStore;
+use crate::worker::{DeadLetter, Judged, Origin, Outcome};
 
 /// Static facts about a loaded model that the stages need.
 #[derive(Debug, Clone)]
@@ -73,6 +76,11 @@ pub struct DebugImages {
 
 /// Everything the stages share, fixed at start-up.
 pub struct Engine {
+    /// Episode state of the assigned partitions (shared with the rebalance callbacks).
+    pub store: Arc<StateStore>,
+    /// Episode policy per rule name.
+    policies: HashMap<String, EpisodePolicy>,
+    codec: EventCodec,
     pub ruleset: RuleSet,
     pub rules: Vec<CompiledRule>,
     rule_index: HashMap<String, usize>,
@@ -93,6 +101,17 @@ impl Engine {
         worker_id: String,
         debug: Option<DebugImages>,
     ) -> Result<Engine, String> {
+        let policies = ruleset
+            .rules
+            .iter()
+            .map(|(n, r)| (n.clone(), r.episode.clone()))
+            .collect();
+        for name in ruleset.rules.keys() {
+            metrics.frames_stale.with_label_values(&[name]);
+            for kind in ["opened", "updated", "resolved"] {
+                metrics.episode_events.with_label_values(&[name, kind]);
+            }
+        }
         let infos: Vec<ModelInfo> = models
             .iter()
             .map(|m| ModelInfo {
@@ -148,6 +167,9 @@ impl Engine {
             });
         }
         Ok(Engine {
+            store: Arc::new(StateStore::new()),
+            policies,
+            codec: EventCodec::new(),
             ruleset,
             rules,
             rule_index,
@@ -178,6 +200,57 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Applies an observation to its cameras' episodes (in frame order): the events it raises,
+    /// encoded, and the state entries it changed, serialised.
+    fn judge(&self, partition: i32, offset: i64, obs: Observation) -> Judged {
+        let j = self.store.judge(partition, offset, &obs, &self.policies);
+        for rule in &j.stale {
+            self.metrics.frames_stale.with_label_values(&[rule]).inc();
+        }
+        for (site, rule, secs) in &j.violation_secs {
+            self.metrics
+                .violation_seconds
+                .with_label_values(&[site, rule])
+                .inc_by(*secs);
+        }
+        let mut events = Vec::with_capacity(j.events.len());
+        for r in &j.events {
+            let ctx = EventContext {
+                site: &r.site,
+                camera: &r.camera,
+                zone: r.zone.as_deref(),
+                rule: &r.rule,
+                frames_topic: &self.frames_topic,
+                models: &r.models,
+                worker: &self.worker_id,
+            };
+            let ev = ViolationEvent::from_episode(&r.event, &ctx);
+            self.metrics
+                .episode_events
+                .with_label_values(&[&ev.rule, &ev.kind])
+                .inc();
+            if ev.kind != "updated" {
+                tracing::info!(kind = %ev.kind, site = %ev.site, camera = %ev.camera, rule = %ev.rule,
+                    episode = %ev.episode_id, event = %ev.event_id, reason = ev.reason.as_deref().unwrap_or(""), "episode event");
+            }
+            let bytes = self
+                .codec
+                .encode(&ev)
+                .expect("events built from the schema's own types encode");
+            events.push((ev.camera, bytes));
+        }
+        let states = j
+            .changed
+            .iter()
+            .map(|s| (s.key(), serde_json::to_vec(s).expect("state serialises")))
+            .collect();
+        Judged {
+            obs,
+            events,
+            states,
+        }
     }
 
     fn model_ref(&self, m: usize) -> ModelRef {
@@ -604,8 +677,9 @@ async fn collect(
             }
             while let Some((origin, obs)) = done.remove(&next_emit) {
                 next_emit += 1;
+                let judged = engine.judge(origin.ticket.partition, origin.ticket.offset, *obs);
                 if out_tx
-                    .send(Outcome::Observation(origin, obs))
+                    .send(Outcome::Observation(origin, Box::new(judged)))
                     .await
                     .is_err()
                 {

@@ -16,10 +16,13 @@
 //! Policy cores ([`batcher`], [`offsets`], [`frame`], [`jpeg`]) are pure and synchronous;
 //! Kafka appears only in [`kafka`], the worker's source and sink, the gateway and [`tail`].
 
+pub mod alerts;
 pub mod batcher;
 pub mod cascade;
 pub mod cli;
 pub mod decode;
+pub mod episodes;
+pub mod events;
 pub mod frame;
 pub mod gateway;
 pub mod inference;
@@ -31,5 +34,6 @@ pub mod observation;
 pub mod offsets;
 pub mod rules;
 pub mod runtime;
+pub mod state;
 pub mod tail;
 pub mod worker;

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub partitions_assigned: IntGauge,
     pub model_info: IntGaugeVec,
     pub rule_outcomes: IntCounterVec,
+    pub episode_events: IntCounterVec,
+    pub episodes_open: IntGaugeVec,
+    pub violation_seconds: prometheus::CounterVec,
+    pub frames_stale: IntCounterVec,
     /// Per-camera series; `None` when camera labels are switched off (cardinality budget).
     pub camera_last_frame: Option<prometheus::GaugeVec>,
     pub camera_violations: Option<IntCounterVec>,
@@ -239,6 +243,50 @@ impl Metrics {
                         "Frames evaluated per site and rule, by verdict (compliant, violation, unknown).",
                     ),
                     &["site", "rule", "verdict"],
+                )
+                .expect("valid"),
+            ),
+            episode_events: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vigil_episode_events_total",
+                        "Episode events published, per rule and kind (opened, updated, resolved).",
+                    ),
+                    &["rule", "kind"],
+                )
+                .expect("valid"),
+            ),
+            episodes_open: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "vigil_episodes_open",
+                        "Violation episodes open (or clearing) on this worker's partitions, per site and rule.",
+                    ),
+                    &["site", "rule"],
+                )
+                .expect("valid"),
+            ),
+            violation_seconds: reg(
+                &r,
+                prometheus::CounterVec::new(
+                    Opts::new(
+                        "vigil_violation_seconds_total",
+                        "Event-time seconds cameras spent in an open violation episode, per site and rule.",
+                    ),
+                    &["site", "rule"],
+                )
+                .expect("valid"),
+            ),
+            frames_stale: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vigil_frames_stale_total",
+                        "Frames skipped by a rule's episodes for arriving later than its allowed lateness.",
+                    ),
+                    &["rule"],
                 )
                 .expect("valid"),
             ),

@@ -16,6 +16,14 @@
 //! min_detection_score = 0.5
 //! crop_margin = 0.15           # crop grows by this fraction of the box on each side
 //!
+//! [rules.mask_required.episode] # how verdicts become alerts (see `episodes`); all optional
+//! half_life_secs = 4.0
+//! open_threshold = 0.6
+//! close_threshold = 0.3
+//! min_open_secs = 3.0
+//! clear_secs = 10.0
+//! cooldown_secs = 30.0
+//!
 //! [rules.counter_clean]
 //! classifier = "cleanliness"   # no detector: the classifier sees the whole frame
 //! violation_label = "dirty"
@@ -57,6 +65,9 @@ pub struct Rule {
     /// At most this many detections per frame are classified (highest scores first).
     #[serde(default = "default_max_detections")]
     pub max_detections: usize,
+    /// How verdicts become episodes (`[rules.<name>.episode]`; defaults otherwise).
+    #[serde(default)]
+    pub episode: crate::episodes::EpisodePolicy,
 }
 
 fn default_min_detection_score() -> f32 {
@@ -161,6 +172,9 @@ impl RuleSet {
             if !(0.0..=2.0).contains(&r.crop_margin) {
                 return Err(err(format!("rules.{name}.crop_margin must be within 0..2")));
             }
+            r.episode
+                .validate()
+                .map_err(|e| err(format!("rules.{name}.episode: {e}")))?;
         }
         Ok(set)
     }
@@ -289,5 +303,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("min_detection_score"), "{e}");
+        let e = RuleSet::parse(
+            "[rules.a]\nclassifier='x'\nviolation_label='v'\n[rules.a.episode]\nopen_threshold=0.2",
+            "f",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rules.a.episode") && e.contains("open_threshold"),
+            "{e}"
+        );
+        let e = RuleSet::parse(
+            "[rules.a]\nclassifier='x'\nviolation_label='v'\n[rules.a.episode]\nhalf_life=2",
+            "f",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("half_life"), "{e}");
     }
 }

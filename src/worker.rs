@@ -43,6 +43,7 @@ use crate::model::{self, ExecutionConfig, Model};
 use crate::observation::{now_ms, Observation};
 use crate::offsets::{OffsetTracker, Ticket};
 use crate::rules::RuleSet;
+use crate::state::{StateStore, StoredState};
 
 /// Everything `vigil worker` is configured with.
 #[derive(Debug, Clone)]
@@ -53,6 +54,10 @@ pub struct WorkerConfig {
     pub frames_topic: String,
     pub observations_topic: String,
     pub dlq_topic: String,
+    /// Episode events (Avro).
+    pub violations_topic: String,
+    /// Episode state (compacted, co-partitioned with the frames topic).
+    pub state_topic: String,
     pub limits: Limits,
     /// Model pack directory; found automatically when `None`.
     pub model_dir: Option<PathBuf>,
@@ -154,6 +159,81 @@ struct WorkerContext {
     metrics: Arc<Metrics>,
     topic: String,
     drain_timeout: Duration,
+    /// Episode state of the assigned partitions: restored on assign, dropped on revoke.
+    store: Arc<StateStore>,
+    /// For the restore consumer.
+    kafka: KafkaArgs,
+    group: String,
+    state_topic: String,
+    /// A partition whose state cannot be restored stops the worker.
+    fatal: mpsc::Sender<anyhow::Error>,
+}
+
+/// Reads a partition of the state topic from the beginning to its end and returns the latest
+/// entry per key. Blocking.
+fn restore_partition(
+    kafka: &KafkaArgs,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Vec<StoredState>, String> {
+    use rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = kafka
+        .config(&[
+            ("group.id", &format!("{group}.state-restore")),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.wait.max.ms", "5"),
+        ])?
+        .create()
+        .map_err(|e| format!("restore consumer: {e}"))?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|e| format!("watermarks of {topic}/{partition}: {e}"))?;
+    let mut latest: std::collections::HashMap<String, StoredState> = Default::default();
+    if high > low {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(low))
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "timed out reading {topic}/{partition} up to offset {high}"
+                ));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                Some(Err(e)) => return Err(format!("reading {topic}/{partition}: {e}")),
+                Some(Ok(m)) => {
+                    let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+                    match (key, m.payload()) {
+                        (Some(k), Some(v)) => match serde_json::from_slice::<StoredState>(v) {
+                            Ok(s) => {
+                                latest.insert(k, s);
+                            }
+                            Err(e) => {
+                                return Err(format!(
+                                    "{topic}/{partition}@{}: unreadable state: {e}",
+                                    m.offset()
+                                ))
+                            }
+                        },
+                        (Some(k), None) => {
+                            latest.remove(&k);
+                        }
+                        _ => {}
+                    }
+                    if m.offset() >= high - 1 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(latest.into_values().collect())
 }
 
 impl ClientContext for WorkerContext {
@@ -196,6 +276,7 @@ impl ConsumerContext for WorkerContext {
             let drained = self.inflight.wait_drained(&parts, self.drain_timeout);
             commit_stored(consumer, &self.metrics);
             self.inflight.revoke(&parts);
+            self.store.remove(&parts);
             for p in &parts {
                 let _ = self
                     .metrics
@@ -210,6 +291,31 @@ impl ConsumerContext for WorkerContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let parts = partitions_of(tpl, &self.topic);
+                // Restore each partition's episode state before any of its frames is read.
+                for &p in &parts {
+                    match restore_partition(
+                        &self.kafka,
+                        &self.group,
+                        &self.state_topic,
+                        p,
+                        Duration::from_secs(60),
+                    ) {
+                        Ok(entries) => {
+                            tracing::info!(
+                                partition = p,
+                                entries = entries.len(),
+                                "episode state restored"
+                            );
+                            self.store.install(p, entries);
+                        }
+                        Err(e) => {
+                            tracing::error!(partition = p, error = %e, "episode state not restored; stopping");
+                            let _ = self.fatal.try_send(anyhow!(
+                                "cannot restore the episode state of partition {p}: {e}"
+                            ));
+                        }
+                    }
+                }
                 tracing::info!(partitions = ?parts, "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -249,8 +355,17 @@ pub(crate) struct DeadLetter {
 
 /// What the emitter publishes for a frame.
 pub(crate) enum Outcome {
-    Observation(Origin, Box<Observation>),
+    Observation(Origin, Box<Judged>),
     DeadLetter(Box<DeadLetter>),
+}
+
+/// A frame's observation with the episode events and state changes it caused.
+pub(crate) struct Judged {
+    pub(crate) obs: Observation,
+    /// Encoded (Avro single-object) events, keyed by camera.
+    pub(crate) events: Vec<(String, Vec<u8>)>,
+    /// State-topic records (key, JSON), written once the events are acknowledged.
+    pub(crate) states: Vec<(String, Vec<u8>)>,
 }
 
 /// Static facts the source and sink need.
@@ -329,13 +444,22 @@ pub async fn run(
             cfg.frames_topic.clone(),
             cfg.observations_topic.clone(),
             cfg.dlq_topic.clone(),
+            cfg.violations_topic.clone(),
+            cfg.state_topic.clone(),
         ];
-        tokio::task::spawn_blocking(move || {
+        let counts = tokio::task::spawn_blocking(move || {
             let names: Vec<&str> = topics.iter().map(String::as_str).collect();
             kafka::partition_counts(p.client(), &names, Duration::from_secs(15))
         })
         .await?
         .map_err(|e| anyhow!(e))?;
+        if counts[0] != counts[4] {
+            return Err(anyhow!(
+                "the state topic `{}` has {} partitions but the frames topic `{}` has {}: they must have the same \
+                 count (state is co-partitioned with frames); recreate the state topic",
+                cfg.state_topic, counts[4], cfg.frames_topic, counts[0]
+            ));
+        }
     }
 
     let inflight = Arc::new(InFlight {
@@ -343,11 +467,17 @@ pub async fn run(
         changed: Condvar::new(),
         metrics: metrics.clone(),
     });
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(4);
     let context = WorkerContext {
         inflight: inflight.clone(),
         metrics: metrics.clone(),
         topic: cfg.frames_topic.clone(),
         drain_timeout: cfg.drain_timeout,
+        store: engine.store.clone(),
+        kafka: cfg.kafka.clone(),
+        group: cfg.group.clone(),
+        state_topic: cfg.state_topic.clone(),
+        fatal: fatal_tx.clone(),
     };
     let consumer: Arc<WorkerConsumer> = Arc::new(
         cfg.kafka
@@ -378,7 +508,6 @@ pub async fn run(
     type DecodeJob = JoinHandle<Result<Decoded, Box<DeadLetter>>>;
     let (decode_tx, decode_rx) = mpsc::channel::<DecodeJob>(cfg.decode_threads.max(1));
     let (out_tx, out_rx) = mpsc::channel::<Outcome>(cfg.max_in_flight.max(1));
-    let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(4);
 
     let (frame_tx, stage_handles) = inference::start(
         engine.clone(),
@@ -402,6 +531,7 @@ pub async fn run(
     ));
     let gauges = tokio::spawn(watch_queues(
         metrics.clone(),
+        engine.store.clone(),
         decode_tx.downgrade(),
         out_tx.downgrade(),
         cfg.progress_interval,
@@ -620,25 +750,73 @@ fn produce(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Delivery> + Send>> {
     let producer = producer.clone();
     match outcome {
-        Outcome::Observation(origin, obs) => {
-            let topic = ctx.cfg.observations_topic.clone();
-            let payload = serde_json::to_vec(&obs).expect("observation serialises");
+        Outcome::Observation(origin, judged) => {
+            let cfg = ctx.cfg.clone();
+            let payload = serde_json::to_vec(&judged.obs).expect("observation serialises");
             Box::pin(async move {
                 let t = Instant::now();
-                let headers = kafka::headers_from([
+                let Judged {
+                    obs,
+                    events,
+                    states,
+                } = *judged;
+                let partition = origin.ticket.partition;
+                // Phase 1: the observation and the episode events, concurrently.
+                let mut first = Vec::with_capacity(1 + events.len());
+                let obs_headers = kafka::headers_from([
                     (header::CAMERA, obs.camera.as_bytes()),
                     (header::SITE, obs.site.as_bytes()),
                     ("content-type", b"application/json".as_slice()),
                 ]);
-                let rec = FutureRecord::to(&topic)
-                    .key(obs.camera.as_bytes())
-                    .payload(&payload)
-                    .headers(headers);
-                let result = producer
-                    .send(rec, Timeout::Never)
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| e);
+                first.push(
+                    enqueue(
+                        &producer,
+                        &cfg.observations_topic,
+                        obs.camera.as_bytes(),
+                        &payload,
+                        obs_headers,
+                        None,
+                    )
+                    .await,
+                );
+                for (key, value) in &events {
+                    let h = kafka::headers_from([(
+                        "content-type",
+                        b"application/vnd.apache.avro+binary".as_slice(),
+                    )]);
+                    first.push(
+                        enqueue(
+                            &producer,
+                            &cfg.violations_topic,
+                            key.as_bytes(),
+                            value,
+                            h,
+                            None,
+                        )
+                        .await,
+                    );
+                }
+                let mut result = settle_all(first).await;
+                // Phase 2: the state, only once the events it accounts for are acknowledged, and
+                // into the frame's own partition number (co-partitioned).
+                if result.is_ok() && !states.is_empty() {
+                    let mut second = Vec::with_capacity(states.len());
+                    for (key, value) in &states {
+                        let h = rdkafka::message::OwnedHeaders::new();
+                        second.push(
+                            enqueue(
+                                &producer,
+                                &cfg.state_topic,
+                                key.as_bytes(),
+                                value,
+                                h,
+                                Some(partition),
+                            )
+                            .await,
+                        );
+                    }
+                    result = settle_all(second).await;
+                }
                 Delivery {
                     origin,
                     result,
@@ -703,10 +881,62 @@ fn produce(
     }
 }
 
+/// Hands a record to the producer, waiting while its queue is full; the future resolves on the
+/// broker's acknowledgement.
+async fn enqueue(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+    headers: rdkafka::message::OwnedHeaders,
+    partition: Option<i32>,
+) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+    let mut rec = FutureRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(headers);
+    if let Some(p) = partition {
+        rec = rec.partition(p);
+    }
+    loop {
+        match producer.send_result(rec) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Waits for every delivery; the first error, if any. Each produce call either queues (and is
+/// awaited) or fails at once (queue full is retried by waiting briefly).
+async fn settle_all(
+    sends: Vec<Result<rdkafka::producer::DeliveryFuture, KafkaError>>,
+) -> Result<(), KafkaError> {
+    let mut result = Ok(());
+    for s in sends {
+        let r = match s {
+            Ok(fut) => match fut.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e),
+                Err(_) => Err(KafkaError::Canceled),
+            },
+            Err(e) => Err(e),
+        };
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
 /// Updates queue-depth gauges every second and logs a progress line at `interval`. Holds only
 /// weak senders so that it never keeps a stage alive.
 async fn watch_queues(
     metrics: Arc<Metrics>,
+    store: Arc<StateStore>,
     decode: mpsc::WeakSender<JoinHandle<Result<Decoded, Box<DeadLetter>>>>,
     output: mpsc::WeakSender<Outcome>,
     interval: Duration,
@@ -716,6 +946,14 @@ async fn watch_queues(
     let mut last_processed = 0;
     loop {
         tick.tick().await;
+        let open = store.open_episodes();
+        metrics.episodes_open.reset();
+        for ((site, rule), n) in open {
+            metrics
+                .episodes_open
+                .with_label_values(&[&site, &rule])
+                .set(n);
+        }
         if let Some(s) = decode.upgrade() {
             metrics
                 .queue_depth

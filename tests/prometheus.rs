@@ -162,10 +162,11 @@ async fn dashboards_and_alerts_work_against_a_real_prometheus() -> Result {
     })
     .await?;
 
-    // Traffic: kitchen cameras (judged) and a dining camera (observed only), captured now.
+    // Traffic: kitchen cameras (judged) and a dining camera (observed only), captured over the
+    // last 10 s, 1.2 s apart: long enough for the kitchen cameras to open episodes.
     let now = vigil::observation::now_ms();
     let mut recs = Vec::new();
-    for seq in 0..6u64 {
+    for seq in 0..8u64 {
         for (cam, zone) in [
             ("cam-k1", "kitchen"),
             ("cam-k2", "kitchen"),
@@ -177,14 +178,19 @@ async fn dashboards_and_alerts_work_against_a_real_prometheus() -> Result {
                 seq,
                 face(["grace_hopper.jpg", "sample1.jpg"][seq as usize % 2]),
             );
-            r.headers[2].1 = (now + seq as i64 * 200).to_string().into_bytes();
+            r.headers[2].1 = (now - 10_000 + seq as i64 * 1_200).to_string().into_bytes();
             r.headers.push(("zone".into(), zone.as_bytes().to_vec()));
             recs.push(r);
         }
     }
     let mut bad = frame("cam-k1", "site-042", 99, b"not a jpeg".to_vec());
     bad.headers[2].1 = now.to_string().into_bytes();
+    // One frame far too late for the episode clock: counted as stale.
+    let mut late = frame("cam-k2", "site-042", 100, face("grace_hopper.jpg"));
+    late.headers[2].1 = (now - 60_000).to_string().into_bytes();
+    late.headers.push(("zone".into(), b"kitchen".to_vec()));
     recs.push(bad);
+    recs.push(late);
     produce(&topics.frames, &recs).await?;
     collect(
         &topics.observations,

@@ -59,6 +59,8 @@ pub struct Topics {
     pub frames: String,
     pub observations: String,
     pub dlq: String,
+    pub violations: String,
+    pub state: String,
 }
 
 pub async fn create_topics(partitions: i32) -> Result<Topics> {
@@ -67,13 +69,22 @@ pub async fn create_topics(partitions: i32) -> Result<Topics> {
         frames: format!("{base}.frames"),
         observations: format!("{base}.observations"),
         dlq: format!("{base}.dlq"),
+        violations: format!("{base}.violations"),
+        state: format!("{base}.state"),
     };
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()?;
-    let topics: Vec<NewTopic> = [&t.frames, &t.observations, &t.dlq]
+    let topics: Vec<NewTopic> = [&t.frames, &t.observations, &t.dlq, &t.violations, &t.state]
         .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .map(|n| {
+            let topic = NewTopic::new(n, partitions, TopicReplication::Fixed(1));
+            if *n == &t.state {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
         .collect();
     for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
         r.map_err(|(n, e)| anyhow!("create {n}: {e}"))?;
@@ -179,7 +190,9 @@ pub async fn collect(
     c.subscribe(&[topic])?;
     let mut got = Vec::new();
     let deadline = Instant::now() + timeout;
-    let mut settle_until: Option<Instant> = None;
+    // Expecting nothing: read for `settle` once the group has had time to join.
+    let mut settle_until: Option<Instant> =
+        (n == 0).then(|| Instant::now() + settle.max(Duration::from_secs(5)));
     loop {
         let until = settle_until.unwrap_or(deadline);
         let now = Instant::now();
@@ -258,6 +271,12 @@ impl Worker {
             .args(["--frames-topic", &topics.frames])
             .args(["--observations-topic", &topics.observations])
             .args(["--dlq-topic", &topics.dlq])
+            .args([
+                "--violations-topic",
+                &topics.violations,
+                "--state-topic",
+                &topics.state,
+            ])
             .args(["--group", group, "--worker-id", &id])
             .args(if extra.contains(&"--metrics-addr") {
                 &[][..]

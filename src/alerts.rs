@@ -1,0 +1,280 @@
+//! `vigil alerts`: the reference subscriber of the violations topic. Decodes each Avro event,
+//! prints one readable line, optionally POSTs it as JSON to a webhook (with retries and
+//! exponential backoff), and deduplicates by `event_id`: a re-published event (same id, after a
+//! worker crash) is shown and delivered once. Offsets are stored only once an event is handled,
+//! so a crash of the subscriber re-delivers, never loses.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::events::{EventCodec, ViolationEvent};
+use crate::kafka::KafkaArgs;
+
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub kafka: KafkaArgs,
+    pub topic: String,
+    /// Consumer group: alerts resume where they stopped.
+    pub group: String,
+    /// POST each new event here (http://host:port/path).
+    pub webhook: Option<String>,
+    /// Attempts per event before giving up (the subscriber then stops without committing it).
+    pub max_attempts: u32,
+    /// Print events as JSON lines instead of readable lines.
+    pub json: bool,
+    /// Stop after this long without an event.
+    pub idle_timeout: Option<Duration>,
+    /// Event ids remembered for deduplication.
+    pub remember: usize,
+}
+
+/// Recently seen event ids, bounded.
+pub struct Dedup {
+    seen: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Dedup {
+    pub fn new(capacity: usize) -> Self {
+        Dedup {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// True the first time an id is offered.
+    pub fn first_time(&mut self, id: &str) -> bool {
+        if self.seen.contains(id) {
+            return false;
+        }
+        self.seen.insert(id.to_string());
+        self.order.push_back(id.to_string());
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// One readable line per event.
+pub fn describe(e: &ViolationEvent) -> String {
+    let mut s = format!(
+        "{:<8} {:<8} site={} camera={} rule={} episode={} peak={:.2} mean={:.2} frames={}",
+        e.kind.to_uppercase(),
+        e.severity,
+        e.site,
+        e.camera,
+        e.rule,
+        &e.episode_id[..e.episode_id.len().min(12)],
+        e.peak_level,
+        e.mean_level,
+        e.frames
+    );
+    if let Some(r) = &e.reason {
+        s.push_str(&format!(" reason={r}"));
+    }
+    if let Some(ev) = &e.evidence {
+        s.push_str(&format!(
+            " evidence={}:{}/{}",
+            ev.topic, ev.partition, ev.offset
+        ));
+    }
+    s.push_str(&format!(" event={}", e.event_id));
+    s
+}
+
+/// Parses `http://host[:port]/path`.
+fn parse_http_url(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        anyhow!(
+            "--webhook {url}: only http:// URLs are supported (put a TLS proxy in front for https)"
+        )
+    })?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    Ok((hostport, path.to_string()))
+}
+
+/// One POST; Ok if the server answered 2xx.
+async fn post_once(hostport: &str, path: &str, body: &[u8]) -> anyhow::Result<()> {
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(hostport),
+    )
+    .await??;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    let status = String::from_utf8_lossy(&buf);
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if (200..300).contains(&code) {
+        Ok(())
+    } else {
+        bail!(
+            "webhook answered {}",
+            status.lines().next().unwrap_or("nothing")
+        )
+    }
+}
+
+/// POSTs with exponential backoff (0.5 s doubling to 30 s) up to `attempts` times.
+pub async fn post_with_retries(url: &str, body: &[u8], attempts: u32) -> anyhow::Result<()> {
+    let (hostport, path) = parse_http_url(url)?;
+    let mut delay = Duration::from_millis(500);
+    let mut last = None;
+    for attempt in 1..=attempts.max(1) {
+        match post_once(&hostport, &path, body).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "webhook failed, retrying");
+                last = Some(e);
+                if attempt < attempts {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
+}
+
+pub async fn run(
+    cfg: AlertsConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if let Some(url) = &cfg.webhook {
+        parse_http_url(url)?;
+    }
+    let consumer: StreamConsumer = cfg
+        .kafka
+        .config(&[
+            ("group.id", &cfg.group),
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.wait.max.ms", "5"),
+        ])
+        .map_err(|e| anyhow!(e))?
+        .create()
+        .context("cannot create consumer")?;
+    consumer.subscribe(&[&cfg.topic])?;
+    let codec = EventCodec::new();
+    let mut dedup = Dedup::new(cfg.remember);
+    let idle = cfg
+        .idle_timeout
+        .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
+    let (mut shown, mut repeats) = (0u64, 0u64);
+    tokio::pin!(shutdown);
+    loop {
+        let msg = tokio::select! {
+            _ = &mut shutdown => break,
+            r = tokio::time::timeout(idle, consumer.recv()) => match r {
+                Err(_) => break,
+                Ok(m) => m?,
+            },
+        };
+        let payload = msg.payload().unwrap_or_default();
+        match codec.decode(payload) {
+            Err(e) => {
+                tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "not a violation event, skipped")
+            }
+            Ok(ev) => {
+                if dedup.first_time(&ev.event_id) {
+                    if cfg.json {
+                        println!("{}", serde_json::to_string(&ev)?);
+                    } else {
+                        println!("{}", describe(&ev));
+                    }
+                    if let Some(url) = &cfg.webhook {
+                        let body = serde_json::to_vec(&ev)?;
+                        post_with_retries(url, &body, cfg.max_attempts)
+                            .await
+                            .with_context(|| format!("event {} not delivered to the webhook; stopping without committing it", ev.event_id))?;
+                    }
+                    shown += 1;
+                } else {
+                    repeats += 1;
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            msg.topic(),
+            msg.partition(),
+            Offset::Offset(msg.offset() + 1),
+        )?;
+        consumer.store_offsets(&tpl)?;
+    }
+    let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    eprintln!("alerts: {shown} events, {repeats} repeats suppressed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_is_bounded_and_exact() {
+        let mut d = Dedup::new(2);
+        assert!(d.first_time("a"));
+        assert!(!d.first_time("a"));
+        assert!(d.first_time("b"));
+        assert!(d.first_time("c"));
+        assert!(d.first_time("a"), "forgotten beyond capacity");
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_http_url("http://h:81/x/y").unwrap(),
+            ("h:81".into(), "/x/y".into())
+        );
+        assert_eq!(
+            parse_http_url("http://h").unwrap(),
+            ("h:80".into(), "/".into())
+        );
+        assert!(parse_http_url("https://h")
+            .unwrap_err()
+            .to_string()
+            .contains("http://"));
+    }
+
+    #[test]
+    fn lines_name_the_essentials() {
+        let e = &crate::events::tests::sample_events()[2];
+        let line = describe(e);
+        assert!(
+            line.starts_with("RESOLVED")
+                && line.contains("camera=cam-0001")
+                && line.contains("reason=cleared"),
+            "{line}"
+        );
+    }
+}
