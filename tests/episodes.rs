@@ -1,0 +1,353 @@
+//! Violation episodes through real workers and a real broker: replaying the same frames gives
+//! the same events, a flickering camera gives one episode, a worker killed with SIGKILL in the
+//! middle of an episode is replaced without a new `opened` (after deduplication by event_id the
+//! events equal those of an undisturbed run), `vigil alerts` shows each event once, and an
+//! independent Avro implementation (fastavro) decodes every event type.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use common::*;
+use vigil::events::{EventCodec, ViolationEvent};
+
+/// Short episode clocks so that a scene plays out in a few dozen frames.
+const RULES: &str = r#"
+[rules.mask_required]
+detector = "face-blazeface"
+classifier = "mask"
+violation_label = "no_mask"
+
+[rules.mask_required.episode]
+half_life_secs = 1.0
+min_open_secs = 2.0
+clear_secs = 2.0
+cooldown_secs = 3.0
+heartbeat_secs = 4.0
+silence_timeout_secs = 120.0
+
+[[assign]]
+rules = ["mask_required"]
+"#;
+
+fn masked(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("tests/data/masked").join(name)).expect("masked photo")
+}
+
+/// One camera's scene at 2 fps from `start`: `script` has 'V' (no mask), 'C' (mask) or 'U'
+/// (nobody in view) per frame.
+fn scene(camera: &str, start_ms: i64, first_seq: u64, script: &str) -> Vec<Rec> {
+    let (bare, covered) = (face("grace_hopper.jpg"), masked("grace_hopper.jpg"));
+    let empty = {
+        use opencv::core::{Mat, Scalar, CV_8UC3};
+        let img = Mat::new_rows_cols_with_default(
+            480,
+            640,
+            CV_8UC3,
+            Scalar::new(90.0, 120.0, 140.0, 0.0),
+        )
+        .unwrap();
+        vigil::decode::encode_jpeg(&img, 85).unwrap()
+    };
+    script
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let jpeg = match c {
+                'V' => bare.clone(),
+                'C' => covered.clone(),
+                _ => empty.clone(),
+            };
+            let seq = first_seq + i as u64;
+            let mut r = frame(camera, "site-009", seq, jpeg);
+            r.headers[2].1 = (start_ms + i as i64 * 500).to_string().into_bytes();
+            r.headers.push(("zone".into(), b"kitchen".to_vec()));
+            r
+        })
+        .collect()
+}
+
+fn rules_file() -> Result<tempfile::NamedTempFile> {
+    let f = tempfile::NamedTempFile::new()?;
+    std::fs::write(f.path(), RULES)?;
+    Ok(f)
+}
+
+/// Decoded events of a topic, in order, once `until` holds for them.
+async fn events_until(
+    topic: &str,
+    min: usize,
+    timeout: Duration,
+) -> Result<Vec<(ViolationEvent, Vec<u8>)>> {
+    let codec = EventCodec::new();
+    let got = collect(topic, min, timeout, Duration::from_secs(2)).await?;
+    got.into_iter()
+        .map(|g| {
+            Ok((
+                codec.decode(&g.payload).context("event decodes")?,
+                g.payload,
+            ))
+        })
+        .collect()
+}
+
+/// (event_id, kind, episode_id) of each distinct event, in first-seen order.
+fn dedup(events: &[(ViolationEvent, Vec<u8>)]) -> Vec<(String, String, String)> {
+    let mut seen = HashSet::new();
+    events
+        .iter()
+        .filter(|(e, _)| seen.insert(e.event_id.clone()))
+        .map(|(e, _)| (e.event_id.clone(), e.kind.clone(), e.episode_id.clone()))
+        .collect()
+}
+
+/// Runs frames through a fresh pipeline and returns its events.
+async fn run_once(recs: &[Rec], expect: usize) -> Result<Vec<(ViolationEvent, Vec<u8>)>> {
+    let topics = create_topics(2).await?;
+    produce(&topics.frames, recs).await?;
+    let rules = rules_file()?;
+    let w = Worker::start(
+        &topics,
+        &unique("g"),
+        &["--rules", rules.path().to_str().unwrap()],
+    )?;
+    events_until(&topics.violations, expect, Duration::from_secs(120))
+        .await
+        .with_context(|| w.log_text())
+}
+
+const T0: i64 = 1_800_000_000_000;
+
+fn violation_then_clear() -> Vec<Rec> {
+    // 8 s of violation, then 10 s masked.
+    let mut recs = scene("cam-x", T0, 0, &"V".repeat(16));
+    recs.extend(scene("cam-x", T0 + 8_000, 16, &"C".repeat(20)));
+    recs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_the_same_frames_gives_identical_events_that_fastavro_reads() -> Result {
+    let recs = violation_then_clear();
+    let first = run_once(&recs, 3).await?;
+    let second = run_once(&recs, 3).await?;
+    let kinds: Vec<&str> = first.iter().map(|(e, _)| e.kind.as_str()).collect();
+    ensure!(
+        kinds.first() == Some(&"opened") && kinds.last() == Some(&"resolved"),
+        "{kinds:?}"
+    );
+    ensure!(
+        kinds.contains(&"updated"),
+        "a heartbeat while open: {kinds:?}"
+    );
+    ensure!(kinds.iter().filter(|k| **k == "opened").count() == 1);
+    let strip = |v: &[(ViolationEvent, Vec<u8>)]| -> Vec<ViolationEvent> {
+        // The runs differ only in their topic names and worker ids.
+        v.iter()
+            .map(|(e, _)| {
+                let mut e = ViolationEvent {
+                    worker: String::new(),
+                    ..e.clone()
+                };
+                if let Some(ev) = e.evidence.as_mut() {
+                    ev.topic.clear();
+                }
+                e
+            })
+            .collect()
+    };
+    ensure!(
+        strip(&first) == strip(&second),
+        "replay differs:\n{:?}\n{:?}",
+        strip(&first),
+        strip(&second)
+    );
+    let (opened, resolved) = (&first[0].0, &first.last().unwrap().0);
+    ensure!(opened.episode_id == resolved.episode_id);
+    ensure!(resolved.reason.as_deref() == Some("cleared") && resolved.resolved_at.is_some());
+    ensure!(
+        opened.opened_at >= T0 && opened.opened_at < T0 + 4_000,
+        "event time, not processing time"
+    );
+    let ev = opened.evidence.as_ref().context("evidence")?;
+    ensure!(
+        ev.captured_at >= T0 && ev.captured_at < T0 + 8_000,
+        "evidence points at a violation frame"
+    );
+    ensure!(
+        opened.models.iter().any(|m| m.name == "mask")
+            && opened.models.iter().any(|m| m.name == "face-blazeface")
+    );
+
+    // fastavro decodes every event to the same fields.
+    let dir = tempfile::tempdir()?;
+    let mut paths = Vec::new();
+    for (i, (_, bytes)) in first.iter().enumerate() {
+        let p = dir.path().join(format!("{i}.avro"));
+        std::fs::write(&p, bytes)?;
+        paths.push(p);
+    }
+    let out = Command::new(python())
+        .arg(repo().join("tests/tools/decode_events.py"))
+        .arg(repo().join("schemas/violation_event.avsc"))
+        .args(&paths)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "fastavro: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoded: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    ensure!(decoded.len() == first.len());
+    let mut kinds_seen = HashSet::new();
+    for (d, (e, _)) in decoded.iter().zip(&first) {
+        ensure!(
+            d["event_id"] == e.event_id.as_str()
+                && d["kind"] == e.kind.as_str()
+                && d["episode_id"] == e.episode_id.as_str()
+        );
+        ensure!(d["camera"] == "cam-x" && d["rule"] == "mask_required" && d["frames"] == e.frames);
+        kinds_seen.insert(e.kind.clone());
+    }
+    ensure!(
+        kinds_seen.len() == 3,
+        "fastavro read opened, updated and resolved: {kinds_seen:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flickering_camera_yields_one_episode() -> Result {
+    // A violation interrupted by single masked frames and moments with nobody in view.
+    let script = "VVVVCVVUVVVCVVVUUVVVCVVVVVCVVVUVVVV";
+    let mut recs = scene("cam-f", T0, 0, script);
+    recs.extend(scene(
+        "cam-f",
+        T0 + script.len() as i64 * 500,
+        script.len() as u64,
+        &"C".repeat(20),
+    ));
+    let events = run_once(&recs, 2).await?;
+    let main: Vec<_> = events
+        .iter()
+        .filter(|(e, _)| e.kind != "updated")
+        .map(|(e, _)| e.kind.as_str())
+        .collect();
+    ensure!(
+        main == ["opened", "resolved"],
+        "one episode, not many: {main:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_episode_keeps_the_episode_and_loses_nothing() -> Result {
+    let phase1 = scene("cam-k", T0, 0, &"V".repeat(16));
+    let phase2 = scene("cam-k", T0 + 8_000, 16, &"C".repeat(20));
+    let undisturbed = {
+        let all: Vec<Rec> = phase1.iter().chain(&phase2).cloned().collect();
+        dedup(&run_once(&all, 3).await?)
+    };
+
+    let topics = create_topics(2).await?;
+    let group = unique("g");
+    let rules = rules_file()?;
+    let args = ["--rules", rules.path().to_str().unwrap()];
+    let mut a = Worker::start(&topics, &group, &args)?;
+    produce(&topics.frames, &phase1).await?;
+    events_until(&topics.violations, 1, Duration::from_secs(120))
+        .await
+        .with_context(|| a.log_text())?;
+    a.signal("KILL")?;
+    a.wait(Duration::from_secs(10))?;
+    produce(&topics.frames, &phase2).await?;
+    let b = Worker::start(&topics, &group, &args)?;
+    let all = events_until(
+        &topics.violations,
+        undisturbed.len(),
+        Duration::from_secs(120),
+    )
+    .await
+    .with_context(|| b.log_text())?;
+    let got = dedup(&all);
+    ensure!(
+        got == undisturbed,
+        "after dedup by event_id:\n{got:?}\nundisturbed:\n{undisturbed:?}"
+    );
+    let opened: BTreeMap<&str, usize> =
+        all.iter()
+            .filter(|(e, _)| e.kind == "opened")
+            .fold(BTreeMap::new(), |mut m, (e, _)| {
+                *m.entry(e.episode_id.as_str()).or_default() += 1;
+                m
+            });
+    ensure!(opened.len() == 1, "no second episode id: {opened:?}");
+    ensure!(
+        b.log_text().contains("episode state restored"),
+        "the survivor restored the state"
+    );
+    ensure!(
+        all.iter()
+            .any(|(e, _)| e.kind == "resolved" && e.worker == b.id),
+        "the survivor resolved it"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vigil_alerts_shows_each_event_once() -> Result {
+    let recs = violation_then_clear();
+    let topics = create_topics(1).await?;
+    produce(&topics.frames, &recs).await?;
+    let rules = rules_file()?;
+    let w = Worker::start(
+        &topics,
+        &unique("g"),
+        &["--rules", rules.path().to_str().unwrap()],
+    )?;
+    let events = events_until(&topics.violations, 3, Duration::from_secs(120))
+        .await
+        .with_context(|| w.log_text())?;
+    // Publish a repeat of the first event, as a worker restarting after a crash may.
+    let repeat = Rec {
+        key: Some(b"cam-x".to_vec()),
+        headers: vec![],
+        payload: events[0].1.clone(),
+    };
+    produce(&topics.violations, &[repeat]).await?;
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "alerts",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topics.violations,
+        ])
+        .args(["--group", &unique("alerts"), "--idle-secs", "8", "--json"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    let ids: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["event_id"].as_str())
+        .collect();
+    let unique_ids: HashSet<&str> = ids.iter().copied().collect();
+    ensure!(
+        ids.len() == unique_ids.len() && ids.len() == dedup(&events).len(),
+        "each event once: {ids:?}"
+    );
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("1 repeats suppressed"));
+    Ok(())
+}
