@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use opencv::core::{Mat, Size};
 use vigil::batcher::{BatchPolicy, Batcher};
 use vigil::decode;
-use vigil::model::{self, Device, ExecutionConfig, Model};
+use vigil::model::{Device, ExecutionConfig, Model};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,12 +42,11 @@ fn frame(width: i32, height: i32) -> Vec<u8> {
 
 fn load_model(name: &str, threads: usize) -> Model {
     let (env, _) = vigil::runtime::init(None).expect("ONNX Runtime (run scripts/bootstrap.sh)");
-    let manifest = model::find_manifest(&repo().join("models"), name).unwrap();
     let exec = ExecutionConfig {
         device: Device::Cpu,
         intra_threads: threads,
     };
-    Model::load(env, manifest, exec).unwrap()
+    Model::load_named(env, &repo().join("models"), name, exec).unwrap()
 }
 
 fn bench_decode(c: &mut Criterion) {

@@ -359,6 +359,16 @@ impl Model {
         })
     }
 
+    /// Loads the model named `name` from the pack in `dir`.
+    pub fn load_named(
+        env: &ort::environment::Environment,
+        dir: &Path,
+        name: &str,
+        exec: ExecutionConfig,
+    ) -> Result<Model, ModelError> {
+        Model::load(env, find_manifest(dir, name)?, exec)
+    }
+
     /// Number of values one preprocessed image occupies in the input tensor.
     pub fn item_len(&self) -> usize {
         3 * self.manifest.input.width as usize * self.manifest.input.height as usize

@@ -121,6 +121,14 @@ async fn run_once(recs: &[Rec], expect: usize) -> Result<Vec<(ViolationEvent, Ve
 
 const T0: i64 = 1_800_000_000_000;
 
+/// One JSON value per line of a command's output.
+fn json_lines(out: &[u8]) -> Result<Vec<serde_json::Value>> {
+    Ok(std::str::from_utf8(out)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?)
+}
+
 fn violation_then_clear() -> Vec<Rec> {
     // 8 s of violation, then 10 s masked.
     let mut recs = scene("cam-x", T0, 0, &"V".repeat(16));
@@ -199,10 +207,7 @@ async fn replaying_the_same_frames_gives_identical_events_that_fastavro_reads() 
         "fastavro: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let decoded: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<std::result::Result<_, _>>()?;
+    let decoded = json_lines(&out.stdout)?;
     ensure!(decoded.len() == first.len());
     let mut kinds_seen = HashSet::new();
     for (d, (e, _)) in decoded.iter().zip(&first) {
@@ -335,10 +340,7 @@ async fn vigil_alerts_shows_each_event_once() -> Result {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<std::result::Result<_, _>>()?;
+    let lines = json_lines(&out.stdout)?;
     let ids: Vec<&str> = lines
         .iter()
         .filter_map(|l| l["event_id"].as_str())
@@ -349,5 +351,108 @@ async fn vigil_alerts_shows_each_event_once() -> Result {
         "each event once: {ids:?}"
     );
     ensure!(String::from_utf8_lossy(&out.stderr).contains("1 repeats suppressed"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vigil_alerts_posts_each_event_to_a_webhook_retrying_failures() -> Result {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let recs = violation_then_clear();
+    let topics = create_topics(1).await?;
+    produce(&topics.frames, &recs).await?;
+    let rules = rules_file()?;
+    let w = Worker::start(
+        &topics,
+        &unique("g"),
+        &["--rules", rules.path().to_str().unwrap()],
+    )?;
+    let events = events_until(&topics.violations, 3, Duration::from_secs(120))
+        .await
+        .with_context(|| w.log_text())?;
+
+    // A webhook that fails its first request with 503, then accepts; it records the bodies.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hooks/vigil", listener.local_addr()?);
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let server = {
+        let bodies = bodies.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut s, _)) = listener.accept().await {
+                n += 1;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let k = s.read(&mut chunk).await.unwrap_or(0);
+                    if k == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..k]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            if n > 1 {
+                                bodies
+                                    .lock()
+                                    .unwrap()
+                                    .push(serde_json::from_str(&body[..len]).unwrap());
+                            }
+                            break;
+                        }
+                    }
+                }
+                let status = if n == 1 {
+                    "503 Service Unavailable"
+                } else {
+                    "204 No Content"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        })
+    };
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "alerts",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topics.violations,
+        ])
+        .args([
+            "--group",
+            &unique("alerts"),
+            "--idle-secs",
+            "8",
+            "--webhook",
+            &url,
+        ])
+        .output()
+        .await?;
+    server.abort();
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = bodies.lock().unwrap().clone();
+    let ids: Vec<&str> = got.iter().filter_map(|b| b["event_id"].as_str()).collect();
+    let want: Vec<String> = dedup(&events).into_iter().map(|(id, _, _)| id).collect();
+    ensure!(
+        ids == want,
+        "each event posted once, in order, after a retry: {ids:?} vs {want:?}"
+    );
+    ensure!(
+        got[0]["camera"] == "cam-x"
+            && got[0]["kind"] == "opened"
+            && got[0]["episode_id"].is_string()
+    );
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("webhook failed, retrying"));
     Ok(())
 }

@@ -5,20 +5,25 @@ mod common;
 
 use anyhow::{ensure, Context};
 use common::*;
-use vigil::model::{self, Device, ExecutionConfig, Model};
+use vigil::model::{Device, ExecutionConfig, Model};
+
+fn mask_model() -> Result<Model> {
+    let (env, _) = vigil::runtime::init(None)?;
+    let exec = ExecutionConfig {
+        device: Device::Cpu,
+        intra_threads: 1,
+    };
+    Ok(Model::load_named(
+        env,
+        &repo().join("models"),
+        "mask",
+        exec,
+    )?)
+}
 
 #[test]
 fn rust_preprocessing_and_ort_match_the_python_reference() -> Result {
-    let (env, _) = vigil::runtime::init(None)?;
-    let manifest = model::find_manifest(&repo().join("models"), "mask")?;
-    let mut m = Model::load(
-        env,
-        manifest,
-        ExecutionConfig {
-            device: Device::Cpu,
-            intra_threads: 1,
-        },
-    )?;
+    let mut m = mask_model()?;
     let reference = std::fs::read_to_string(repo().join("tests/data/mask_reference.tsv"))?;
     let mut checked = 0;
     let mut worst = 0f32;
@@ -47,16 +52,7 @@ fn rust_preprocessing_and_ort_match_the_python_reference() -> Result {
 
 #[test]
 fn a_batch_gives_the_same_scores_as_single_runs() -> Result {
-    let (env, _) = vigil::runtime::init(None)?;
-    let manifest = model::find_manifest(&repo().join("models"), "mask")?;
-    let mut m = Model::load(
-        env,
-        manifest,
-        ExecutionConfig {
-            device: Device::Cpu,
-            intra_threads: 1,
-        },
-    )?;
+    let mut m = mask_model()?;
     let mut tensors = Vec::new();
     for name in ["grace_hopper.jpg", "sample1.jpg", "sample3.jpg"] {
         let img = vigil::decode::decode(&face(name), 2).map_err(|r| anyhow::anyhow!("{r:?}"))?;

@@ -411,3 +411,83 @@ async fn gateway_publishes_the_frame_contract_for_many_cameras() -> Result {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_samples_a_video_file_at_the_requested_rate() -> Result {
+    use opencv::core::{Mat, Size};
+    use opencv::prelude::*;
+    use opencv::videoio::{VideoWriter, VideoWriterTrait};
+    // A real 2-second MJPG video at 10 fps made from a photo.
+    let dir = tempfile::tempdir()?;
+    let video = dir.path().join("kitchen.avi");
+    let photo = opencv::imgcodecs::imdecode(
+        &Mat::from_slice(&face("grace_hopper.jpg"))?,
+        opencv::imgcodecs::IMREAD_COLOR,
+    )?;
+    let mut small = Mat::default();
+    opencv::imgproc::resize(
+        &photo,
+        &mut small,
+        Size::new(320, 376),
+        0.0,
+        0.0,
+        opencv::imgproc::INTER_AREA,
+    )?;
+    let fourcc = VideoWriter::fourcc('M', 'J', 'P', 'G')?;
+    let mut writer = VideoWriter::new(
+        video.to_str().unwrap(),
+        fourcc,
+        10.0,
+        Size::new(320, 376),
+        true,
+    )?;
+    ensure!(writer.is_opened()?, "OpenCV can write MJPG AVI files");
+    for _ in 0..20 {
+        writer.write(&small)?;
+    }
+    writer.release()?;
+
+    let topics = create_topics(1).await?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "gateway",
+            "--brokers",
+            &brokers(),
+            "--frames-topic",
+            &topics.frames,
+        ])
+        .args([
+            "--source",
+            video.to_str().unwrap(),
+            "--fps",
+            "5",
+            "--cameras",
+            "2",
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "gateway failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 20 source frames at 10 fps sampled at 5 fps: 10 per camera.
+    let got = collect(
+        &topics.frames,
+        20,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await?;
+    ensure!(got.len() == 20, "got {}", got.len());
+    for g in &got {
+        let (_, info) = vigil::frame::validate(
+            g.key.as_deref(),
+            &g.headers,
+            &g.payload,
+            &Default::default(),
+        )
+        .map_err(|r| anyhow::anyhow!("{r:?}"))?;
+        ensure!((info.width, info.height) == (320, 376));
+    }
+    Ok(())
+}
