@@ -15,6 +15,7 @@ RUN=$(mktemp -d "${TMPDIR:-/tmp}/vigil-demo.XXXXXX")
 WORKER_PID=""
 cleanup() {
   [ -n "$WORKER_PID" ] && kill "$WORKER_PID" 2>/dev/null && wait "$WORKER_PID" 2>/dev/null || true
+  cp "$RUN/worker.log" "$ROOT/target/demo-worker.log" 2>/dev/null || true
   scripts/broker.sh stop "$RUN"
   rm -rf "$RUN"
 }
@@ -33,7 +34,7 @@ echo "demo: worker started (pid $WORKER_PID, metrics on http://$METRICS/metrics,
 
 echo "demo: gateway publishing 8 s at 2 fps from 6 cameras (kitchens judged, dining rooms observed)" >&2
 "$VIGIL" gateway --source tests/data/faces --cameras 6 --sites 2 --zones kitchen,dining \
-  --fps 2 --frames 16 --width 1280 --max-frame-bytes $MAX_FRAME
+  --fps 2 --frames 16 --loop --width 1280 --max-frame-bytes $MAX_FRAME
 echo "demo: an outside producer (Python confluent-kafka) sends 10 frames, 7 of them malformed" >&2
 .venv/bin/python tests/tools/outside_producer.py "$VIGIL_BROKERS" vigil.frames $MAX_FRAME >/dev/null
 

@@ -32,7 +32,10 @@ for s in $SETTINGS; do
     --state-topic "$t.state" 2>"$RUN/$t.log" &
   pid=$!
   "$VIGIL" tail --topic "$t.obs" --count "$TOTAL" --json --idle-secs 120 2>/dev/null >"$RUN/$t.json"
-  kill -TERM "$pid"; wait "$pid" || true
+  if ! kill -TERM "$pid" 2>/dev/null; then
+    echo "load: the worker stopped early; its log:" >&2; tail -5 "$RUN/$t.log" >&2; exit 1
+  fi
+  wait "$pid" || true
   rate=$(python3 - "$RUN/$t.json" <<'PY'
 import json, sys
 ts = sorted(json.loads(l)["processed_at_ms"] for l in open(sys.argv[1]) if l.strip())

@@ -413,11 +413,20 @@ pub fn run(cli: Cli) -> ExitCode {
                     topics.frames_topic,
                     topics.observations_topic,
                     topics.dlq_topic,
+                    topics.violations_topic,
+                    topics.state_topic.clone(),
                 ];
-                let created =
-                    crate::kafka::create_topics(&kafka, &names, partitions, replication, &[])
-                        .await
-                        .map_err(|e| (1, anyhow::anyhow!(e)))?;
+                // The state topic is compacted; all share one partition count (co-partitioned).
+                let compacted = [topics.state_topic];
+                let created = crate::kafka::create_topics(
+                    &kafka,
+                    &names,
+                    partitions,
+                    replication,
+                    &compacted,
+                )
+                .await
+                .map_err(|e| (1, anyhow::anyhow!(e)))?;
                 for (name, new) in created {
                     println!("{name}: {}", if new { "created" } else { "exists" });
                 }

@@ -120,45 +120,64 @@ pub async fn create_topics(
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(&topics, &opts)
-        .await
-        .map_err(|e| format!("create topics: {e}"))?;
+    // One request per topic, so that each answer is checked: a topic the broker did not answer
+    // for must not pass as created.
     let mut out = Vec::new();
-    for r in results {
-        match r {
-            Ok(name) => out.push((name, true)),
-            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((name, false)),
-            Err((name, code)) => return Err(format!("create topic {name}: {code}")),
+    for topic in &topics {
+        let results = admin
+            .create_topics(std::slice::from_ref(topic), &opts)
+            .await
+            .map_err(|e| format!("create topic {}: {e}", topic.name))?;
+        match results.into_iter().next() {
+            Some(Ok(name)) => out.push((name, true)),
+            Some(Err((name, RDKafkaErrorCode::TopicAlreadyExists))) => out.push((name, false)),
+            Some(Err((name, code))) => return Err(format!("create topic {name}: {code}")),
+            None => {
+                return Err(format!(
+                    "create topic {}: the broker did not answer for it",
+                    topic.name
+                ))
+            }
         }
     }
     Ok(out)
 }
 
 /// Returns the partition count of each named topic, or an error naming the first missing one.
+/// Topics created a moment ago may take a little while to appear in the brokers' metadata, so a
+/// missing topic is looked for again until `timeout` has passed. Blocking.
 pub fn partition_counts(
     client: &rdkafka::client::Client<impl rdkafka::client::ClientContext>,
     topics: &[&str],
     timeout: Duration,
 ) -> Result<Vec<usize>, String> {
-    let md = client
-        .fetch_metadata(None, timeout)
-        .map_err(|e| format!("cannot reach the brokers: {e}"))?;
-    topics
-        .iter()
-        .map(|t| {
-            md.topics()
-                .iter()
-                .find(|m| m.name() == *t && m.error().is_none() && !m.partitions().is_empty())
-                .map(|m| m.partitions().len())
-                .ok_or_else(|| {
-                    format!(
-                        "topic `{t}` does not exist on the brokers; create it (`vigil topics create`) \
-                         or point the matching --*-topic option at an existing one"
-                    )
-                })
-        })
-        .collect()
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let md = client
+            .fetch_metadata(None, timeout)
+            .map_err(|e| format!("cannot reach the brokers: {e}"))?;
+        let counts: Result<Vec<usize>, String> = topics
+            .iter()
+            .map(|t| {
+                md.topics()
+                    .iter()
+                    .find(|m| m.name() == *t && m.error().is_none() && !m.partitions().is_empty())
+                    .map(|m| m.partitions().len())
+                    .ok_or_else(|| {
+                        format!(
+                            "topic `{t}` does not exist on the brokers; create it (`vigil topics create`) \
+                             or point the matching --*-topic option at an existing one"
+                        )
+                    })
+            })
+            .collect();
+        match counts {
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]

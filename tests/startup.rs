@@ -5,8 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use anyhow::ensure;
+use anyhow::{ensure, Context};
 use common::*;
+use rdkafka::producer::Producer;
 
 fn worker(args: &[&str]) -> Result<(i32, String)> {
     let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -193,5 +194,64 @@ async fn a_missing_topic_is_named_at_start_up() -> Result {
         out.status.code() == Some(1) && err.contains("no-such-topic-here"),
         "{err}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_create_makes_all_five_topics_once() -> Result {
+    let base = unique("tc");
+    let names = ["frames", "obs", "dlq", "vio", "state"].map(|n| format!("{base}.{n}"));
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args([
+                "topics",
+                "create",
+                "--brokers",
+                &brokers(),
+                "--partitions",
+                "3",
+            ])
+            .args([
+                "--frames-topic",
+                &names[0],
+                "--observations-topic",
+                &names[1],
+            ])
+            .args(["--dlq-topic", &names[2], "--violations-topic", &names[3]])
+            .args(["--state-topic", &names[4]])
+            .output()
+    };
+    let first = run()?;
+    let text = String::from_utf8_lossy(&first.stdout).to_string();
+    ensure!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for n in &names {
+        ensure!(
+            text.contains(&format!("{n}: created")),
+            "{n} created: {text}"
+        );
+    }
+    let again = run()?;
+    let text = String::from_utf8_lossy(&again.stdout).to_string();
+    ensure!(
+        again.status.success() && names.iter().all(|n| text.contains(&format!("{n}: exists"))),
+        "idempotent: {text}"
+    );
+    // A worker accepts them (the state topic is co-partitioned with the frames topic).
+    let p = producer()?;
+    let md = p
+        .client()
+        .fetch_metadata(None, std::time::Duration::from_secs(10))?;
+    for n in &names {
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == n)
+            .context("listed")?;
+        ensure!(t.partitions().len() == 3, "{n} has 3 partitions");
+    }
     Ok(())
 }
