@@ -106,6 +106,14 @@ fn dedup(events: &[(ViolationEvent, Vec<u8>)]) -> Vec<(String, String, String)> 
 
 /// Runs frames through a fresh pipeline and returns its events.
 async fn run_once(recs: &[Rec], expect: usize) -> Result<Vec<(ViolationEvent, Vec<u8>)>> {
+    Ok(run_on_topics(recs, expect).await?.1)
+}
+
+/// Runs frames through a fresh pipeline; returns its topics and events.
+async fn run_on_topics(
+    recs: &[Rec],
+    expect: usize,
+) -> Result<(Topics, Vec<(ViolationEvent, Vec<u8>)>)> {
     let topics = create_topics(2).await?;
     produce(&topics.frames, recs).await?;
     let rules = rules_file()?;
@@ -114,9 +122,10 @@ async fn run_once(recs: &[Rec], expect: usize) -> Result<Vec<(ViolationEvent, Ve
         &unique("g"),
         &["--rules", rules.path().to_str().unwrap()],
     )?;
-    events_until(&topics.violations, expect, Duration::from_secs(120))
+    let events = events_until(&topics.violations, expect, Duration::from_secs(120))
         .await
-        .with_context(|| w.log_text())
+        .with_context(|| w.log_text())?;
+    Ok((topics, events))
 }
 
 const T0: i64 = 1_800_000_000_000;
@@ -306,18 +315,7 @@ async fn sigkill_mid_episode_keeps_the_episode_and_loses_nothing() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vigil_alerts_shows_each_event_once() -> Result {
-    let recs = violation_then_clear();
-    let topics = create_topics(1).await?;
-    produce(&topics.frames, &recs).await?;
-    let rules = rules_file()?;
-    let w = Worker::start(
-        &topics,
-        &unique("g"),
-        &["--rules", rules.path().to_str().unwrap()],
-    )?;
-    let events = events_until(&topics.violations, 3, Duration::from_secs(120))
-        .await
-        .with_context(|| w.log_text())?;
+    let (topics, events) = run_on_topics(&violation_then_clear(), 3).await?;
     // Publish a repeat of the first event, as a worker restarting after a crash may.
     let repeat = Rec {
         key: Some(b"cam-x".to_vec()),
@@ -357,18 +355,7 @@ async fn vigil_alerts_shows_each_event_once() -> Result {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vigil_alerts_posts_each_event_to_a_webhook_retrying_failures() -> Result {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let recs = violation_then_clear();
-    let topics = create_topics(1).await?;
-    produce(&topics.frames, &recs).await?;
-    let rules = rules_file()?;
-    let w = Worker::start(
-        &topics,
-        &unique("g"),
-        &["--rules", rules.path().to_str().unwrap()],
-    )?;
-    let events = events_until(&topics.violations, 3, Duration::from_secs(120))
-        .await
-        .with_context(|| w.log_text())?;
+    let (topics, events) = run_on_topics(&violation_then_clear(), 3).await?;
 
     // A webhook that fails its first request with 503, then accepts; it records the bodies.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
