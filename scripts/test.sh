@@ -17,5 +17,9 @@ echo "test: broker at $VIGIL_TEST_BROKERS" >&2
 # Worker processes spawned by the tests are CPU-heavy: on a small machine run few at once.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-3}
 cargo test --locked "$@"
-# The benchmarks are not run here (speed lives in benches/), but they must keep compiling.
-if [ $# -eq 0 ]; then cargo check --locked --benches --quiet; fi
+# The benchmarks are not run here (speed lives in benches/), and no GPU is here, but both the
+# benchmarks and the GPU build (CUDA/TensorRT provider registration) must keep compiling.
+if [ $# -eq 0 ]; then
+  cargo check --locked --benches --quiet
+  cargo check --locked --features cuda --quiet
+fi
