@@ -403,25 +403,22 @@ impl EpisodeState {
             }
             Phase::Open { episode } => {
                 let severity = p.severity(ts - episode.opened_at_ms);
-                if severity != episode.severity {
+                let reason = if severity != episode.severity {
                     episode.severity = severity;
-                    events.push(emit(
-                        camera,
-                        rule,
-                        episode,
-                        EventKind::Updated,
-                        ts,
-                        Some("severity"),
-                        None,
-                    ));
+                    Some("severity")
                 } else if ts - episode.last_event_ms >= ms(p.heartbeat_secs) {
+                    Some("heartbeat")
+                } else {
+                    None
+                };
+                if reason.is_some() {
                     events.push(emit(
                         camera,
                         rule,
                         episode,
                         EventKind::Updated,
                         ts,
-                        Some("heartbeat"),
+                        reason,
                         None,
                     ));
                 }

@@ -87,62 +87,46 @@ fn a_manifest_that_disagrees_with_the_graph_is_refused() -> Result {
     Ok(())
 }
 
-fn rules_file(text: &str) -> Result<tempfile::NamedTempFile> {
+/// Runs a worker with a rules file holding `text`.
+fn worker_with_rules(text: &str) -> Result<(i32, String)> {
     let f = tempfile::NamedTempFile::new()?;
     std::fs::write(f.path(), text)?;
-    Ok(f)
+    worker(&[
+        "--rules",
+        f.path().to_str().unwrap(),
+        "--brokers",
+        "127.0.0.1:1",
+    ])
 }
 
 #[test]
 fn rules_that_disagree_with_the_pack_are_refused() -> Result {
-    let unknown =
-        rules_file("[rules.helmets]\nclassifier = 'helmet'\nviolation_label = 'no_helmet'\n")?;
-    let (code, err) = worker(&[
-        "--rules",
-        unknown.path().to_str().unwrap(),
-        "--brokers",
-        "127.0.0.1:1",
-    ])?;
+    let (code, err) = worker_with_rules(
+        "[rules.helmets]\nclassifier = 'helmet'\nviolation_label = 'no_helmet'\n",
+    )?;
     ensure!(
         code == 1 && err.contains("helmet") && err.contains("mask"),
         "names the missing model and what exists: {code}: {err}"
     );
 
-    let label = rules_file(
+    let (code, err) = worker_with_rules(
         "[rules.m]\ndetector = 'face-ssd'\nclassifier = 'mask'\nviolation_label = 'unmasked'\n",
     )?;
-    let (code, err) = worker(&[
-        "--rules",
-        label.path().to_str().unwrap(),
-        "--brokers",
-        "127.0.0.1:1",
-    ])?;
     ensure!(
         code == 1 && err.contains("unmasked") && err.contains("no_mask"),
         "{code}: {err}"
     );
 
-    let swapped = rules_file(
+    let (code, err) = worker_with_rules(
         "[rules.m]\ndetector = 'mask'\nclassifier = 'face-ssd'\nviolation_label = 'face'\n",
     )?;
-    let (code, err) = worker(&[
-        "--rules",
-        swapped.path().to_str().unwrap(),
-        "--brokers",
-        "127.0.0.1:1",
-    ])?;
     ensure!(
         code == 1 && err.contains("detector `mask`"),
         "{code}: {err}"
     );
 
-    let typo = rules_file("[rules.m]\nclasifier = 'mask'\nviolation_label = 'no_mask'\n")?;
-    let (code, err) = worker(&[
-        "--rules",
-        typo.path().to_str().unwrap(),
-        "--brokers",
-        "127.0.0.1:1",
-    ])?;
+    let (code, err) =
+        worker_with_rules("[rules.m]\nclasifier = 'mask'\nviolation_label = 'no_mask'\n")?;
     ensure!(code == 1 && err.contains("clasifier"), "{code}: {err}");
     Ok(())
 }
