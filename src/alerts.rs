@@ -7,14 +7,15 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
+use crate::avro::VIOLATION_EVENT;
+use crate::events::ViolationEvent;
+use crate::http::{self, Url};
+use crate::kafka::KafkaArgs;
+use crate::registry::{ReadError, RecordReader};
 use anyhow::{anyhow, bail, Context};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::events::{EventCodec, ViolationEvent};
-use crate::kafka::KafkaArgs;
 
 #[derive(Debug, Clone)]
 pub struct AlertsConfig {
@@ -32,6 +33,8 @@ pub struct AlertsConfig {
     pub idle_timeout: Option<Duration>,
     /// Event ids remembered for deduplication.
     pub remember: usize,
+    /// Registry for events in the Confluent wire format.
+    pub schema_registry: Option<String>,
 }
 
 /// Recently seen event ids, bounded.
@@ -93,63 +96,31 @@ pub fn describe(e: &ViolationEvent) -> String {
     s
 }
 
-/// Parses `http://host[:port]/path`.
-fn parse_http_url(url: &str) -> anyhow::Result<(String, String)> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        anyhow!(
-            "--webhook {url}: only http:// URLs are supported (put a TLS proxy in front for https)"
-        )
-    })?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let hostport = if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    Ok((hostport, path.to_string()))
-}
-
 /// One POST; Ok if the server answered 2xx.
-async fn post_once(hostport: &str, path: &str, body: &[u8]) -> anyhow::Result<()> {
-    let mut s = tokio::time::timeout(
+async fn post_once(url: &Url, body: &[u8]) -> anyhow::Result<()> {
+    let r = http::request(
+        "POST",
+        url,
+        &url.path_with(""),
+        "application/json",
+        body,
         Duration::from_secs(10),
-        tokio::net::TcpStream::connect(hostport),
     )
-    .await??;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
-    let status = String::from_utf8_lossy(&buf);
-    let code: u16 = status
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    if (200..300).contains(&code) {
+    .await?;
+    if r.ok() {
         Ok(())
     } else {
-        bail!(
-            "webhook answered {}",
-            status.lines().next().unwrap_or("nothing")
-        )
+        bail!("webhook answered {}", r.status_line)
     }
 }
 
 /// POSTs with exponential backoff (0.5 s doubling to 30 s) up to `attempts` times.
 pub async fn post_with_retries(url: &str, body: &[u8], attempts: u32) -> anyhow::Result<()> {
-    let (hostport, path) = parse_http_url(url)?;
+    let url = Url::parse(url, "--webhook").map_err(|e| anyhow!(e))?;
     let mut delay = Duration::from_millis(500);
     let mut last = None;
     for attempt in 1..=attempts.max(1) {
-        match post_once(&hostport, &path, body).await {
+        match post_once(&url, body).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::warn!(attempt, error = %e, "webhook failed, retrying");
@@ -169,7 +140,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     if let Some(url) = &cfg.webhook {
-        parse_http_url(url)?;
+        Url::parse(url, "--webhook").map_err(|e| anyhow!(e))?;
     }
     let consumer: StreamConsumer = cfg
         .kafka
@@ -184,7 +155,9 @@ pub async fn run(
         .create()
         .context("cannot create consumer")?;
     consumer.subscribe(&[&cfg.topic])?;
-    let codec = EventCodec::new();
+    let mut reader: RecordReader<ViolationEvent> =
+        RecordReader::with_registry_url(&VIOLATION_EVENT, cfg.schema_registry.as_deref())
+            .map_err(|e| anyhow!(e))?;
     let mut dedup = Dedup::new(cfg.remember);
     let idle = cfg
         .idle_timeout
@@ -200,7 +173,16 @@ pub async fn run(
             },
         };
         let payload = msg.payload().unwrap_or_default();
-        match codec.decode(payload) {
+        match reader.decode(payload).await {
+            Err(e @ (ReadError::Registry(_) | ReadError::NeedsRegistry(_))) => {
+                // Not the record's fault: stop without storing its offset, so that a restart
+                // (with a reachable registry, or with --schema-registry) reads it.
+                return Err(anyhow!(e).context(format!(
+                    "cannot look up the schema of {}:{}; stopping without committing it",
+                    msg.partition(),
+                    msg.offset()
+                )));
+            }
             Err(e) => {
                 tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "not a violation event, skipped")
             }
@@ -248,22 +230,6 @@ mod tests {
         assert!(d.first_time("b"));
         assert!(d.first_time("c"));
         assert!(d.first_time("a"), "forgotten beyond capacity");
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            parse_http_url("http://h:81/x/y").unwrap(),
-            ("h:81".into(), "/x/y".into())
-        );
-        assert_eq!(
-            parse_http_url("http://h").unwrap(),
-            ("h:80".into(), "/".into())
-        );
-        assert!(parse_http_url("https://h")
-            .unwrap_err()
-            .to_string()
-            .contains("http://"));
     }
 
     #[test]

@@ -73,6 +73,28 @@ pub struct AlertsArgs {
     /// Stop after this many seconds without an event.
     #[arg(long)]
     pub idle_secs: Option<f64>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// The schema registry, shared by the subcommands that write or read Avro.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Confluent-compatible schema registry (http://host:port). With it, Avro records use the
+    /// Confluent wire format and the worker registers its schemas under `<topic>-value`; without
+    /// it, Avro single-object encoding. Readers need it to read records written with it.
+    #[arg(long, env = "VIGIL_SCHEMA_REGISTRY")]
+    pub schema_registry: Option<String>,
+}
+
+impl RegistryArgs {
+    /// The URL, checked.
+    pub fn url(self) -> Result<Option<String>, String> {
+        if let Some(u) = &self.schema_registry {
+            crate::http::Url::parse(u, "--schema-registry / VIGIL_SCHEMA_REGISTRY")?;
+        }
+        Ok(self.schema_registry)
+    }
 }
 
 /// Topic names, shared by the subcommands.
@@ -215,6 +237,8 @@ pub struct WorkerArgs {
     /// number of cameras per worker would exceed the metrics budget.
     #[arg(long, env = "VIGIL_METRICS_CAMERA_LABELS", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics_camera_labels: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -254,9 +278,11 @@ pub struct TailArgs {
     /// Stop after this many seconds without a record.
     #[arg(long)]
     pub idle_secs: Option<f64>,
-    /// Print raw values instead of summaries.
+    /// Print records as JSON lines instead of summaries.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, String> {
@@ -317,6 +343,7 @@ impl WorkerArgs {
                 .unwrap_or_else(crate::worker::default_worker_id),
             progress_interval: secs("--progress-secs", self.progress_secs)?,
             camera_labels: self.metrics_camera_labels,
+            schema_registry: self.registry.url()?,
         })
     }
 }
@@ -446,6 +473,7 @@ pub fn run(cli: Cli) -> ExitCode {
                         .transpose()
                         .map_err(|e| (2, anyhow::anyhow!(e)))?,
                     remember: 100_000,
+                    schema_registry: a.registry.url().map_err(|e| (2, anyhow::anyhow!(e)))?,
                 };
                 crate::alerts::run(cfg, shutdown_signal())
                     .await
@@ -462,6 +490,7 @@ pub fn run(cli: Cli) -> ExitCode {
                         .transpose()
                         .map_err(|e| (2, anyhow::anyhow!(e)))?,
                     json: a.json,
+                    schema_registry: a.registry.url().map_err(|e| (2, anyhow::anyhow!(e)))?,
                 };
                 crate::tail::run(cfg, shutdown_signal())
                     .await

@@ -1,15 +1,10 @@
-//! Violation events in Avro (`schemas/violation_event.avsc`), in Avro single-object encoding:
-//! `C3 01`, the schema's 8-byte CRC-64-AVRO (Rabin) fingerprint, then the binary datum. A reader
-//! knows the schema from the fingerprint without a registry.
+//! Violation events in Avro (`schemas/violation_event.avsc`), framed as [`crate::avro`]
+//! describes.
 
-use apache_avro::schema::Schema;
-use apache_avro::{from_avro_datum, from_value, to_avro_datum, to_value};
 use serde::{Deserialize, Serialize};
 
+use crate::avro::{Codec, VIOLATION_EVENT};
 use crate::episodes::{Event, EventKind, Severity};
-
-/// The violation event schema, as committed.
-pub const VIOLATION_SCHEMA: &str = include_str!("../schemas/violation_event.avsc");
 
 /// A violation event as published (and as `vigil alerts` posts it, in JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +30,9 @@ pub struct ViolationEvent {
     pub evidence: Option<EvidenceRef>,
     pub models: Vec<ModelVersion>,
     pub worker: String,
+    /// The event's number within its episode (0 for `opened`); `None` when written by schema
+    /// version 1, which did not carry it.
+    pub sequence: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,99 +100,27 @@ impl ViolationEvent {
             }),
             models: c.models.to_vec(),
             worker: c.worker.into(),
+            // `emit` numbered this event, then counted it.
+            sequence: Some(i64::from(ep.events) - 1),
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    #[error("not an Avro single-object record (no C3 01 marker)")]
-    NotSingleObject,
-    #[error("written with an unknown schema (fingerprint {0})")]
-    UnknownSchema(String),
-    #[error("avro: {0}")]
-    Avro(String),
-}
+/// Reads and writes violation events.
+pub type EventCodec = Codec<ViolationEvent>;
 
-/// The schema's CRC-64-AVRO fingerprint over the specification's Parsing Canonical Form,
-/// little-endian, as single-object encoding requires.
-///
-/// apache-avro 0.21 renders a logical type such as `{"type": "long", "logicalType":
-/// "timestamp-millis"}` as `{"type":"long"}` in its canonical form, where the specification (and
-/// other implementations, e.g. fastavro and Java) write `"long"`, so its fingerprint of a schema
-/// with logical types matches nobody else's. The canonical form drops logical types anyway:
-/// fingerprinting the schema without them gives the standard value.
-pub fn spec_fingerprint(schema_json: &str) -> Vec<u8> {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.remove("logicalType");
-                m.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut v: serde_json::Value = serde_json::from_str(schema_json).expect("schema is JSON");
-    strip(&mut v);
-    let plain = Schema::parse(&v).expect("schema without logical types parses");
-    plain.fingerprint::<apache_avro::rabin::Rabin>().bytes
-}
-
-/// Encodes and decodes violation events.
-pub struct EventCodec {
-    schema: Schema,
-    /// `C3 01` + the schema's Rabin fingerprint.
-    header: Vec<u8>,
-}
-
-impl EventCodec {
-    pub fn new() -> EventCodec {
-        let schema = Schema::parse_str(VIOLATION_SCHEMA).expect("the committed schema parses");
-        let mut header = vec![0xC3, 0x01];
-        header.extend_from_slice(&spec_fingerprint(VIOLATION_SCHEMA));
-        EventCodec { schema, header }
-    }
-
-    pub fn schema(&self) -> &Schema {
-        &self.schema
-    }
-
-    pub fn encode(&self, e: &ViolationEvent) -> Result<Vec<u8>, CodecError> {
-        let avro = |e: apache_avro::Error| CodecError::Avro(e.to_string());
-        let value = to_value(e)
-            .map_err(avro)?
-            .resolve(&self.schema)
-            .map_err(avro)?;
-        let mut out = self.header.clone();
-        out.extend(to_avro_datum(&self.schema, value).map_err(avro)?);
-        Ok(out)
-    }
-
-    pub fn decode(&self, bytes: &[u8]) -> Result<ViolationEvent, CodecError> {
-        if bytes.len() < 10 || bytes[..2] != [0xC3, 0x01] {
-            return Err(CodecError::NotSingleObject);
-        }
-        if bytes[..10] != self.header[..] {
-            return Err(CodecError::UnknownSchema(
-                bytes[2..10].iter().map(|b| format!("{b:02x}")).collect(),
-            ));
-        }
-        let avro = |e: apache_avro::Error| CodecError::Avro(e.to_string());
-        let value = from_avro_datum(&self.schema, &mut &bytes[10..], None).map_err(avro)?;
-        from_value(&value).map_err(avro)
-    }
-}
-
-impl Default for EventCodec {
-    fn default() -> Self {
-        Self::new()
-    }
+/// The violation-event codec in single-object encoding.
+pub fn event_codec() -> EventCodec {
+    Codec::new(&VIOLATION_EVENT)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::avro::{hex, spec_fingerprint};
+    use apache_avro::schema::Schema;
+    use apache_avro::types::Value;
+    use apache_avro::{to_avro_datum, to_value};
 
     pub(crate) fn sample_events() -> Vec<ViolationEvent> {
         let base = ViolationEvent {
@@ -226,12 +152,14 @@ pub(crate) mod tests {
                 version: "1".into(),
             }],
             worker: "w1".into(),
+            sequence: Some(0),
         };
         let updated = ViolationEvent {
             event_id: "e2".into(),
             kind: "updated".into(),
             severity: "major".into(),
             reason: Some("severity".into()),
+            sequence: Some(1),
             ..base.clone()
         };
         let resolved = ViolationEvent {
@@ -242,51 +170,63 @@ pub(crate) mod tests {
             resolved_at: Some(1_700_000_400_000),
             zone: None,
             evidence: None,
+            sequence: Some(2),
             ..base.clone()
         };
         vec![base, updated, resolved]
     }
 
     #[test]
-    fn events_round_trip_in_single_object_encoding() {
-        let codec = EventCodec::new();
-        for e in sample_events() {
-            let bytes = codec.encode(&e).unwrap();
-            assert_eq!(&bytes[..2], &[0xC3, 0x01]);
-            assert_eq!(codec.decode(&bytes).unwrap(), e);
+    fn events_round_trip_in_both_framings() {
+        for codec in [event_codec(), Codec::registered(&VIOLATION_EVENT, 41)] {
+            for e in sample_events() {
+                let bytes = codec.encode(&e).unwrap();
+                assert!(bytes[..2] == [0xC3, 0x01] || bytes[..5] == [0, 0, 0, 0, 41]);
+                assert_eq!(codec.decode(&bytes).unwrap(), e);
+            }
         }
     }
 
     #[test]
     fn the_fingerprint_is_the_specification_s() {
         // CRC-64-AVRO of the Parsing Canonical Form in little-endian byte order, as fastavro
-        // computes it for this schema.
-        let fp: String = spec_fingerprint(VIOLATION_SCHEMA)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(fp, "020aab04122c1735");
+        // computes it for these schemas (tests/episodes.rs checks it against fastavro).
+        assert_eq!(
+            hex(&spec_fingerprint(VIOLATION_EVENT.history[0])),
+            "020aab04122c1735"
+        );
     }
 
     #[test]
-    fn foreign_bytes_are_refused() {
-        let codec = EventCodec::new();
-        assert!(matches!(
-            codec.decode(b"{\"json\": 1}"),
-            Err(CodecError::NotSingleObject)
-        ));
-        let mut bytes = codec.encode(&sample_events()[0]).unwrap();
-        bytes[5] ^= 0xFF;
-        assert!(matches!(
-            codec.decode(&bytes),
-            Err(CodecError::UnknownSchema(_))
-        ));
+    fn records_written_by_version_1_are_read() {
+        // A version-1 writer: the v1 schema, fed the fields v1 had.
+        let v1 = Schema::parse_str(VIOLATION_EVENT.history[0]).unwrap();
+        let codec = event_codec();
+        for e in sample_events() {
+            let mut fields = match to_value(&e).unwrap() {
+                Value::Record(f) => f,
+                other => panic!("{other:?}"),
+            };
+            fields.retain(|(k, _)| k != "sequence");
+            let datum = to_avro_datum(&v1, Value::Record(fields).resolve(&v1).unwrap()).unwrap();
+            let mut bytes = vec![0xC3, 0x01];
+            bytes.extend_from_slice(&spec_fingerprint(VIOLATION_EVENT.history[0]));
+            bytes.extend(datum);
+            let read = codec.decode(&bytes).unwrap();
+            assert_eq!(
+                read,
+                ViolationEvent {
+                    sequence: None,
+                    ..e
+                }
+            );
+        }
     }
 
     #[test]
     fn an_unknown_enum_symbol_is_refused() {
         let mut e = sample_events()[0].clone();
         e.kind = "reopened".into();
-        assert!(EventCodec::new().encode(&e).is_err());
+        assert!(event_codec().encode(&e).is_err());
     }
 }

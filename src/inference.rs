@@ -26,11 +26,12 @@ use opencv::core::{Mat, Rect};
 use opencv::prelude::*;
 use tokio::sync::mpsc;
 
+use crate::avro::{Codec, OBSERVATION};
 use crate::batcher::{BatchPolicy, Batcher};
 use crate::cascade;
 use crate::decode;
 use crate::episodes::EpisodePolicy;
-use crate::events::{EventCodec, EventContext, ViolationEvent};
+use crate::events::{event_codec, EventCodec, EventContext, ViolationEvent};
 use crate::frame::{self, FrameMeta, Rejection};
 use crate::jpeg::JpegInfo;
 use crate::metrics::Metrics;
@@ -74,13 +75,30 @@ pub struct DebugImages {
     pub cameras: Vec<String>,
 }
 
+/// The Avro writers of a worker's two record types.
+pub struct Codecs {
+    pub observations: Codec<Observation>,
+    pub events: EventCodec,
+}
+
+impl Codecs {
+    /// Single-object encoding, for a worker without a schema registry.
+    pub fn single_object() -> Codecs {
+        Codecs {
+            observations: Codec::new(&OBSERVATION),
+            events: event_codec(),
+        }
+    }
+}
+
 /// Everything the stages share, fixed at start-up.
 pub struct Engine {
     /// Episode state of the assigned partitions (shared with the rebalance callbacks).
     pub store: Arc<StateStore>,
     /// Episode policy per rule name.
     policies: HashMap<String, EpisodePolicy>,
-    codec: EventCodec,
+    /// Writers for the output topics, in the framing chosen at start-up.
+    codecs: Codecs,
     pub ruleset: RuleSet,
     pub rules: Vec<CompiledRule>,
     rule_index: HashMap<String, usize>,
@@ -100,6 +118,7 @@ impl Engine {
         frames_topic: String,
         worker_id: String,
         debug: Option<DebugImages>,
+        codecs: Codecs,
     ) -> Result<Engine, String> {
         let policies = ruleset
             .rules
@@ -169,7 +188,7 @@ impl Engine {
         Ok(Engine {
             store: Arc::new(StateStore::new()),
             policies,
-            codec: EventCodec::new(),
+            codecs,
             ruleset,
             rules,
             rule_index,
@@ -236,7 +255,8 @@ impl Engine {
                     episode = %ev.episode_id, event = %ev.event_id, reason = ev.reason.as_deref().unwrap_or(""), "episode event");
             }
             let bytes = self
-                .codec
+                .codecs
+                .events
                 .encode(&ev)
                 .expect("events built from the schema's own types encode");
             events.push((ev.camera, bytes));
@@ -246,8 +266,14 @@ impl Engine {
             .iter()
             .map(|s| (s.key(), serde_json::to_vec(s).expect("state serialises")))
             .collect();
+        let observation = self
+            .codecs
+            .observations
+            .encode(&obs)
+            .expect("observations built from the schema's own types encode");
         Judged {
             obs,
+            observation,
             events,
             states,
         }

@@ -10,13 +10,22 @@
 //!   the model ([`model`], loaded through [`runtime`]) and publishes one [`observation`] per frame,
 //!   or a dead letter with a reason. Offsets are stored only once a frame's outcome is delivered
 //!   ([`offsets`]).
+//! - Per frame, [`rules`] says which models apply to the camera; [`cascade`] crops detections
+//!   for the classifier ([`inference`] runs the stages); [`episodes`] smooths each (camera, rule)
+//!   over event time into violation episodes, whose state [`state`] keeps per partition and
+//!   writes to the compacted state topic. [`events`] are the episode events published.
+//! - Output records are Avro ([`avro`]: single-object encoding, or the Confluent wire format
+//!   with a [`registry`]). [`alerts`] is the reference subscriber of the events: readable lines,
+//!   deduplication by event id, webhook delivery over [`http`].
 //! - [`metrics`] exposes Prometheus metrics; [`kafka`] holds client configuration and topic admin;
 //!   [`tail`] prints what a topic carries; [`cli`] is the command line.
 //!
-//! Policy cores ([`batcher`], [`offsets`], [`frame`], [`jpeg`]) are pure and synchronous;
-//! Kafka appears only in [`kafka`], the worker's source and sink, the gateway and [`tail`].
+//! Policy cores ([`batcher`], [`offsets`], [`episodes`], [`frame`], [`jpeg`]) are pure and
+//! synchronous; Kafka appears only in [`kafka`], the worker's source and sink, the gateway,
+//! [`alerts`] and [`tail`].
 
 pub mod alerts;
+pub mod avro;
 pub mod batcher;
 pub mod cascade;
 pub mod cli;
@@ -25,6 +34,7 @@ pub mod episodes;
 pub mod events;
 pub mod frame;
 pub mod gateway;
+pub mod http;
 pub mod inference;
 pub mod jpeg;
 pub mod kafka;
@@ -32,6 +42,7 @@ pub mod metrics;
 pub mod model;
 pub mod observation;
 pub mod offsets;
+pub mod registry;
 pub mod rules;
 pub mod runtime;
 pub mod state;

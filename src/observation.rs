@@ -146,3 +146,87 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::avro::{Codec, OBSERVATION};
+
+    fn sample() -> Observation {
+        Observation {
+            camera: "cam-0001".into(),
+            site: "site-001".into(),
+            zone: Some("kitchen".into()),
+            captured_at_ms: 1_700_000_000_123,
+            seq: 42,
+            frame: FrameSize {
+                width: 1280,
+                height: 720,
+                decoded_width: 640,
+                decoded_height: 360,
+            },
+            rules: vec![
+                RuleResult {
+                    rule: "mask_required".into(),
+                    verdict: Verdict::Violation,
+                    reason: None,
+                    level: Some(0.93),
+                    detections: 2,
+                },
+                RuleResult {
+                    rule: "hairnet".into(),
+                    verdict: Verdict::Unknown,
+                    reason: Some("no_detection".into()),
+                    level: None,
+                    detections: 0,
+                },
+            ],
+            detections: vec![DetectionResult {
+                rule: "mask_required".into(),
+                detector: "face-blazeface".into(),
+                score: 0.88,
+                bbox: [0.1, 0.2, 0.3, 0.4],
+                classifier: "mask".into(),
+                label: "no_mask".into(),
+                scores: BTreeMap::from([("mask".into(), 0.07), ("no_mask".into(), 0.93)]),
+            }],
+            classifications: vec![Classification {
+                model: "brightness".into(),
+                label: "dark".into(),
+                scores: BTreeMap::from([("dark".into(), 1.0)]),
+            }],
+            models: vec![ModelRef {
+                name: "mask".into(),
+                version: "1".into(),
+                provider: "CPUExecutionProvider".into(),
+            }],
+            timings: Timings {
+                decode_ms: 1.5,
+                preprocess_ms: 0.25,
+                crop_ms: 0.125,
+                stages: vec![StageTiming {
+                    model: "mask".into(),
+                    inference_ms: 12.0,
+                    batch_size: 9,
+                    batch_wait_ms: 3.5,
+                }],
+                total_ms: 20.0,
+            },
+            source: SourceRef {
+                topic: "vigil.frames".into(),
+                partition: 3,
+                offset: 99,
+            },
+            worker: "w1".into(),
+            processed_at_ms: 1_700_000_000_456,
+        }
+    }
+
+    #[test]
+    fn observations_round_trip_in_both_framings() {
+        for codec in [Codec::new(&OBSERVATION), Codec::registered(&OBSERVATION, 7)] {
+            let bytes = codec.encode(&sample()).unwrap();
+            assert_eq!(codec.decode(&bytes).unwrap(), sample());
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! `vigil tail`: prints what the observations or dead-letter topic carries, one line a record.
+//! `vigil tail`: prints what the observations or dead-letter topic carries, one line a record
+//! (observations decoded from Avro in either framing).
 //! Reads from the beginning with a throw-away consumer group, commits nothing.
 
 use std::time::Duration;
@@ -7,9 +8,11 @@ use anyhow::anyhow;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 
+use crate::avro::{CodecError, OBSERVATION};
 use crate::frame::header;
 use crate::kafka::{self, KafkaArgs};
 use crate::observation::Observation;
+use crate::registry::{ReadError, RecordReader};
 
 #[derive(Debug, Clone)]
 pub struct TailConfig {
@@ -19,13 +22,17 @@ pub struct TailConfig {
     pub count: Option<u64>,
     /// Stop when nothing arrives for this long.
     pub idle_timeout: Option<Duration>,
-    /// Print the raw JSON value instead of a summary.
+    /// Print each record as a JSON line (observations decoded from Avro; dead letters as their
+    /// headers and size) instead of a summary.
     pub json: bool,
+    /// Registry for records in the Confluent wire format.
+    pub schema_registry: Option<String>,
 }
 
 /// One readable line for a record.
 pub fn describe(
     value: &[u8],
+    decoded: Result<Observation, ReadError>,
     headers: &[(String, Vec<u8>)],
     partition: i32,
     offset: i64,
@@ -47,7 +54,7 @@ pub fn describe(
             value.len()
         );
     }
-    match serde_json::from_slice::<Observation>(value) {
+    match decoded {
         Ok(o) => {
             let rules: Vec<String> = o
                 .rules
@@ -103,8 +110,8 @@ pub fn describe(
                 o.worker
             )
         }
-        Err(_) => format!(
-            "record p{partition}@{offset} ({} bytes, not an observation)",
+        Err(e) => format!(
+            "record p{partition}@{offset} ({} bytes, not an observation: {e})",
             value.len()
         ),
     }
@@ -130,6 +137,9 @@ pub async fn run(
         .map_err(|e| anyhow!(e))?
         .create()?;
     consumer.subscribe(&[&cfg.topic])?;
+    let mut reader: RecordReader<Observation> =
+        RecordReader::with_registry_url(&OBSERVATION, cfg.schema_registry.as_deref())
+            .map_err(|e| anyhow!(e))?;
     let mut seen = 0u64;
     let idle = cfg
         .idle_timeout
@@ -144,13 +154,35 @@ pub async fn run(
             },
         };
         let value = msg.payload().unwrap_or_default();
-        if cfg.json {
-            println!("{}", String::from_utf8_lossy(value));
+        let headers = kafka::headers_to_vec(msg.headers());
+        let dead_letter = headers.iter().any(|(k, _)| k == header::REASON);
+        let decoded = if dead_letter {
+            Err(ReadError::Codec(CodecError::NotAvro))
         } else {
-            let headers = kafka::headers_to_vec(msg.headers());
+            reader.decode(value).await
+        };
+        if cfg.json && !dead_letter {
+            match decoded {
+                Ok(o) => println!("{}", serde_json::to_string(&o)?),
+                Err(e) => println!(
+                    "{}",
+                    serde_json::json!({"partition": msg.partition(), "offset": msg.offset(), "error": e.to_string()})
+                ),
+            }
+        } else if cfg.json {
             println!(
                 "{}",
-                describe(value, &headers, msg.partition(), msg.offset())
+                serde_json::json!({
+                    "partition": msg.partition(),
+                    "offset": msg.offset(),
+                    "headers": headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect::<std::collections::BTreeMap<_, _>>(),
+                    "bytes": value.len(),
+                })
+            );
+        } else {
+            println!(
+                "{}",
+                describe(value, decoded, &headers, msg.partition(), msg.offset())
             );
         }
         seen += 1;

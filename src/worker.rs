@@ -34,14 +34,16 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::avro::{OBSERVATION, VIOLATION_EVENT};
 use crate::batcher::BatchPolicy;
 use crate::frame::{self, header, Limits, Rejection};
-use crate::inference::{self, DebugImages, Decoded, Engine};
+use crate::inference::{self, Codecs, DebugImages, Decoded, Engine};
 use crate::kafka::{self, KafkaArgs};
 use crate::metrics::{self, Metrics};
 use crate::model::{self, ExecutionConfig, Model};
 use crate::observation::{now_ms, Observation};
 use crate::offsets::{OffsetTracker, Ticket};
+use crate::registry::Registry;
 use crate::rules::RuleSet;
 use crate::state::{StateStore, StoredState};
 
@@ -83,6 +85,9 @@ pub struct WorkerConfig {
     pub progress_interval: Duration,
     /// Export per-camera metric series.
     pub camera_labels: bool,
+    /// Confluent-compatible schema registry: Avro in the Confluent wire format when set,
+    /// single-object encoding otherwise.
+    pub schema_registry: Option<String>,
 }
 
 /// A default worker id: host name and process id.
@@ -362,7 +367,9 @@ pub(crate) enum Outcome {
 /// A frame's observation with the episode events and state changes it caused.
 pub(crate) struct Judged {
     pub(crate) obs: Observation,
-    /// Encoded (Avro single-object) events, keyed by camera.
+    /// `obs`, encoded (Avro).
+    pub(crate) observation: Vec<u8>,
+    /// Encoded (Avro) events, keyed by camera.
     pub(crate) events: Vec<(String, Vec<u8>)>,
     /// State-topic records (key, JSON), written once the events are acknowledged.
     pub(crate) states: Vec<(String, Vec<u8>)>,
@@ -375,7 +382,11 @@ struct Ctx {
 }
 
 /// Loads ONNX Runtime, the rules and every model they use; checks them against each other.
-fn load_engine(cfg: &WorkerConfig, metrics: Arc<Metrics>) -> anyhow::Result<(Engine, Vec<Model>)> {
+fn load_engine(
+    cfg: &WorkerConfig,
+    metrics: Arc<Metrics>,
+    codecs: Codecs,
+) -> anyhow::Result<(Engine, Vec<Model>)> {
     let (env, lib) = crate::runtime::init(cfg.ort_lib.as_deref())?;
     let ruleset = RuleSet::load(cfg.rules.as_deref())?;
     let dir = model::locate_pack(cfg.model_dir.as_deref()).ok_or_else(|| {
@@ -396,6 +407,7 @@ fn load_engine(cfg: &WorkerConfig, metrics: Arc<Metrics>) -> anyhow::Result<(Eng
         cfg.frames_topic.clone(),
         cfg.worker_id.clone(),
         cfg.debug.clone(),
+        codecs,
     )
     .map_err(|e| anyhow!("{e}"))?;
     Ok((engine, models))
@@ -408,11 +420,28 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(cfg.camera_labels));
 
-    // Models first: a worker that cannot infer must not join the group.
+    // Schemas and models first: a worker that cannot publish or infer must not join the group.
+    let codecs = match &cfg.schema_registry {
+        None => Codecs::single_object(),
+        Some(url) => {
+            let registry = Registry::new(url).map_err(|e| anyhow!(e))?;
+            let patience = Duration::from_secs(30);
+            Codecs {
+                observations: registry
+                    .codec_for(&OBSERVATION, &cfg.observations_topic, patience)
+                    .await
+                    .context("cannot register the observation schema (--schema-registry)")?,
+                events: registry
+                    .codec_for(&VIOLATION_EVENT, &cfg.violations_topic, patience)
+                    .await
+                    .context("cannot register the violation event schema (--schema-registry)")?,
+            }
+        }
+    };
     let (engine, models) = {
         let cfg = cfg.clone();
         let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || load_engine(&cfg, metrics)).await??
+        tokio::task::spawn_blocking(move || load_engine(&cfg, metrics, codecs)).await??
     };
     for m in &models {
         metrics
@@ -752,11 +781,11 @@ fn produce(
     match outcome {
         Outcome::Observation(origin, judged) => {
             let cfg = ctx.cfg.clone();
-            let payload = serde_json::to_vec(&judged.obs).expect("observation serialises");
             Box::pin(async move {
                 let t = Instant::now();
                 let Judged {
                     obs,
+                    observation: payload,
                     events,
                     states,
                 } = *judged;
@@ -766,7 +795,10 @@ fn produce(
                 let obs_headers = kafka::headers_from([
                     (header::CAMERA, obs.camera.as_bytes()),
                     (header::SITE, obs.site.as_bytes()),
-                    ("content-type", b"application/json".as_slice()),
+                    (
+                        "content-type",
+                        b"application/vnd.apache.avro+binary".as_slice(),
+                    ),
                 ]);
                 first.push(
                     enqueue(

@@ -24,7 +24,7 @@ fn the_compose_stack_references_real_files_and_valid_commands() -> Result {
     let problems = report["problems"].as_array().context("problems")?;
     ensure!(problems.is_empty(), "compose problems: {problems:?}");
     let commands = report["commands"].as_object().context("commands")?;
-    for service in ["topics", "worker-1", "worker-2", "gateway"] {
+    for service in ["topics", "worker-1", "worker-2", "gateway", "alerts"] {
         ensure!(
             commands.contains_key(service),
             "service {service} runs vigil"

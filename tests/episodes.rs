@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use common::*;
-use vigil::events::{EventCodec, ViolationEvent};
+use vigil::events::{event_codec, ViolationEvent};
 
 /// Short episode clocks so that a scene plays out in a few dozen frames.
 const RULES: &str = r#"
@@ -82,7 +82,7 @@ async fn events_until(
     min: usize,
     timeout: Duration,
 ) -> Result<Vec<(ViolationEvent, Vec<u8>)>> {
-    let codec = EventCodec::new();
+    let codec = event_codec();
     let got = collect(topic, min, timeout, Duration::from_secs(2)).await?;
     got.into_iter()
         .map(|g| {
@@ -199,25 +199,9 @@ async fn replaying_the_same_frames_gives_identical_events_that_fastavro_reads() 
     );
 
     // fastavro decodes every event to the same fields.
-    let dir = tempfile::tempdir()?;
-    let mut paths = Vec::new();
-    for (i, (_, bytes)) in first.iter().enumerate() {
-        let p = dir.path().join(format!("{i}.avro"));
-        std::fs::write(&p, bytes)?;
-        paths.push(p);
-    }
-    let out = Command::new(python())
-        .arg(repo().join("tests/tools/decode_events.py"))
-        .arg(repo().join("schemas/violation_event.avsc"))
-        .args(&paths)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "fastavro: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let decoded = json_lines(&out.stdout)?;
-    ensure!(decoded.len() == first.len());
+    let schema = repo().join("schemas/violation_event.avsc");
+    let payloads: Vec<&[u8]> = first.iter().map(|(_, b)| b.as_slice()).collect();
+    let decoded = decode_outside("single", schema.to_str().unwrap(), &payloads)?;
     let mut kinds_seen = HashSet::new();
     for (d, (e, _)) in decoded.iter().zip(&first) {
         ensure!(
@@ -226,6 +210,7 @@ async fn replaying_the_same_frames_gives_identical_events_that_fastavro_reads() 
                 && d["episode_id"] == e.episode_id.as_str()
         );
         ensure!(d["camera"] == "cam-x" && d["rule"] == "mask_required" && d["frames"] == e.frames);
+        ensure!(d["sequence"] == e.sequence.context("sequence")?);
         kinds_seen.insert(e.kind.clone());
     }
     ensure!(
@@ -441,5 +426,237 @@ async fn vigil_alerts_posts_each_event_to_a_webhook_retrying_failures() -> Resul
             && got[0]["episode_id"].is_string()
     );
     ensure!(String::from_utf8_lossy(&out.stderr).contains("webhook failed, retrying"));
+    Ok(())
+}
+
+/// The schema-registry stand-in (`tests/tools/registry.py`; see its header for why a stand-in),
+/// killed when dropped.
+struct RegistryProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl RegistryProcess {
+    fn start() -> Result<RegistryProcess> {
+        use std::io::BufRead;
+        let mut child = Command::new(python())
+            .arg(repo().join("tests/tools/registry.py"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .with_context(|| format!("registry said {line:?}"))?;
+        Ok(RegistryProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    /// GET a path; the JSON answer.
+    async fn get(&self, path: &str) -> Result<serde_json::Value> {
+        let url = vigil::http::Url::parse(&self.url, "registry").map_err(anyhow::Error::msg)?;
+        let r = vigil::http::request(
+            "GET",
+            &url,
+            path,
+            "application/json",
+            b"",
+            Duration::from_secs(5),
+        )
+        .await?;
+        ensure!(r.ok(), "{path}: {}", r.status_line);
+        Ok(serde_json::from_slice(&r.body)?)
+    }
+}
+
+impl Drop for RegistryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_schema_registry_records_use_the_confluent_wire_format() -> Result {
+    let registry = RegistryProcess::start()?;
+    let topics = create_topics(2).await?;
+
+    // An older producer, outside vigil, published an event with version 1 of the schema; its
+    // serializer registered version 1 under the topic's subject.
+    let v1_event = serde_json::json!({
+        "event_id": "old-1", "kind": "opened", "episode_id": "old-episode", "site": "site-009",
+        "camera": "cam-old", "zone": null, "rule": "mask_required", "severity": "minor",
+        "reason": null, "opened_at": T0, "last_seen_at": T0, "resolved_at": null,
+        "event_time": T0, "peak_level": 0.9, "mean_level": 0.8, "frames": 3, "evidence": null,
+        "models": [], "worker": "an-older-worker"
+    });
+    let out = Command::new(python())
+        .arg(repo().join("tests/tools/confluent_produce.py"))
+        .args([&brokers(), &topics.violations, &registry.url])
+        .arg(repo().join("schemas/history/violation_event.v1.avsc"))
+        .args(["cam-old", &v1_event.to_string()])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "confluent_produce: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v1_id: u32 = String::from_utf8(out.stdout)?.trim().parse()?;
+
+    produce(&topics.frames, &violation_then_clear()).await?;
+    let rules = rules_file()?;
+    let w = Worker::start(
+        &topics,
+        &unique("g"),
+        &[
+            "--rules",
+            rules.path().to_str().unwrap(),
+            "--schema-registry",
+            &registry.url,
+        ],
+    )?;
+    let observations = collect(
+        &topics.observations,
+        36,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await
+    .with_context(|| w.log_text())?;
+
+    let got = collect(
+        &topics.violations,
+        4,
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+    )
+    .await
+    .with_context(|| w.log_text())?;
+    // The worker registered the current schemas under <topic>-value: version 2 of the events'
+    // subject, version 1 of the observations'.
+    let subject = format!("{}-value", topics.violations);
+    let versions = registry
+        .get(&format!("/subjects/{subject}/versions"))
+        .await?;
+    ensure!(
+        versions == serde_json::json!([1, 2]),
+        "{subject}: {versions}"
+    );
+    let latest = registry
+        .get(&format!("/subjects/{subject}/versions/latest"))
+        .await?;
+    let v2_id = latest["id"].as_u64().context("id")? as u32;
+    ensure!(v2_id != v1_id);
+    let registered: serde_json::Value =
+        serde_json::from_str(latest["schema"].as_str().context("schema")?)?;
+    let committed: serde_json::Value = serde_json::from_str(vigil::avro::VIOLATION_EVENT.current)?;
+    ensure!(
+        registered == committed,
+        "the committed schema was registered"
+    );
+    let obs_subject = format!("{}-value", topics.observations);
+    let obs_latest = registry
+        .get(&format!("/subjects/{obs_subject}/versions/latest"))
+        .await?;
+    let obs_id = obs_latest["id"].as_u64().context("id")? as u32;
+
+    // Every record carries the Confluent framing with its schema's id.
+    let framed =
+        |bytes: &[u8], id: u32| bytes.len() > 5 && bytes[0] == 0 && bytes[1..5] == id.to_be_bytes();
+    ensure!(
+        framed(&got[0].payload, v1_id),
+        "the outside record comes first"
+    );
+    ensure!(got[1..].iter().all(|g| framed(&g.payload, v2_id)));
+    ensure!(observations.iter().all(|g| framed(&g.payload, obs_id)));
+
+    // confluent-kafka's deserializer reads every record, old and new, through the registry.
+    let payloads: Vec<&[u8]> = got.iter().map(|g| g.payload.as_slice()).collect();
+    let outside = decode_outside("registry", &registry.url, &payloads)?;
+    ensure!(outside[0]["event_id"] == "old-1" && outside[0].get("sequence").is_none());
+    let kinds: Vec<&str> = outside[1..]
+        .iter()
+        .filter_map(|d| d["kind"].as_str())
+        .collect();
+    ensure!(
+        kinds.first() == Some(&"opened") && kinds.last() == Some(&"resolved"),
+        "{kinds:?}"
+    );
+    for (i, d) in outside[1..].iter().enumerate() {
+        ensure!(d["camera"] == "cam-x" && d["sequence"] == i as i64, "{d}");
+    }
+    let payloads: Vec<&[u8]> = observations.iter().map(|g| g.payload.as_slice()).collect();
+    let outside = decode_outside("registry", &registry.url, &payloads)?;
+    ensure!(outside
+        .iter()
+        .all(|d| d["camera"] == "cam-x" && d["rules"][0]["rule"] == "mask_required"));
+
+    // `vigil alerts` reads both versions through the registry: the old event with no sequence.
+    let alerts = |with_registry: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        c.args([
+            "alerts",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topics.violations,
+        ])
+        .args(["--group", &unique("alerts"), "--idle-secs", "6", "--json"]);
+        if with_registry {
+            c.args(["--schema-registry", &registry.url]);
+        }
+        c.output()
+    };
+    let out = alerts(true)?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout)?;
+    ensure!(lines.len() == got.len(), "{lines:?}");
+    ensure!(lines[0]["event_id"] == "old-1" && lines[0]["sequence"].is_null());
+    ensure!(lines[1]["sequence"] == 0 && lines[1]["kind"] == "opened");
+
+    // Without the registry it stops, says what to pass, and commits nothing.
+    let out = alerts(false)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("--schema-registry"),
+        "{err}"
+    );
+
+    // `vigil tail` decodes the observations through the registry too.
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "tail",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topics.observations,
+        ])
+        .args([
+            "--count",
+            "3",
+            "--idle-secs",
+            "20",
+            "--schema-registry",
+            &registry.url,
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && text
+                .lines()
+                .filter(|l| l.starts_with("observation "))
+                .count()
+                == 3,
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

@@ -107,6 +107,20 @@ async fn frames_in_observations_out() -> Result {
         );
         ensure!(o.worker == worker.id);
     }
+    // fastavro reads the observations as vigil wrote them.
+    let schema = repo().join("schemas/observation.avsc");
+    let payloads: Vec<&[u8]> = got.iter().map(|g| g.payload.as_slice()).collect();
+    let outside = decode_outside("single", schema.to_str().unwrap(), &payloads)?;
+    for (d, g) in outside.iter().zip(&got) {
+        let o = g.observation()?;
+        ensure!(
+            d["camera"] == o.camera.as_str()
+                && d["source"]["offset"] == o.source.offset
+                && d["rules"][0]["verdict"] == "violation"
+                && d["detections"].as_array().map(Vec::len) == Some(o.detections.len()),
+            "fastavro reads {d} differently from {o:?}"
+        );
+    }
     // Per camera, observations come out in frame order.
     let mut last: HashMap<String, u64> = HashMap::new();
     for g in &got {

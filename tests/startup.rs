@@ -150,6 +150,11 @@ fn bad_options_name_the_key() -> Result {
         out.status.code() == Some(2) && err.contains("--metrics-addr"),
         "{err}"
     );
+    let (code, err) = worker(&["--schema-registry", "https://registry:8081"])?;
+    ensure!(
+        code == 2 && err.contains("--schema-registry") && err.contains("http://"),
+        "{code}: {err}"
+    );
     let (code, err) = worker(&["--device", "cuda", "--brokers", "127.0.0.1:1"])?;
     if !cfg!(feature = "cuda") {
         ensure!(
@@ -237,5 +242,60 @@ async fn topics_create_makes_all_five_topics_once() -> Result {
             .context("listed")?;
         ensure!(t.partitions().len() == 3, "{n} has 3 partitions");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_the_registry_refuses_stops_the_worker() -> Result {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A registry whose compatibility check rejects whatever is registered, answering as the
+    // Confluent API documents (409, error_code 409).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move {
+        let mut paths = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            paths.push(head.lines().next().unwrap_or_default().to_string());
+            let body = r#"{"error_code":409,"message":"Schema being registered is incompatible with an earlier schema"}"#;
+            let answer = format!(
+                "HTTP/1.1 409 Conflict\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(answer.as_bytes()).await;
+            if paths.len() == 1 {
+                return paths;
+            }
+        }
+        paths
+    });
+    let topics = create_topics(1).await?;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["worker", "--metrics-addr", "", "--brokers", &brokers()])
+        .args([
+            "--observations-topic",
+            &topics.observations,
+            "--schema-registry",
+            &url,
+        ])
+        .output()
+        .await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1)
+            && err.contains(&format!("{}-value", topics.observations))
+            && err.contains("incompatible"),
+        "{err}"
+    );
+    let paths = server.await?;
+    ensure!(
+        paths[0].starts_with(&format!(
+            "POST /subjects/{}-value/versions ",
+            topics.observations
+        )),
+        "{paths:?}"
+    );
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail, ensure, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -167,8 +167,10 @@ impl Got {
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 
+    /// The record as an observation (Avro, single-object encoding).
     pub fn observation(&self) -> Result<vigil::observation::Observation> {
-        Ok(serde_json::from_slice(&self.payload)?)
+        let codec = vigil::avro::Codec::new(&vigil::avro::OBSERVATION);
+        Ok(codec.decode(&self.payload)?)
     }
 }
 
@@ -378,6 +380,35 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> b
 
 pub fn python() -> PathBuf {
     repo().join(".venv/bin/python")
+}
+
+/// Decodes Avro records with an independent implementation (`tests/tools/decode_avro.py`):
+/// `mode` `single` with a schema file (fastavro) or `registry` with a registry URL
+/// (confluent-kafka's deserializer). One JSON value per record, in order.
+pub fn decode_outside(mode: &str, arg: &str, records: &[&[u8]]) -> Result<Vec<serde_json::Value>> {
+    let dir = tempfile::tempdir()?;
+    let mut paths = Vec::new();
+    for (i, bytes) in records.iter().enumerate() {
+        let p = dir.path().join(format!("{i}.avro"));
+        std::fs::write(&p, bytes)?;
+        paths.push(p);
+    }
+    let out = Command::new(python())
+        .arg(repo().join("tests/tools/decode_avro.py"))
+        .args([mode, arg])
+        .args(&paths)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "decode_avro.py {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let values: Vec<serde_json::Value> = std::str::from_utf8(&out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    ensure!(values.len() == records.len(), "one line per record");
+    Ok(values)
 }
 
 pub fn exists(p: &Path) -> bool {
