@@ -9,9 +9,16 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use opencv::core::{Mat, Size};
+use std::collections::BTreeMap;
+
+use vigil::avro::{Codec, OBSERVATION};
 use vigil::batcher::{BatchPolicy, Batcher};
 use vigil::decode;
 use vigil::model::{Device, ExecutionConfig, Model};
+use vigil::observation::{
+    DetectionResult, FrameSize, ModelRef, Observation, RuleResult, SourceRef, StageTiming, Timings,
+    Verdict,
+};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -132,11 +139,99 @@ fn bench_batcher(c: &mut Criterion) {
     g.finish();
 }
 
+/// A typical observation: one rule, two faces found and classified.
+fn observation() -> Observation {
+    let detection = |x: f32| DetectionResult {
+        rule: "mask_required".into(),
+        detector: "face-blazeface".into(),
+        score: 0.91,
+        bbox: [x, 0.2, x + 0.1, 0.35],
+        classifier: "mask".into(),
+        label: "no_mask".into(),
+        scores: BTreeMap::from([("mask".into(), 0.04), ("no_mask".into(), 0.96)]),
+    };
+    let model = |name: &str| ModelRef {
+        name: name.into(),
+        version: "1".into(),
+        provider: "CPUExecutionProvider".into(),
+    };
+    let stage = |model: &str, batch_size| StageTiming {
+        model: model.into(),
+        inference_ms: 21.3,
+        batch_size,
+        batch_wait_ms: 4.2,
+    };
+    Observation {
+        camera: "cam-0412".into(),
+        site: "site-031".into(),
+        zone: Some("kitchen".into()),
+        captured_at_ms: 1_763_877_000_123,
+        seq: 48_211,
+        frame: FrameSize {
+            width: 1280,
+            height: 720,
+            decoded_width: 640,
+            decoded_height: 360,
+        },
+        rules: vec![RuleResult {
+            rule: "mask_required".into(),
+            verdict: Verdict::Violation,
+            reason: None,
+            level: Some(0.96),
+            detections: 2,
+        }],
+        detections: vec![detection(0.1), detection(0.6)],
+        classifications: vec![],
+        models: vec![model("face-blazeface"), model("mask")],
+        timings: Timings {
+            decode_ms: 3.2,
+            preprocess_ms: 0.4,
+            crop_ms: 0.3,
+            stages: vec![stage("face-blazeface", 8), stage("mask", 14)],
+            total_ms: 31.0,
+        },
+        source: SourceRef {
+            topic: "vigil.frames".into(),
+            partition: 7,
+            offset: 1_204_332,
+        },
+        worker: "vigil-worker-3-2211".into(),
+        processed_at_ms: 1_763_877_000_201,
+    }
+}
+
+/// What an observation costs to encode, in JSON (before) and Avro (now).
+fn bench_records(c: &mut Criterion) {
+    let o = observation();
+    let codec: Codec<Observation> = Codec::new(&OBSERVATION);
+    let json = serde_json::to_vec(&o).unwrap();
+    let avro = codec.encode(&o).unwrap();
+    eprintln!(
+        "observation size: JSON {} bytes, Avro single-object {} bytes",
+        json.len(),
+        avro.len()
+    );
+    let mut g = c.benchmark_group("observation");
+    g.bench_function("encode_json", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&o)).unwrap())
+    });
+    g.bench_function("encode_avro", |b| {
+        b.iter(|| codec.encode(black_box(&o)).unwrap())
+    });
+    g.bench_function("encode_avro_via_value", |b| {
+        b.iter(|| codec.encode_via_value(black_box(&o)).unwrap())
+    });
+    g.bench_function("decode_avro", |b| {
+        b.iter(|| codec.decode(black_box(&avro)).unwrap())
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    targets = bench_decode, bench_preprocess, bench_models, bench_batcher
+    targets = bench_decode, bench_preprocess, bench_models, bench_batcher, bench_records
 }
 criterion_main!(benches);

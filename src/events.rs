@@ -1,7 +1,8 @@
 //! Violation events in Avro (`schemas/violation_event.avsc`), framed as [`crate::avro`]
 //! describes.
 
-use serde::{Deserialize, Serialize};
+use serde::ser::Error as _;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::avro::{Codec, VIOLATION_EVENT};
 use crate::episodes::{Event, EventKind, Severity};
@@ -11,6 +12,7 @@ use crate::episodes::{Event, EventKind, Severity};
 pub struct ViolationEvent {
     pub event_id: String,
     /// `opened`, `updated` or `resolved`.
+    #[serde(serialize_with = "kind_symbol")]
     pub kind: String,
     pub episode_id: String,
     pub site: String,
@@ -18,6 +20,7 @@ pub struct ViolationEvent {
     pub zone: Option<String>,
     pub rule: String,
     /// `minor`, `major` or `critical`.
+    #[serde(serialize_with = "severity_symbol")]
     pub severity: String,
     pub reason: Option<String>,
     pub opened_at: i64,
@@ -33,6 +36,29 @@ pub struct ViolationEvent {
     /// The event's number within its episode (0 for `opened`); `None` when written by schema
     /// version 1, which did not carry it.
     pub sequence: Option<i64>,
+}
+
+/// Serialises a string field as the Avro enum symbol it names (as JSON, the same string), so
+/// that Avro's schema-aware serializer can write it; an unknown symbol is an error.
+fn symbol<S: Serializer>(
+    name: &'static str,
+    symbols: &'static [&'static str],
+    value: &str,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let i = symbols
+        .iter()
+        .position(|x| *x == value)
+        .ok_or_else(|| S::Error::custom(format!("`{value}` is not a {name} symbol")))?;
+    s.serialize_unit_variant(name, i as u32, symbols[i])
+}
+
+fn kind_symbol<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    symbol("EventKind", &["opened", "updated", "resolved"], v, s)
+}
+
+fn severity_symbol<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    symbol("Severity", &["minor", "major", "critical"], v, s)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,6 +207,7 @@ pub(crate) mod tests {
         for codec in [event_codec(), Codec::registered(&VIOLATION_EVENT, 41)] {
             for e in sample_events() {
                 let bytes = codec.encode(&e).unwrap();
+                assert_eq!(bytes, codec.encode_via_value(&e).unwrap());
                 assert!(bytes[..2] == [0xC3, 0x01] || bytes[..5] == [0, 0, 0, 0, 41]);
                 assert_eq!(codec.decode(&bytes).unwrap(), e);
             }
