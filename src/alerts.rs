@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::avro::VIOLATION_EVENT;
 use crate::events::ViolationEvent;
 use crate::http::{self, Url};
-use crate::kafka::KafkaArgs;
+use crate::kafka::{self, KafkaArgs};
 use crate::registry::{ReadError, RecordReader};
 use anyhow::{anyhow, bail, Context};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -159,19 +159,14 @@ pub async fn run(
         RecordReader::with_registry_url(&VIOLATION_EVENT, cfg.schema_registry.as_deref())
             .map_err(|e| anyhow!(e))?;
     let mut dedup = Dedup::new(cfg.remember);
-    let idle = cfg
-        .idle_timeout
-        .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
     let (mut shown, mut repeats) = (0u64, 0u64);
     tokio::pin!(shutdown);
     loop {
-        let msg = tokio::select! {
-            _ = &mut shutdown => break,
-            r = tokio::time::timeout(idle, consumer.recv()) => match r {
-                Err(_) => break,
-                Ok(m) => m?,
-            },
+        let Some(msg) = kafka::next_message(&consumer, cfg.idle_timeout, shutdown.as_mut()).await
+        else {
+            break;
         };
+        let msg = msg?;
         let payload = msg.payload().unwrap_or_default();
         match reader.decode(payload).await {
             Err(e @ (ReadError::Registry(_) | ReadError::NeedsRegistry(_))) => {

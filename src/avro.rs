@@ -136,11 +136,6 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
         c
     }
 
-    /// The current schema.
-    pub fn schema(&self) -> &Schema {
-        &self.reader
-    }
-
     /// Teaches the codec the schema behind a registry id.
     pub fn learn(&mut self, id: u32, schema_json: &str) -> Result<(), CodecError> {
         let schema = Schema::parse_str(schema_json).map_err(avro_err)?;

@@ -2,13 +2,17 @@
 //! administration. The only other places that touch rdkafka are the worker's source (consumer)
 //! and sink (producer).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 
 /// Connection settings every subcommand takes.
@@ -177,6 +181,25 @@ pub fn partition_counts(
             }
             other => return other,
         }
+    }
+}
+
+/// The next message of a reading subcommand (`tail`, `alerts`): `None` once `shutdown`
+/// resolves, or when nothing arrived for `idle` (if given).
+pub async fn next_message<'c, C: ConsumerContext + 'static>(
+    consumer: &'c StreamConsumer<C>,
+    idle: Option<Duration>,
+    shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Option<KafkaResult<BorrowedMessage<'c>>> {
+    let recv = async {
+        match idle {
+            Some(d) => tokio::time::timeout(d, consumer.recv()).await.ok(),
+            None => Some(consumer.recv().await),
+        }
+    };
+    tokio::select! {
+        _ = shutdown => None,
+        m = recv => m,
     }
 }
 

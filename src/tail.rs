@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 
-use crate::avro::{CodecError, OBSERVATION};
+use crate::avro::OBSERVATION;
 use crate::frame::header;
 use crate::kafka::{self, KafkaArgs};
 use crate::observation::Observation;
@@ -29,31 +29,37 @@ pub struct TailConfig {
     pub schema_registry: Option<String>,
 }
 
-/// One readable line for a record.
-pub fn describe(
-    value: &[u8],
-    decoded: Result<Observation, ReadError>,
+/// One readable line for a dead letter (a record with a `reason` header), `None` for others.
+pub fn describe_dead_letter(
     headers: &[(String, Vec<u8>)],
+    bytes: usize,
     partition: i32,
     offset: i64,
-) -> String {
+) -> Option<String> {
     let h = |name: &str| {
         headers
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
-    if let Some(reason) = h(header::REASON) {
-        return format!(
-            "dead-letter p{partition}@{offset} camera={} reason={reason} ({}) from {}:{}/{} bytes={}",
-            h(header::CAMERA).unwrap_or_else(|| "?".into()),
-            h(header::REASON_DETAIL).unwrap_or_default(),
-            h(header::SOURCE_TOPIC).unwrap_or_default(),
-            h(header::SOURCE_PARTITION).unwrap_or_default(),
-            h(header::SOURCE_OFFSET).unwrap_or_default(),
-            value.len()
-        );
-    }
+    let reason = h(header::REASON)?;
+    Some(format!(
+        "dead-letter p{partition}@{offset} camera={} reason={reason} ({}) from {}:{}/{} bytes={bytes}",
+        h(header::CAMERA).unwrap_or_else(|| "?".into()),
+        h(header::REASON_DETAIL).unwrap_or_default(),
+        h(header::SOURCE_TOPIC).unwrap_or_default(),
+        h(header::SOURCE_PARTITION).unwrap_or_default(),
+        h(header::SOURCE_OFFSET).unwrap_or_default(),
+    ))
+}
+
+/// One readable line for an observation record, or for why it is not one.
+pub fn describe_observation(
+    decoded: Result<Observation, ReadError>,
+    bytes: usize,
+    partition: i32,
+    offset: i64,
+) -> String {
     match decoded {
         Ok(o) => {
             let rules: Vec<String> = o
@@ -110,10 +116,7 @@ pub fn describe(
                 o.worker
             )
         }
-        Err(e) => format!(
-            "record p{partition}@{offset} ({} bytes, not an observation: {e})",
-            value.len()
-        ),
+        Err(e) => format!("record p{partition}@{offset} ({bytes} bytes, not an observation: {e})"),
     }
 }
 
@@ -141,50 +144,35 @@ pub async fn run(
         RecordReader::with_registry_url(&OBSERVATION, cfg.schema_registry.as_deref())
             .map_err(|e| anyhow!(e))?;
     let mut seen = 0u64;
-    let idle = cfg
-        .idle_timeout
-        .unwrap_or(Duration::from_secs(365 * 24 * 3600));
     tokio::pin!(shutdown);
     while cfg.count.is_none_or(|n| seen < n) {
-        let msg = tokio::select! {
-            _ = &mut shutdown => break,
-            r = tokio::time::timeout(idle, consumer.recv()) => match r {
-                Err(_) => break,
-                Ok(m) => m?,
-            },
+        let Some(msg) = kafka::next_message(&consumer, cfg.idle_timeout, shutdown.as_mut()).await
+        else {
+            break;
         };
+        let msg = msg?;
+        let (partition, offset) = (msg.partition(), msg.offset());
         let value = msg.payload().unwrap_or_default();
         let headers = kafka::headers_to_vec(msg.headers());
-        let dead_letter = headers.iter().any(|(k, _)| k == header::REASON);
-        let decoded = if dead_letter {
-            Err(ReadError::Codec(CodecError::NotAvro))
-        } else {
-            reader.decode(value).await
+        let line = match describe_dead_letter(&headers, value.len(), partition, offset) {
+            Some(_) if cfg.json => serde_json::json!({
+                "partition": partition,
+                "offset": offset,
+                "headers": headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect::<std::collections::BTreeMap<_, _>>(),
+                "bytes": value.len(),
+            })
+            .to_string(),
+            Some(line) => line,
+            None => match reader.decode(value).await {
+                Ok(o) if cfg.json => serde_json::to_string(&o)?,
+                Err(e) if cfg.json => {
+                    serde_json::json!({"partition": partition, "offset": offset, "error": e.to_string()})
+                        .to_string()
+                }
+                decoded => describe_observation(decoded, value.len(), partition, offset),
+            },
         };
-        if cfg.json && !dead_letter {
-            match decoded {
-                Ok(o) => println!("{}", serde_json::to_string(&o)?),
-                Err(e) => println!(
-                    "{}",
-                    serde_json::json!({"partition": msg.partition(), "offset": msg.offset(), "error": e.to_string()})
-                ),
-            }
-        } else if cfg.json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "partition": msg.partition(),
-                    "offset": msg.offset(),
-                    "headers": headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect::<std::collections::BTreeMap<_, _>>(),
-                    "bytes": value.len(),
-                })
-            );
-        } else {
-            println!(
-                "{}",
-                describe(value, decoded, &headers, msg.partition(), msg.offset())
-            );
-        }
+        println!("{line}");
         seen += 1;
     }
     eprintln!("tail: {seen} records from {}", cfg.topic);
