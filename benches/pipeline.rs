@@ -11,14 +11,14 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use opencv::core::{Mat, Size};
 use std::collections::BTreeMap;
 
-use vigil::avro::{Codec, OBSERVATION};
-use vigil::batcher::{BatchPolicy, Batcher};
-use vigil::decode;
-use vigil::model::{Device, ExecutionConfig, Model};
-use vigil::observation::{
+use vigil::codec::avro::{Codec, OBSERVATION};
+use vigil::contract::observation::{
     DetectionResult, FrameSize, ModelRef, Observation, RuleResult, SourceRef, StageTiming, Timings,
     Verdict,
 };
+use vigil::decode;
+use vigil::infer::batcher::{BatchPolicy, Batcher};
+use vigil::infer::model::{Device, ExecutionConfig, Model};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,7 +48,8 @@ fn frame(width: i32, height: i32) -> Vec<u8> {
 }
 
 fn load_model(name: &str, threads: usize) -> Model {
-    let (env, _) = vigil::runtime::init(None).expect("ONNX Runtime (run scripts/bootstrap.sh)");
+    let (env, _) =
+        vigil::infer::runtime::init(None).expect("ONNX Runtime (run scripts/bootstrap.sh)");
     let exec = ExecutionConfig {
         device: Device::Cpu,
         intra_threads: threads,

@@ -1,50 +1,61 @@
-//! vigil: camera frames in from Kafka, compliance observations out.
+//! vigil: camera frames in from Kafka, compliance observations and violation events out.
 //!
-//! The stages, in the order a frame meets them:
+//! # The map
 //!
-//! - [`gateway`] publishes JPEG frames for simulated or real cameras to the frames topic
-//!   (key = camera id; headers per [`frame`]'s contract).
-//! - [`worker`] is a consumer-group member: it reads frames, checks them ([`frame`], [`jpeg`]:
-//!   headers, size, JPEG structure and pixel budget before any decode), decodes and preprocesses
-//!   them off the async runtime ([`decode`]), batches them across cameras ([`batcher`]), runs
-//!   the model ([`model`], loaded through [`runtime`]) and publishes one [`observation`] per frame,
-//!   or a dead letter with a reason. Offsets are stored only once a frame's outcome is delivered
-//!   ([`offsets`]).
-//! - Per frame, [`rules`] says which models apply to the camera; [`cascade`] crops detections
-//!   for the classifier ([`inference`] runs the stages); [`episodes`] smooths each (camera, rule)
-//!   over event time into violation episodes, whose state [`state`] keeps per partition and
-//!   writes to the compacted state topic. [`events`] are the episode events published.
-//! - Output records are Avro ([`avro`]: single-object encoding, or the Confluent wire format
-//!   with a [`registry`]). [`alerts`] is the reference subscriber of the events: readable lines,
-//!   deduplication by event id, webhook delivery over [`http`].
-//! - [`metrics`] exposes Prometheus metrics; [`kafka`] holds client configuration and topic admin;
-//!   [`tail`] prints what a topic carries; [`cli`] is the command line.
+//! One folder per stage, in the order a frame meets them; each depends only on the ones above
+//! it (and on the services below the line).
 //!
-//! Policy cores ([`batcher`], [`offsets`], [`episodes`], [`frame`], [`jpeg`]) are pure and
-//! synchronous; Kafka appears only in [`kafka`], the worker's source and sink, the gateway,
-//! [`alerts`] and [`tail`].
+//! ```text
+//! contract/   the leaf vocabulary: frame contract and JPEG structure, rejection reasons, the
+//!             envelope a frame carries between stages, observation and event records, errors
+//! rules/      the rules file: which checks run on which cameras, and episode parameters
+//! source/     the group consumer (on its own thread; rebalances drain, commit and restore
+//!             there), in-flight offsets, intake checks
+//! decode/     JPEG decoding and model input tensors, off the async runtime, in read order
+//! infer/      rule planning, models and their batchers, the detector → classifier cascade
+//! episodes/   the smoother and episode machine per (camera, rule), its state, judging
+//! sink/       outcomes published (observations, events, state; dead letters), offsets released
+//!             on acknowledgement, state restored on assignment
+//! ─────────
+//! pipeline/   wires the stages with bounded channels and supervises them (`vigil worker`)
+//! commands/   the command line: gateway, worker, topics, tail, alerts
+//! codec/      Avro, the schema registry client, HTTP
+//! telemetry/  Prometheus metrics and their endpoint
+//! kafka       client configuration, headers, topic administration
+//! ```
+//!
+//! # The path of a frame
+//!
+//! 1. [`commands::gateway`] publishes a JPEG to the frames topic (key = camera, headers per
+//!    [`contract::frame`]).
+//! 2. [`source::consumer`] reads it on the consumer thread, registers it in flight
+//!    ([`source::offsets`]) and hands it to the intake, which checks headers, size, JPEG
+//!    structure and pixel budget ([`source::intake`]); a refused frame becomes a
+//!    [`contract::DeadLetter`].
+//! 3. [`infer::plan`] says which rules and models apply to its camera; [`decode::stage`] decodes
+//!    it on the blocking pool and the sequencer puts frames back in read order.
+//! 4. [`infer::stage`] batches inputs per model across cameras and runs ONNX Runtime; the
+//!    collector crops detections for the classifiers ([`infer::cascade`]) and builds the
+//!    [`contract::Observation`].
+//! 5. [`episodes::judge`] applies it to its camera's episodes ([`episodes::machine`],
+//!    [`episodes::store`]), raising [`contract::ViolationEvent`]s.
+//! 6. [`sink::produce`] publishes the observation and events (Avro, [`codec`]), then the
+//!    state; [`sink::emit`] releases the frame's offset once the broker has acknowledged all.
+//!
+//! Policy cores are pure and synchronous, with their tests beside them: the offset tracker
+//! ([`source::offsets`]), rule planning ([`infer::plan`]), the batcher ([`infer::batcher`]),
+//! the cascade ([`infer::cascade`]), the episode machine and store. Kafka appears only in the
+//! source, the sink, [`kafka`], and the gateway, tail and alerts commands.
 
-pub mod alerts;
-pub mod avro;
-pub mod batcher;
-pub mod cascade;
-pub mod cli;
+pub mod codec;
+pub mod commands;
+pub mod contract;
 pub mod decode;
 pub mod episodes;
-pub mod events;
-pub mod frame;
-pub mod gateway;
-pub mod http;
-pub mod inference;
-pub mod jpeg;
+pub mod infer;
 pub mod kafka;
-pub mod metrics;
-pub mod model;
-pub mod observation;
-pub mod offsets;
-pub mod registry;
+pub mod pipeline;
 pub mod rules;
-pub mod runtime;
-pub mod state;
-pub mod tail;
-pub mod worker;
+pub mod sink;
+pub mod source;
+pub mod telemetry;

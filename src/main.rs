@@ -1,6 +1,6 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = vigil::cli::Cli::parse();
-    vigil::cli::run(cli)
+    let cli = vigil::commands::Cli::parse();
+    vigil::commands::run(cli)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use common::*;
-use vigil::observation::Verdict;
+use vigil::contract::observation::Verdict;
 
 fn jpeg_of(path: &std::path::Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path)?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use common::*;
-use vigil::events::{event_codec, ViolationEvent};
+use vigil::{codec::event_codec, contract::ViolationEvent};
 
 /// Short episode clocks so that a scene plays out in a few dozen frames.
 const RULES: &str = r#"
@@ -100,7 +100,7 @@ fn dedup(events: &[(ViolationEvent, Vec<u8>)]) -> Vec<(String, String, String)> 
     events
         .iter()
         .filter(|(e, _)| seen.insert(e.event_id.clone()))
-        .map(|(e, _)| (e.event_id.clone(), e.kind.clone(), e.episode_id.clone()))
+        .map(|(e, _)| (e.event_id.clone(), e.kind.to_string(), e.episode_id.clone()))
         .collect()
 }
 
@@ -457,8 +457,9 @@ impl RegistryProcess {
 
     /// GET a path; the JSON answer.
     async fn get(&self, path: &str) -> Result<serde_json::Value> {
-        let url = vigil::http::Url::parse(&self.url, "registry").map_err(anyhow::Error::msg)?;
-        let r = vigil::http::request(
+        let url =
+            vigil::codec::http::Url::parse(&self.url, "registry").map_err(anyhow::Error::msg)?;
+        let r = vigil::codec::http::request(
             "GET",
             &url,
             path,
@@ -552,7 +553,8 @@ async fn with_a_schema_registry_records_use_the_confluent_wire_format() -> Resul
     ensure!(v2_id != v1_id);
     let registered: serde_json::Value =
         serde_json::from_str(latest["schema"].as_str().context("schema")?)?;
-    let committed: serde_json::Value = serde_json::from_str(vigil::avro::VIOLATION_EVENT.current)?;
+    let committed: serde_json::Value =
+        serde_json::from_str(vigil::codec::avro::VIOLATION_EVENT.current)?;
     ensure!(
         registered == committed,
         "the committed schema was registered"

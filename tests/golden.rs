@@ -5,10 +5,10 @@ mod common;
 
 use anyhow::{ensure, Context};
 use common::*;
-use vigil::model::{Device, ExecutionConfig, Model};
+use vigil::infer::model::{Device, ExecutionConfig, Model};
 
 fn mask_model() -> Result<Model> {
-    let (env, _) = vigil::runtime::init(None)?;
+    let (env, _) = vigil::infer::runtime::init(None)?;
     let exec = ExecutionConfig {
         device: Device::Cpu,
         intra_threads: 1,

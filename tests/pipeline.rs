@@ -100,7 +100,7 @@ async fn frames_in_observations_out() -> Result {
                     && d.bbox.iter().all(|v| (0.0..=1.0).contains(v))
             );
         }
-        ensure!(o.rules[0].verdict == vigil::observation::Verdict::Violation);
+        ensure!(o.rules[0].verdict == vigil::contract::observation::Verdict::Violation);
         ensure!(
             o.frame.decoded_width < o.frame.width || o.frame.width < 600,
             "large frames decode reduced"
@@ -405,7 +405,7 @@ async fn gateway_publishes_the_frame_contract_for_many_cameras() -> Result {
     ensure!(got.len() == 15, "5 cameras x 3 frames, got {}", got.len());
     let mut per_camera: HashMap<String, Vec<u64>> = HashMap::new();
     for g in &got {
-        let (meta, info) = vigil::frame::validate(
+        let (meta, info) = vigil::source::intake::validate(
             g.key.as_deref(),
             &g.headers,
             &g.payload,
@@ -494,7 +494,7 @@ async fn gateway_samples_a_video_file_at_the_requested_rate() -> Result {
     .await?;
     ensure!(got.len() == 20, "got {}", got.len());
     for g in &got {
-        let (_, info) = vigil::frame::validate(
+        let (_, info) = vigil::source::intake::validate(
             g.key.as_deref(),
             &g.headers,
             &g.payload,

@@ -164,7 +164,7 @@ async fn dashboards_and_alerts_work_against_a_real_prometheus() -> Result {
 
     // Traffic: kitchen cameras (judged) and a dining camera (observed only), captured over the
     // last 10 s, 1.2 s apart: long enough for the kitchen cameras to open episodes.
-    let now = vigil::observation::now_ms();
+    let now = vigil::contract::observation::now_ms();
     let mut recs = Vec::new();
     for seq in 0..8u64 {
         for (cam, zone) in [

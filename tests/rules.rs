@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use common::*;
 use opencv::core::{Mat, Scalar, CV_8UC3};
-use vigil::observation::Verdict;
+use vigil::contract::observation::Verdict;
 
 fn flat_jpeg(value: f64) -> Result<Vec<u8>> {
     let img = Mat::new_rows_cols_with_default(120, 160, CV_8UC3, Scalar::all(value))?;

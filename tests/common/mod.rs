@@ -168,8 +168,8 @@ impl Got {
     }
 
     /// The record as an observation (Avro, single-object encoding).
-    pub fn observation(&self) -> Result<vigil::observation::Observation> {
-        let codec = vigil::avro::Codec::new(&vigil::avro::OBSERVATION);
+    pub fn observation(&self) -> Result<vigil::contract::observation::Observation> {
+        let codec = vigil::codec::avro::Codec::new(&vigil::codec::avro::OBSERVATION);
         Ok(codec.decode(&self.payload)?)
     }
 }
@@ -286,7 +286,7 @@ impl Worker {
                 &["--metrics-addr", "127.0.0.1:0"][..]
             })
             .args(["--intra-threads", "1"])
-            .args(["--decode-threads", "2", "--drain-timeout-secs", "20"])
+            .args(["--decode-threads", "2", "--drain-timeout-secs", "8"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

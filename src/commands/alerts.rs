@@ -1,0 +1,241 @@
+//! `vigil alerts`: the reference subscriber of the violations topic. Decodes each Avro event,
+//! prints one readable line, optionally POSTs it as JSON to a webhook (with retries and
+//! exponential backoff), and deduplicates by `event_id`: a re-published event (same id, after a
+//! worker crash) is shown and delivered once. Offsets are stored only once an event is handled,
+//! so a crash of the subscriber re-delivers, never loses.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use crate::codec::avro::VIOLATION_EVENT;
+use crate::codec::http::{self, Url};
+use crate::codec::registry::{ReadError, RecordReader};
+use crate::contract::ViolationEvent;
+use crate::kafka::{self, KafkaArgs};
+use anyhow::{anyhow, bail, Context};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub kafka: KafkaArgs,
+    pub topic: String,
+    /// Consumer group: alerts resume where they stopped.
+    pub group: String,
+    /// POST each new event here (http://host:port/path).
+    pub webhook: Option<String>,
+    /// Attempts per event before giving up (the subscriber then stops without committing it).
+    pub max_attempts: u32,
+    /// Print events as JSON lines instead of readable lines.
+    pub json: bool,
+    /// Stop after this long without an event.
+    pub idle_timeout: Option<Duration>,
+    /// Event ids remembered for deduplication.
+    pub remember: usize,
+    /// Registry for events in the Confluent wire format.
+    pub schema_registry: Option<String>,
+}
+
+/// Recently seen event ids, bounded.
+pub struct Dedup {
+    seen: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Dedup {
+    pub fn new(capacity: usize) -> Self {
+        Dedup {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// True the first time an id is offered.
+    pub fn first_time(&mut self, id: &str) -> bool {
+        if self.seen.contains(id) {
+            return false;
+        }
+        self.seen.insert(id.to_string());
+        self.order.push_back(id.to_string());
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// One readable line per event.
+pub fn describe(e: &ViolationEvent) -> String {
+    let mut s = format!(
+        "{:<8} {:<8} site={} camera={} rule={} episode={} peak={:.2} mean={:.2} frames={}",
+        e.kind.as_str().to_uppercase(),
+        e.severity,
+        e.site,
+        e.camera,
+        e.rule,
+        &e.episode_id[..e.episode_id.len().min(12)],
+        e.peak_level,
+        e.mean_level,
+        e.frames
+    );
+    if let Some(r) = &e.reason {
+        s.push_str(&format!(" reason={r}"));
+    }
+    if let Some(ev) = &e.evidence {
+        s.push_str(&format!(
+            " evidence={}:{}/{}",
+            ev.topic, ev.partition, ev.offset
+        ));
+    }
+    s.push_str(&format!(" event={}", e.event_id));
+    s
+}
+
+/// One POST; Ok if the server answered 2xx.
+async fn post_once(url: &Url, body: &[u8]) -> anyhow::Result<()> {
+    let r = http::request(
+        "POST",
+        url,
+        &url.path_with(""),
+        "application/json",
+        body,
+        Duration::from_secs(10),
+    )
+    .await?;
+    if r.ok() {
+        Ok(())
+    } else {
+        bail!("webhook answered {}", r.status_line)
+    }
+}
+
+/// POSTs with exponential backoff (0.5 s doubling to 30 s) up to `attempts` times.
+pub async fn post_with_retries(url: &str, body: &[u8], attempts: u32) -> anyhow::Result<()> {
+    let url = Url::parse(url, "--webhook").map_err(|e| anyhow!(e))?;
+    let mut delay = Duration::from_millis(500);
+    let mut last = None;
+    for attempt in 1..=attempts.max(1) {
+        match post_once(&url, body).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "webhook failed, retrying");
+                last = Some(e);
+                if attempt < attempts {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
+}
+
+pub async fn run(
+    cfg: AlertsConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if let Some(url) = &cfg.webhook {
+        Url::parse(url, "--webhook").map_err(|e| anyhow!(e))?;
+    }
+    let consumer: StreamConsumer = cfg
+        .kafka
+        .config(&[
+            ("group.id", &cfg.group),
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.wait.max.ms", "5"),
+        ])
+        .map_err(|e| anyhow!(e))?
+        .create()
+        .context("cannot create consumer")?;
+    consumer.subscribe(&[&cfg.topic])?;
+    let mut reader: RecordReader<ViolationEvent> =
+        RecordReader::with_registry_url(&VIOLATION_EVENT, cfg.schema_registry.as_deref())
+            .map_err(|e| anyhow!(e))?;
+    let mut dedup = Dedup::new(cfg.remember);
+    let (mut shown, mut repeats) = (0u64, 0u64);
+    tokio::pin!(shutdown);
+    loop {
+        let Some(msg) = kafka::next_message(&consumer, cfg.idle_timeout, shutdown.as_mut()).await
+        else {
+            break;
+        };
+        let msg = msg?;
+        let payload = msg.payload().unwrap_or_default();
+        match reader.decode(payload).await {
+            Err(e @ (ReadError::Registry(_) | ReadError::NeedsRegistry(_))) => {
+                // Not the record's fault: stop without storing its offset, so that a restart
+                // (with a reachable registry, or with --schema-registry) reads it.
+                return Err(anyhow!(e).context(format!(
+                    "cannot look up the schema of {}:{}; stopping without committing it",
+                    msg.partition(),
+                    msg.offset()
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "not a violation event, skipped")
+            }
+            Ok(ev) => {
+                if dedup.first_time(&ev.event_id) {
+                    if cfg.json {
+                        println!("{}", serde_json::to_string(&ev)?);
+                    } else {
+                        println!("{}", describe(&ev));
+                    }
+                    if let Some(url) = &cfg.webhook {
+                        let body = serde_json::to_vec(&ev)?;
+                        post_with_retries(url, &body, cfg.max_attempts)
+                            .await
+                            .with_context(|| format!("event {} not delivered to the webhook; stopping without committing it", ev.event_id))?;
+                    }
+                    shown += 1;
+                } else {
+                    repeats += 1;
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            msg.topic(),
+            msg.partition(),
+            Offset::Offset(msg.offset() + 1),
+        )?;
+        consumer.store_offsets(&tpl)?;
+    }
+    let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    eprintln!("alerts: {shown} events, {repeats} repeats suppressed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_is_bounded_and_exact() {
+        let mut d = Dedup::new(2);
+        assert!(d.first_time("a"));
+        assert!(!d.first_time("a"));
+        assert!(d.first_time("b"));
+        assert!(d.first_time("c"));
+        assert!(d.first_time("a"), "forgotten beyond capacity");
+    }
+
+    #[test]
+    fn lines_name_the_essentials() {
+        let e = &crate::contract::event::tests::sample_events()[2];
+        let line = describe(e);
+        assert!(
+            line.starts_with("RESOLVED")
+                && line.contains("camera=cam-0001")
+                && line.contains("reason=cleared"),
+            "{line}"
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! `vigil gateway`: publishes JPEG frames for one or many cameras, the way a site's camera
+//! gateway does. Sources: a directory of images, a video file or a stream URL (OpenCV
+//! VideoCapture, e.g. RTSP), sampled at `--fps` and re-encoded at `--quality`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use opencv::core::Mat;
+use opencv::prelude::*;
+use opencv::{imgcodecs, imgproc, videoio};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::contract::{header, now_ms};
+use crate::decode::encode_jpeg;
+use crate::kafka::{self, KafkaArgs};
+use crate::telemetry::GatewayMetrics;
+
+/// Everything `vigil gateway` is configured with.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub kafka: KafkaArgs,
+    pub topic: String,
+    /// Directory of images, video file, or stream URL.
+    pub source: String,
+    /// Frames per second per camera.
+    pub fps: f64,
+    /// JPEG quality of the published frames.
+    pub quality: i32,
+    /// Simulated cameras; each publishes the source under its own id.
+    pub cameras: usize,
+    /// Sites the cameras are spread over.
+    pub sites: usize,
+    /// Zones assigned to cameras round-robin (none: no `zone` header).
+    pub zones: Vec<String>,
+    /// Start again when the source ends.
+    pub repeat: bool,
+    /// Stop after this many frames per camera.
+    pub frames: Option<u64>,
+    /// Resize frames to this width first (keeping aspect), if set.
+    pub width: Option<u32>,
+    pub max_frame_bytes: usize,
+    pub camera_prefix: String,
+    pub progress_interval: Duration,
+    /// Address of the gateway's `/metrics` endpoint, if any.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Camera id, site and zone of simulated camera `i`.
+pub fn camera_identity(cfg: &GatewayConfig, i: usize) -> (String, String, Option<String>) {
+    let camera = format!("{}{:04}", cfg.camera_prefix, i + 1);
+    let site = format!("site-{:03}", i % cfg.sites.max(1) + 1);
+    let zone = (!cfg.zones.is_empty()).then(|| cfg.zones[i % cfg.zones.len()].clone());
+    (camera, site, zone)
+}
+
+enum Source {
+    /// Pre-encoded frames, one per image file.
+    Images(Vec<Arc<Vec<u8>>>),
+    /// A capture; one frame is read (and encoded) per tick and shared by all cameras.
+    Video {
+        cap: videoio::VideoCapture,
+        /// Source frames skipped between published frames, to honour --fps.
+        step: u32,
+        url: String,
+    },
+}
+
+fn resize_to_width(img: Mat, width: Option<u32>) -> opencv::Result<Mat> {
+    let Some(w) = width else { return Ok(img) };
+    if img.cols() as u32 == w || img.cols() == 0 {
+        return Ok(img);
+    }
+    let h = (img.rows() as f64 * w as f64 / img.cols() as f64).round() as i32;
+    let mut out = Mat::default();
+    imgproc::resize(
+        &img,
+        &mut out,
+        opencv::core::Size::new(w as i32, h.max(1)),
+        0.0,
+        0.0,
+        imgproc::INTER_AREA,
+    )?;
+    Ok(out)
+}
+
+fn open_source(cfg: &GatewayConfig) -> anyhow::Result<Source> {
+    let path = Path::new(&cfg.source);
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                    matches!(
+                        x.to_ascii_lowercase().as_str(),
+                        "jpg" | "jpeg" | "png" | "bmp"
+                    )
+                })
+            })
+            .collect();
+        files.sort();
+        let mut frames = Vec::new();
+        for f in &files {
+            let img = imgcodecs::imread(f.as_os_str(), imgcodecs::IMREAD_COLOR)?;
+            if img.empty() {
+                tracing::warn!(file = %f.display(), "not an image, skipped");
+                continue;
+            }
+            let img = resize_to_width(img, cfg.width)?;
+            frames.push(Arc::new(encode_jpeg(&img, cfg.quality)?));
+        }
+        if frames.is_empty() {
+            bail!(
+                "--source {}: no readable images (jpg, jpeg, png, bmp) in the directory",
+                cfg.source
+            );
+        }
+        return Ok(Source::Images(frames));
+    }
+    let cap = videoio::VideoCapture::from_file(&cfg.source, videoio::CAP_ANY)?;
+    if !cap.is_opened()? {
+        bail!(
+            "--source {}: not a directory, and OpenCV cannot open it as a video file or stream",
+            cfg.source
+        );
+    }
+    let native = cap.get(videoio::CAP_PROP_FPS).unwrap_or(0.0);
+    let step = if native > cfg.fps && cfg.fps > 0.0 {
+        (native / cfg.fps).round().max(1.0) as u32
+    } else {
+        1
+    };
+    Ok(Source::Video {
+        cap,
+        step,
+        url: cfg.source.clone(),
+    })
+}
+
+/// Reads the next sampled frame of a capture; `None` at the end of the source.
+fn next_video_frame(
+    cap: &mut videoio::VideoCapture,
+    step: u32,
+    cfg: &GatewayConfig,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut img = Mat::default();
+    for _ in 0..step {
+        if !cap.read(&mut img)? || img.empty() {
+            return Ok(None);
+        }
+    }
+    let img = resize_to_width(img, cfg.width)?;
+    Ok(Some(encode_jpeg(&img, cfg.quality)?))
+}
+
+/// Runs the gateway until the source ends (or `--frames` is reached), or `shutdown` resolves.
+pub async fn run(
+    cfg: GatewayConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    describe_source(&cfg.source)?;
+    if cfg.fps <= 0.0 || !cfg.fps.is_finite() {
+        bail!("--fps must be a positive number, got {}", cfg.fps);
+    }
+    if cfg.cameras == 0 {
+        bail!("--cameras must be at least 1");
+    }
+    if !(1..=100).contains(&cfg.quality) {
+        bail!("--quality must be between 1 and 100, got {}", cfg.quality);
+    }
+    let metrics = GatewayMetrics::new();
+    if let Some(addr) = cfg.metrics_addr {
+        let bound = crate::telemetry::serve(metrics.registry.clone(), addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        tracing::info!(addr = %bound, "metrics endpoint listening");
+    }
+    let producer: FutureProducer = cfg
+        .kafka
+        .producer(cfg.max_frame_bytes + 64 * 1024)
+        .map_err(|e| anyhow!(e))?;
+    {
+        let p = producer.clone();
+        let topic = cfg.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            kafka::partition_counts(p.client(), &[&topic], Duration::from_secs(15))
+        })
+        .await?
+        .map_err(|e| anyhow!(e))?;
+    }
+    let mut source = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || open_source(&cfg)).await??
+    };
+    let ids: Vec<_> = (0..cfg.cameras).map(|i| camera_identity(&cfg, i)).collect();
+    let period = Duration::from_secs_f64(1.0 / cfg.fps);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending = FuturesUnordered::new();
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut round: u64 = 0;
+    let mut oversize: u64 = 0;
+    tokio::pin!(shutdown);
+    tracing::info!(cameras = cfg.cameras, fps = cfg.fps, source = %cfg.source, topic = %cfg.topic, "gateway started");
+    'rounds: loop {
+        if cfg.frames.is_some_and(|n| round >= n) {
+            break;
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        // One frame per camera this round.
+        let frames: Vec<Arc<Vec<u8>>> = match &mut source {
+            Source::Images(list) => {
+                if !cfg.repeat && round >= list.len() as u64 {
+                    break;
+                }
+                (0..cfg.cameras)
+                    .map(|c| list[(round as usize + c) % list.len()].clone())
+                    .collect()
+            }
+            Source::Video { cap, step, url } => {
+                let got = tokio::task::block_in_place(|| next_video_frame(cap, *step, &cfg));
+                let frame = match got {
+                    Ok(Some(f)) => f,
+                    Ok(None) if cfg.repeat => {
+                        let reopened =
+                            videoio::VideoCapture::from_file(url.as_str(), videoio::CAP_ANY)?;
+                        *cap = reopened;
+                        match tokio::task::block_in_place(|| next_video_frame(cap, *step, &cfg))? {
+                            Some(f) => f,
+                            None => bail!("--source {url}: no frames after reopening"),
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        metrics.errors.with_label_values(&["capture"]).inc();
+                        tracing::warn!(error = %e, "capture failed");
+                        continue 'rounds;
+                    }
+                };
+                vec![Arc::new(frame); cfg.cameras]
+            }
+        };
+        let captured_at = now_ms().to_string();
+        let seq = round.to_string();
+        for ((camera, site, zone), frame) in ids.iter().zip(frames) {
+            if frame.len() > cfg.max_frame_bytes {
+                oversize += 1;
+                metrics.errors.with_label_values(&["oversize"]).inc();
+                continue;
+            }
+            let mut hs: Vec<(&str, &[u8])> = vec![
+                (header::SITE, site.as_bytes()),
+                (header::CAMERA, camera.as_bytes()),
+                (header::CAPTURED_AT, captured_at.as_bytes()),
+                (header::SEQ, seq.as_bytes()),
+            ];
+            if let Some(z) = zone {
+                hs.push((header::ZONE, z.as_bytes()));
+            }
+            let headers = kafka::headers_from(hs);
+            let producer = producer.clone();
+            let topic = cfg.topic.clone();
+            let key = camera.clone();
+            pending.push(async move {
+                let rec = FutureRecord::to(&topic)
+                    .key(key.as_bytes())
+                    .payload(frame.as_slice())
+                    .headers(headers);
+                producer
+                    .send(rec, Timeout::Never)
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e)
+            });
+        }
+        // Settle what has been acknowledged without waiting on the rest.
+        while let Some(Some(r)) = futures_util::FutureExt::now_or_never(pending.next()) {
+            settle(&metrics, r);
+        }
+        round += 1;
+        if last_progress.elapsed() >= cfg.progress_interval {
+            progress(&metrics, started, oversize);
+            last_progress = Instant::now();
+        }
+    }
+    while let Some(r) = pending.next().await {
+        settle(&metrics, r);
+    }
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || p.flush(Timeout::After(Duration::from_secs(30)))).await??;
+    progress(&metrics, started, oversize);
+    let errors = metrics.errors.with_label_values(&["delivery"]).get();
+    if errors > 0 {
+        bail!("{errors} frames could not be delivered");
+    }
+    Ok(())
+}
+
+fn settle(metrics: &GatewayMetrics, r: Result<(), rdkafka::error::KafkaError>) {
+    match r {
+        Ok(()) => metrics.frames_sent.inc(),
+        Err(e) => {
+            metrics.errors.with_label_values(&["delivery"]).inc();
+            tracing::warn!(error = %e, "frame not delivered");
+        }
+    }
+}
+
+fn progress(metrics: &GatewayMetrics, started: Instant, oversize: u64) {
+    let sent = metrics.frames_sent.get();
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    let errors: u64 = ["capture", "encode", "oversize", "delivery"]
+        .iter()
+        .map(|k| metrics.errors.with_label_values(&[k]).get())
+        .sum();
+    tracing::info!(
+        sent,
+        rate_per_s = format!("{:.1}", sent as f64 / secs),
+        errors,
+        oversize,
+        "gateway progress"
+    );
+}
+
+/// Context for the error when the gateway's source cannot be read.
+pub fn describe_source(s: &str) -> anyhow::Result<()> {
+    let p = Path::new(s);
+    if !p.exists() && !s.contains("://") {
+        return Err(anyhow!("--source {s}: no such file or directory")).context("gateway source");
+    }
+    Ok(())
+}

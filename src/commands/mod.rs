@@ -1,0 +1,518 @@
+//! The command line: argument parsing (clap, with environment variables and defaults) and
+//! dispatch to the subcommands: [`gateway`], `worker` (the [`pipeline`](crate::pipeline)),
+//! `topics`, [`tail`] and [`alerts`]. `main.rs` only parses and calls [`run`].
+
+pub mod alerts;
+pub mod gateway;
+pub mod tail;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::contract::{Limits, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_PIXELS};
+use crate::infer::model::{Device, ExecutionConfig};
+use crate::infer::BatchPolicy;
+use crate::kafka::KafkaArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Camera frames in from Kafka, compliance observations out"
+)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, env = "VIGIL_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish JPEG frames for simulated cameras from images, a video file or a stream.
+    Gateway(GatewayArgs),
+    /// Consume frames, run the model, publish observations (a consumer-group member).
+    Worker(WorkerArgs),
+    /// Create vigil's topics (idempotent).
+    Topics(TopicsArgs),
+    /// Print the records of a topic (observations, dead letters) in readable form.
+    Tail(TailArgs),
+    /// Follow violation episode events: print them, optionally POST them to a webhook,
+    /// each event once (deduplicated by event_id).
+    Alerts(AlertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Topic of the episode events.
+    #[arg(
+        long,
+        env = "VIGIL_VIOLATIONS_TOPIC",
+        default_value = "vigil.violations"
+    )]
+    pub topic: String,
+    /// Consumer group (alerts resume where they stopped).
+    #[arg(long, default_value = "vigil-alerts")]
+    pub group: String,
+    /// POST each event as JSON to this http:// URL.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// Attempts per webhook delivery (backoff 0.5 s doubling to 30 s).
+    #[arg(long, default_value_t = 8)]
+    pub max_attempts: u32,
+    /// Print events as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many seconds without an event.
+    #[arg(long)]
+    pub idle_secs: Option<f64>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// The schema registry, shared by the subcommands that write or read Avro.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Confluent-compatible schema registry (http://host:port). With it, Avro records use the
+    /// Confluent wire format and the worker registers its schemas under `<topic>-value`; without
+    /// it, Avro single-object encoding. Readers need it to read records written with it.
+    #[arg(long, env = "VIGIL_SCHEMA_REGISTRY")]
+    pub schema_registry: Option<String>,
+}
+
+impl RegistryArgs {
+    /// The URL, checked.
+    pub fn url(self) -> Result<Option<String>, String> {
+        if let Some(u) = &self.schema_registry {
+            crate::codec::http::Url::parse(u, "--schema-registry / VIGIL_SCHEMA_REGISTRY")?;
+        }
+        Ok(self.schema_registry)
+    }
+}
+
+/// Topic names, shared by the subcommands.
+#[derive(Debug, Clone, Args)]
+pub struct TopicArgs {
+    /// Topic the gateways publish frames to.
+    #[arg(long, env = "VIGIL_FRAMES_TOPIC", default_value = "vigil.frames")]
+    pub frames_topic: String,
+    /// Topic observations are published to.
+    #[arg(
+        long,
+        env = "VIGIL_OBSERVATIONS_TOPIC",
+        default_value = "vigil.observations"
+    )]
+    pub observations_topic: String,
+    /// Dead-letter topic for frames that cannot be handled.
+    #[arg(long, env = "VIGIL_DLQ_TOPIC", default_value = "vigil.dlq")]
+    pub dlq_topic: String,
+    /// Topic violation episode events (Avro) are published to.
+    #[arg(
+        long,
+        env = "VIGIL_VIOLATIONS_TOPIC",
+        default_value = "vigil.violations"
+    )]
+    pub violations_topic: String,
+    /// Compacted topic holding episode state, co-partitioned with the frames topic.
+    #[arg(long, env = "VIGIL_STATE_TOPIC", default_value = "vigil.state")]
+    pub state_topic: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    /// Directory of images, video file, or stream URL (rtsp://…).
+    #[arg(long)]
+    pub source: String,
+    /// Frames per second, per camera.
+    #[arg(long, default_value_t = 2.0)]
+    pub fps: f64,
+    /// JPEG quality of published frames (1–100).
+    #[arg(long, default_value_t = 85)]
+    pub quality: i32,
+    /// Number of simulated cameras.
+    #[arg(long, default_value_t = 1)]
+    pub cameras: usize,
+    /// Number of sites the cameras are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub sites: usize,
+    /// Zones given to cameras round-robin, comma-separated (e.g. kitchen,dining).
+    #[arg(long, value_delimiter = ',')]
+    pub zones: Vec<String>,
+    /// Start the source again when it ends.
+    #[arg(long = "loop")]
+    pub repeat: bool,
+    /// Stop after this many frames per camera.
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Resize frames to this width (keeping aspect ratio) before encoding.
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Largest frame published, in bytes; larger frames are counted and skipped.
+    #[arg(long, env = "VIGIL_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+    /// Prefix of the simulated camera ids.
+    #[arg(long, default_value = "cam-")]
+    pub camera_prefix: String,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 5.0)]
+    pub progress_secs: f64,
+    /// Address for the gateway's Prometheus `/metrics` endpoint (default: none).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    /// Consumer group; workers sharing it split the partitions.
+    #[arg(long, env = "VIGIL_GROUP", default_value = "vigil-workers")]
+    pub group: String,
+    /// Address for the Prometheus `/metrics` endpoint (empty to disable).
+    #[arg(long, env = "VIGIL_METRICS_ADDR", default_value = "127.0.0.1:9898")]
+    pub metrics_addr: String,
+    /// Model pack directory (default: `models/` beside the binary or the repository).
+    #[arg(long, env = "VIGIL_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Rules file (TOML) mapping sites, zones and cameras to rules (default: masks checked
+    /// everywhere except the `dining` zone).
+    #[arg(long, env = "VIGIL_RULES")]
+    pub rules: Option<PathBuf>,
+    /// Write annotated debug images (boxes, labels) for these cameras (comma-separated)…
+    #[arg(long, value_delimiter = ',')]
+    pub debug_camera: Vec<String>,
+    /// …into this folder.
+    #[arg(long, default_value = "vigil-debug")]
+    pub debug_dir: PathBuf,
+    /// Path of libonnxruntime.so (default: found in the project's .venv).
+    #[arg(long, env = "VIGIL_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+    /// Execution provider.
+    #[arg(long, env = "VIGIL_DEVICE", default_value = "cpu")]
+    pub device: Device,
+    /// ONNX Runtime threads per operator (0 = ONNX Runtime's default).
+    #[arg(long, env = "VIGIL_INTRA_THREADS", default_value_t = 0)]
+    pub intra_threads: usize,
+    /// Largest batch per model run.
+    #[arg(long, env = "VIGIL_MAX_BATCH", default_value_t = BatchPolicy::default().max_batch)]
+    pub max_batch: usize,
+    /// Longest wait, in milliseconds, for a batch to fill.
+    #[arg(long, env = "VIGIL_MAX_DELAY_MS", default_value_t = BatchPolicy::default().max_delay.as_millis() as u64)]
+    pub max_delay_ms: u64,
+    /// Frames decoded concurrently (default: number of CPUs).
+    #[arg(long, env = "VIGIL_DECODE_THREADS")]
+    pub decode_threads: Option<usize>,
+    /// Frames read but not yet delivered, at most.
+    #[arg(long, default_value_t = 128)]
+    pub max_in_flight: usize,
+    /// Largest accepted frame, in bytes.
+    #[arg(long, env = "VIGIL_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+    /// Largest accepted width × height (checked from the JPEG header before decoding).
+    #[arg(long, env = "VIGIL_MAX_PIXELS", default_value_t = DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// Seconds to wait for in-flight frames at shutdown or when partitions are revoked; must be
+    /// below the group's session timeout (`-X session.timeout.ms`, 10 s by default).
+    #[arg(long, env = "VIGIL_DRAIN_TIMEOUT_SECS", default_value_t = 8.0)]
+    pub drain_timeout_secs: f64,
+    /// Name written into observations and dead letters (default: host name and pid).
+    #[arg(long, env = "VIGIL_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 10.0)]
+    pub progress_secs: f64,
+    /// Export per-camera metric series (last frame time, violation frames). Switch off when the
+    /// number of cameras per worker would exceed the metrics budget.
+    #[arg(long, env = "VIGIL_METRICS_CAMERA_LABELS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_camera_labels: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    #[command(subcommand)]
+    pub action: TopicsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsAction {
+    /// Create the frames, observations, dead-letter, violations and (compacted) state topics,
+    /// all with the same partition count; existing ones are kept.
+    Create {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        topics: TopicArgs,
+        /// Partitions per topic; the unit of parallelism across workers.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Topic to read.
+    #[arg(long, default_value = "vigil.observations")]
+    pub topic: String,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds without a record.
+    #[arg(long)]
+    pub idle_secs: Option<f64>,
+    /// Print records as JSON lines instead of summaries.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+fn secs(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("{name} must be a non-negative number of seconds, got {v}"))
+}
+
+impl WorkerArgs {
+    /// Turns arguments into a worker configuration, naming the option at fault.
+    pub fn into_config(self) -> Result<crate::pipeline::WorkerConfig, String> {
+        if self.max_batch == 0 {
+            return Err("--max-batch must be at least 1".into());
+        }
+        if self.max_frame_bytes == 0 {
+            return Err("--max-frame-bytes must be positive".into());
+        }
+        let metrics_addr = match self.metrics_addr.trim() {
+            "" => None,
+            s => Some(s.parse::<SocketAddr>().map_err(|e| {
+                format!("--metrics-addr / VIGIL_METRICS_ADDR: `{s}` is not HOST:PORT ({e})")
+            })?),
+        };
+        let session_timeout = crate::pipeline::session_timeout(&self.kafka)?;
+        let cfg = crate::pipeline::WorkerConfig {
+            kafka: self.kafka,
+            group: self.group,
+            frames_topic: self.topics.frames_topic,
+            observations_topic: self.topics.observations_topic,
+            dlq_topic: self.topics.dlq_topic,
+            violations_topic: self.topics.violations_topic,
+            state_topic: self.topics.state_topic,
+            limits: Limits {
+                max_frame_bytes: self.max_frame_bytes,
+                max_pixels: self.max_pixels,
+            },
+            model_dir: self.model_dir,
+            rules: self.rules,
+            debug: (!self.debug_camera.is_empty()).then(|| crate::infer::DebugImages {
+                dir: self.debug_dir,
+                cameras: self.debug_camera,
+            }),
+            ort_lib: self.ort_lib,
+            exec: ExecutionConfig {
+                device: self.device,
+                intra_threads: self.intra_threads,
+            },
+            batch: BatchPolicy {
+                max_batch: self.max_batch,
+                max_delay: Duration::from_millis(self.max_delay_ms),
+            },
+            decode_threads: self
+                .decode_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            max_in_flight: self.max_in_flight.max(1),
+            metrics_addr,
+            drain_timeout: secs("--drain-timeout-secs", self.drain_timeout_secs)?,
+            session_timeout,
+            worker_id: self
+                .worker_id
+                .unwrap_or_else(crate::pipeline::default_worker_id),
+            progress_interval: secs("--progress-secs", self.progress_secs)?,
+            camera_labels: self.metrics_camera_labels,
+            schema_registry: self.registry.url()?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Runs the parsed command; the process exit code says how it went (0 ok, 1 failed, 2 bad config).
+pub fn run(cli: Cli) -> ExitCode {
+    init_logging(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), (u8, anyhow::Error)> = rt.block_on(async move {
+        match cli.command {
+            Command::Worker(args) => {
+                let cfg = args.into_config().map_err(|e| (2, anyhow::anyhow!(e)))?;
+                crate::pipeline::run(cfg, shutdown_signal())
+                    .await
+                    .map_err(|e| (1, e))
+            }
+            Command::Gateway(a) => {
+                let cfg = gateway::GatewayConfig {
+                    kafka: a.kafka,
+                    topic: a.topics.frames_topic,
+                    source: a.source,
+                    fps: a.fps,
+                    quality: a.quality,
+                    cameras: a.cameras,
+                    sites: a.sites,
+                    zones: a.zones,
+                    repeat: a.repeat,
+                    frames: a.frames,
+                    width: a.width,
+                    max_frame_bytes: a.max_frame_bytes,
+                    camera_prefix: a.camera_prefix,
+                    metrics_addr: a.metrics_addr,
+                    progress_interval: secs("--progress-secs", a.progress_secs)
+                        .map_err(|e| (2, anyhow::anyhow!(e)))?,
+                };
+                gateway::run(cfg, shutdown_signal())
+                    .await
+                    .map_err(|e| (1, e))
+            }
+            Command::Topics(TopicsArgs {
+                action:
+                    TopicsAction::Create {
+                        kafka,
+                        topics,
+                        partitions,
+                        replication,
+                    },
+            }) => {
+                let names = vec![
+                    topics.frames_topic,
+                    topics.observations_topic,
+                    topics.dlq_topic,
+                    topics.violations_topic,
+                    topics.state_topic.clone(),
+                ];
+                // The state topic is compacted; all share one partition count (co-partitioned).
+                let compacted = [topics.state_topic];
+                let created = crate::kafka::create_topics(
+                    &kafka,
+                    &names,
+                    partitions,
+                    replication,
+                    &compacted,
+                )
+                .await
+                .map_err(|e| (1, anyhow::anyhow!(e)))?;
+                for (name, new) in created {
+                    println!("{name}: {}", if new { "created" } else { "exists" });
+                }
+                Ok(())
+            }
+            Command::Alerts(a) => {
+                let cfg = alerts::AlertsConfig {
+                    kafka: a.kafka,
+                    topic: a.topic,
+                    group: a.group,
+                    webhook: a.webhook,
+                    max_attempts: a.max_attempts,
+                    json: a.json,
+                    idle_timeout: a
+                        .idle_secs
+                        .map(|s| secs("--idle-secs", s))
+                        .transpose()
+                        .map_err(|e| (2, anyhow::anyhow!(e)))?,
+                    remember: 100_000,
+                    schema_registry: a.registry.url().map_err(|e| (2, anyhow::anyhow!(e)))?,
+                };
+                alerts::run(cfg, shutdown_signal())
+                    .await
+                    .map_err(|e| (1, e))
+            }
+            Command::Tail(a) => {
+                let cfg = tail::TailConfig {
+                    kafka: a.kafka,
+                    topic: a.topic,
+                    count: a.count,
+                    idle_timeout: a
+                        .idle_secs
+                        .map(|s| secs("--idle-secs", s))
+                        .transpose()
+                        .map_err(|e| (2, anyhow::anyhow!(e)))?,
+                    json: a.json,
+                    schema_registry: a.registry.url().map_err(|e| (2, anyhow::anyhow!(e)))?,
+                };
+                tail::run(cfg, shutdown_signal()).await.map_err(|e| (1, e))
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, e)) => {
+            tracing::error!(error = format!("{e:#}"), "vigil failed");
+            eprintln!("vigil: error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The frame contract: what a camera gateway puts on the frames topic, and the checks a worker
+//! makes before spending a decode on it.
+//!
+//! A frame is one Kafka record: key = camera id, value = JPEG bytes, headers `site`, `camera`,
+//! `captured_at` (epoch milliseconds), `seq` and optionally `zone`. Everything here is pure so
+//! that the rules can be tested without a broker.
+
+use super::reject::{Reason, Rejection};
+
+/// Header names of the frame contract, shared by the gateway (writer) and the worker (reader).
+pub mod header {
+    pub const SITE: &str = "site";
+    pub const CAMERA: &str = "camera";
+    pub const CAPTURED_AT: &str = "captured_at";
+    pub const SEQ: &str = "seq";
+    pub const ZONE: &str = "zone";
+    /// Added by the worker on dead-lettered records: the stable reason code.
+    pub const REASON: &str = "reason";
+    /// Added by the worker on dead-lettered records: a human-readable explanation.
+    pub const REASON_DETAIL: &str = "reason_detail";
+    /// Added by the worker on dead-lettered records: where the frame came from.
+    pub const SOURCE_TOPIC: &str = "source_topic";
+    pub const SOURCE_PARTITION: &str = "source_partition";
+    pub const SOURCE_OFFSET: &str = "source_offset";
+    pub const WORKER: &str = "worker";
+}
+
+/// Default largest frame, in bytes, that gateways publish and workers accept.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+/// Default pixel budget: a frame whose JPEG header claims more pixels is refused before decoding.
+/// 8K UHD (7680×4320) is 33.2 MP; anything past 40 MP is not a camera frame.
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+/// The parsed headers of a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// Site (restaurant) the camera belongs to; a metrics label and an event field.
+    pub site: String,
+    /// Camera id; equals the record key and is the unit of ordering.
+    pub camera: String,
+    /// When the camera captured the frame (epoch ms): event time for everything downstream.
+    pub captured_at_ms: i64,
+    /// Gateway sequence number per camera: lets consumers spot gaps and repeats.
+    pub seq: u64,
+    /// Optional area of the site (kitchen, dining…) that rules are chosen by.
+    pub zone: Option<String>,
+}
+
+/// Limits a worker enforces before decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted record value in bytes.
+    pub max_frame_bytes: usize,
+    /// Largest accepted width × height claimed by the JPEG header.
+    pub max_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// Looks a header up by name in a list of (name, raw value) pairs.
+fn find<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+fn text_header(headers: &[(String, Vec<u8>)], name: &str) -> Result<Option<String>, Rejection> {
+    match find(headers, name) {
+        None => Ok(None),
+        Some(raw) => {
+            let s = std::str::from_utf8(raw).map_err(|_| {
+                Rejection::new(Reason::BadHeader, format!("header `{name}` is not UTF-8"))
+            })?;
+            let s = s.trim();
+            if s.is_empty() {
+                return Err(Rejection::new(
+                    Reason::BadHeader,
+                    format!("header `{name}` is empty"),
+                ));
+            }
+            Ok(Some(s.to_string()))
+        }
+    }
+}
+
+fn required(headers: &[(String, Vec<u8>)], name: &str) -> Result<String, Rejection> {
+    text_header(headers, name)?.ok_or_else(|| {
+        Rejection::new(
+            Reason::MissingHeader,
+            format!("required header `{name}` is missing"),
+        )
+    })
+}
+
+fn number<T: std::str::FromStr>(headers: &[(String, Vec<u8>)], name: &str) -> Result<T, Rejection> {
+    let s = required(headers, name)?;
+    s.parse().map_err(|_| {
+        Rejection::new(
+            Reason::BadHeader,
+            format!("header `{name}` is not a valid number: {s:?}"),
+        )
+    })
+}
+
+/// Parses the frame headers. The record key, when present, must equal the `camera` header:
+/// a mismatch would route a camera's frames to two partitions and break per-camera order.
+pub fn parse_meta(
+    key: Option<&[u8]>,
+    headers: &[(String, Vec<u8>)],
+) -> Result<FrameMeta, Rejection> {
+    let camera = required(headers, header::CAMERA)?;
+    let site = required(headers, header::SITE)?;
+    let captured_at_ms: i64 = number(headers, header::CAPTURED_AT)?;
+    let seq: u64 = number(headers, header::SEQ)?;
+    let zone = text_header(headers, header::ZONE)?;
+    if let Some(key) = key {
+        if key != camera.as_bytes() {
+            return Err(Rejection::new(
+                Reason::BadHeader,
+                format!(
+                    "record key {:?} differs from header `camera` {camera:?}",
+                    String::from_utf8_lossy(key)
+                ),
+            ));
+        }
+    }
+    Ok(FrameMeta {
+        site,
+        camera,
+        captured_at_ms,
+        seq,
+        zone,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    pub(crate) fn good() -> Vec<(String, Vec<u8>)> {
+        headers(&[
+            ("site", "site-001"),
+            ("camera", "cam-0001"),
+            ("captured_at", "1700000000123"),
+            ("seq", "42"),
+        ])
+    }
+
+    #[test]
+    fn parses_the_contract() -> Result<(), Rejection> {
+        let mut h = good();
+        h.push(("zone".into(), b"kitchen".to_vec()));
+        let meta = parse_meta(Some(b"cam-0001"), &h)?;
+        assert_eq!(meta.camera, "cam-0001");
+        assert_eq!(meta.site, "site-001");
+        assert_eq!(meta.captured_at_ms, 1_700_000_000_123);
+        assert_eq!(meta.seq, 42);
+        assert_eq!(meta.zone.as_deref(), Some("kitchen"));
+        Ok(())
+    }
+
+    #[test]
+    fn each_required_header_is_named_when_missing() {
+        for name in ["site", "camera", "captured_at", "seq"] {
+            let h: Vec<_> = good().into_iter().filter(|(k, _)| k != name).collect();
+            let err = parse_meta(None, &h).unwrap_err();
+            assert_eq!(err.reason, Reason::MissingHeader);
+            assert!(err.detail.contains(name), "{}", err.detail);
+        }
+    }
+
+    #[test]
+    fn bad_numbers_and_empty_values_are_bad_headers() {
+        let mut h = good();
+        h[2].1 = b"yesterday".to_vec();
+        assert_eq!(parse_meta(None, &h).unwrap_err().reason, Reason::BadHeader);
+        let mut h = good();
+        h[0].1 = b"  ".to_vec();
+        assert_eq!(parse_meta(None, &h).unwrap_err().reason, Reason::BadHeader);
+        let mut h = good();
+        h[1].1 = vec![0xff, 0xfe];
+        assert_eq!(parse_meta(None, &h).unwrap_err().reason, Reason::BadHeader);
+    }
+
+    #[test]
+    fn key_must_match_camera() {
+        let err = parse_meta(Some(b"cam-9"), &good()).unwrap_err();
+        assert_eq!(err.reason, Reason::BadHeader);
+        assert!(err.detail.contains("cam-9"));
+    }
+
+    #[test]
+    fn reason_codes_are_distinct() {
+        let set: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(set.len(), Reason::ALL.len());
+    }
+}

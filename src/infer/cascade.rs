@@ -1,0 +1,150 @@
+//! The pure parts of the detector → classifier cascade: which detections a rule keeps, where
+//! their crops lie in the decoded frame, and what a rule concludes from the scores.
+
+use super::model::Detection;
+use crate::contract::Verdict;
+use crate::rules::Rule;
+
+/// The detections a rule classifies: score at least `min_detection_score`, shorter side at
+/// least `min_box_px` in the decoded frame, at most `max_detections`, best first.
+pub fn select(rule: &Rule, dets: &[Detection], width: u32, height: u32) -> Vec<Detection> {
+    let mut kept: Vec<Detection> = dets
+        .iter()
+        .filter(|d| d.class_id == 0 && d.score >= rule.min_detection_score)
+        .filter(|d| {
+            let w = (d.bbox[2] - d.bbox[0]) * width as f32;
+            let h = (d.bbox[3] - d.bbox[1]) * height as f32;
+            w.min(h) >= rule.min_box_px as f32
+        })
+        .copied()
+        .collect();
+    kept.sort_by(|a, b| b.score.total_cmp(&a.score));
+    kept.truncate(rule.max_detections);
+    kept
+}
+
+/// Pixel rectangle `(x, y, w, h)` of a detection's crop: the box grown by `margin` of its size
+/// on each side, clamped to the frame, never empty.
+pub fn crop_rect(bbox: [f32; 4], margin: f32, width: u32, height: u32) -> (i32, i32, i32, i32) {
+    let (bw, bh) = (bbox[2] - bbox[0], bbox[3] - bbox[1]);
+    let x1 = ((bbox[0] - bw * margin) * width as f32).floor().max(0.0) as i32;
+    let y1 = ((bbox[1] - bh * margin) * height as f32).floor().max(0.0) as i32;
+    let x2 = ((bbox[2] + bw * margin) * width as f32)
+        .ceil()
+        .min(width as f32) as i32;
+    let y2 = ((bbox[3] + bh * margin) * height as f32)
+        .ceil()
+        .min(height as f32) as i32;
+    let x1 = x1.min(width as i32 - 1);
+    let y1 = y1.min(height as i32 - 1);
+    (x1, y1, (x2 - x1).max(1), (y2 - y1).max(1))
+}
+
+/// Index of the highest score.
+pub fn argmax(scores: &[f32]) -> usize {
+    scores
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+/// A rule's conclusion from its classifier's scores: one vector per crop (detector rules) or
+/// exactly one (whole-frame rules). No scores at all means no evidence: `Unknown`.
+/// Returns the verdict and the level (highest violation-label score).
+pub fn verdict(scores: &[Vec<f32>], violation: usize) -> (Verdict, Option<f32>) {
+    if scores.is_empty() {
+        return (Verdict::Unknown, None);
+    }
+    let level = scores
+        .iter()
+        .map(|s| s.get(violation).copied().unwrap_or(0.0))
+        .fold(f32::MIN, f32::max);
+    let violated = scores.iter().any(|s| argmax(s) == violation);
+    (
+        if violated {
+            Verdict::Violation
+        } else {
+            Verdict::Compliant
+        },
+        Some(level),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rule() -> Rule {
+        crate::rules::RuleSet::load(None).unwrap().rules["mask_required"].clone()
+    }
+
+    fn det(score: f32, bbox: [f32; 4]) -> Detection {
+        Detection {
+            class_id: 0,
+            score,
+            bbox,
+        }
+    }
+
+    #[test]
+    fn selection_thresholds_sizes_and_caps() {
+        let mut r = rule();
+        r.max_detections = 2;
+        let dets = [
+            det(0.9, [0.1, 0.1, 0.3, 0.3]),
+            det(0.4, [0.5, 0.5, 0.7, 0.7]), // below the score threshold
+            det(0.95, [0.0, 0.0, 0.01, 0.01]), // too small: 6 px on a 640 frame
+            det(0.7, [0.4, 0.1, 0.6, 0.3]),
+            det(0.6, [0.7, 0.1, 0.9, 0.3]), // over max_detections
+        ];
+        let kept = select(&r, &dets, 640, 480);
+        assert_eq!(
+            kept.iter().map(|d| d.score).collect::<Vec<_>>(),
+            vec![0.9, 0.7]
+        );
+    }
+
+    #[test]
+    fn crop_grows_by_the_margin_and_stays_inside() {
+        assert_eq!(
+            crop_rect([0.25, 0.25, 0.75, 0.75], 0.0, 100, 100),
+            (25, 25, 50, 50)
+        );
+        assert_eq!(
+            crop_rect([0.25, 0.25, 0.75, 0.75], 0.1, 100, 100),
+            (20, 20, 60, 60)
+        );
+        assert_eq!(
+            crop_rect([0.0, 0.0, 1.0, 1.0], 0.5, 100, 80),
+            (0, 0, 100, 80)
+        );
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(&[], 1), (Verdict::Unknown, None));
+        assert_eq!(
+            verdict(&[vec![0.9, 0.1]], 1),
+            (Verdict::Compliant, Some(0.1))
+        );
+        assert_eq!(
+            verdict(&[vec![0.9, 0.1], vec![0.2, 0.8]], 1),
+            (Verdict::Violation, Some(0.8))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn crops_are_never_empty_or_outside(
+            x1 in 0f32..1.0, y1 in 0f32..1.0, w in 0f32..1.0, h in 0f32..1.0,
+            margin in 0f32..2.0, width in 1u32..4000, height in 1u32..4000,
+        ) {
+            let bbox = [x1, y1, (x1 + w).min(1.0), (y1 + h).min(1.0)];
+            let (x, y, cw, ch) = crop_rect(bbox, margin, width, height);
+            prop_assert!(x >= 0 && y >= 0 && cw >= 1 && ch >= 1);
+            prop_assert!(x + cw <= width as i32 && y + ch <= height as i32);
+        }
+    }
+}

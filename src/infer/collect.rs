@@ -1,0 +1,211 @@
+//! The collector: routes each decoded frame to its models, crops detections for the
+//! classifiers, and emits each frame's observation in frame order once every model answered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use opencv::core::{Mat, Rect};
+use opencv::prelude::*;
+use tokio::sync::mpsc;
+
+use super::cascade;
+use super::model::{Detection, ModelOutput};
+use super::observe::finish;
+use super::plan::FramePlan;
+use super::stage::{ms, Infer, InferItem, Reply, Slot};
+use crate::contract::observation::{FrameSize, StageTiming};
+use crate::contract::{FrameMeta, Observation, Observed, Origin};
+use crate::decode::{preprocess, Decoded, Letterbox, Resize};
+
+/// A frame between decode and its observation.
+pub(crate) struct InFrame {
+    pub(crate) origin: Origin,
+    pub(crate) meta: FrameMeta,
+    pub(crate) size: FrameSize,
+    pub(crate) plan: FramePlan,
+    pub(crate) image: Option<Arc<Mat>>,
+    /// Model replies and crop jobs still to come.
+    pub(crate) outstanding: usize,
+    /// Detections each detector rule kept, by rule.
+    pub(crate) kept: HashMap<usize, Vec<Detection>>,
+    /// Crop scores by (rule, detection index).
+    pub(crate) crop_scores: HashMap<(usize, usize), Vec<f32>>,
+    /// Whole-frame classifier scores by model.
+    pub(crate) whole_scores: HashMap<usize, Vec<f32>>,
+    pub(crate) stages: Vec<StageTiming>,
+    pub(crate) used_models: Vec<usize>,
+    pub(crate) decode_ms: f64,
+    pub(crate) preprocess_ms: f64,
+    pub(crate) crop_ms: f64,
+    pub(crate) started: Instant,
+}
+
+/// Routes frames to models, crops detections for classifiers, and emits each frame's
+/// observation in frame order once every model has answered.
+pub(crate) async fn collect(
+    infer: Arc<Infer>,
+    mut frames: mpsc::Receiver<Decoded<FramePlan>>,
+    model_txs: Vec<mpsc::Sender<InferItem>>,
+    mut replies: mpsc::UnboundedReceiver<Reply>,
+    reply_tx: mpsc::UnboundedSender<Reply>,
+    out_tx: mpsc::Sender<Observed>,
+) {
+    let mut state: HashMap<u64, InFrame> = HashMap::new();
+    let mut done: BTreeMap<u64, (Origin, Box<Observation>)> = BTreeMap::new();
+    let (mut next_seq, mut next_emit) = (0u64, 0u64);
+    let mut open = true;
+    while open || !state.is_empty() {
+        let finished: Option<u64> = tokio::select! {
+            f = frames.recv(), if open => match f {
+                None => { open = false; None }
+                Some(d) => {
+                    let seq = next_seq;
+                    next_seq += 1;
+                    let mut f = InFrame {
+                        origin: d.origin, meta: d.meta, size: d.size, plan: d.plan, image: d.image,
+                        outstanding: d.tensors.len(), kept: HashMap::new(), crop_scores: HashMap::new(),
+                        whole_scores: HashMap::new(), stages: Vec::new(), used_models: Vec::new(),
+                        decode_ms: d.decode_ms, preprocess_ms: d.preprocess_ms, crop_ms: 0.0, started: Instant::now(),
+                    };
+                    for (m, tensor) in d.tensors {
+                        f.used_models.push(m);
+                        let item = InferItem { frame: seq, slot: Slot::Whole, tensor, queued_at: Instant::now() };
+                        if model_txs[m].send(item).await.is_err() {
+                            return;
+                        }
+                    }
+                    let empty = f.outstanding == 0;
+                    state.insert(seq, f);
+                    empty.then_some(seq)
+                }
+            },
+            r = replies.recv() => match r {
+                None => return,
+                Some(Reply::Model { model, frame, slot, output, timing }) => {
+                    let Some(f) = state.get_mut(&frame) else { continue };
+                    f.outstanding -= 1;
+                    f.stages.push(timing);
+                    match (slot, output) {
+                        (Slot::Whole, ModelOutput::Detections(dets)) => {
+                            schedule_crops(&infer, frame, f, model, &dets, &reply_tx);
+                        }
+                        (Slot::Whole, ModelOutput::Scores(s)) => { f.whole_scores.insert(model, s); }
+                        (Slot::Crop { rule, det }, ModelOutput::Scores(s)) => {
+                            if !f.used_models.contains(&model) { f.used_models.push(model); }
+                            f.crop_scores.insert((rule, det), s);
+                        }
+                        (Slot::Crop { .. }, ModelOutput::Detections(_)) => {}
+                    }
+                    (f.outstanding == 0).then_some(frame)
+                }
+                Some(Reply::Crops { frame, items, crop_ms }) => {
+                    let Some(f) = state.get_mut(&frame) else { continue };
+                    f.outstanding -= 1;
+                    f.crop_ms += crop_ms;
+                    f.outstanding += items.len();
+                    for (m, slot, tensor) in items {
+                        let item = InferItem { frame, slot, tensor, queued_at: Instant::now() };
+                        if model_txs[m].send(item).await.is_err() {
+                            return;
+                        }
+                    }
+                    (f.outstanding == 0).then_some(frame)
+                }
+            },
+        };
+        if let Some(seq) = finished {
+            if let Some(f) = state.remove(&seq) {
+                let origin_obs = finish(&infer, f);
+                done.insert(seq, origin_obs);
+            }
+            while let Some((origin, obs)) = done.remove(&next_emit) {
+                next_emit += 1;
+                if out_tx.send(Observed { origin, obs }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps each detector rule's detections and starts a blocking job cutting their crops.
+fn schedule_crops(
+    infer: &Arc<Infer>,
+    frame: u64,
+    f: &mut InFrame,
+    detector: usize,
+    dets: &[Detection],
+    reply_tx: &mpsc::UnboundedSender<Reply>,
+) {
+    let (w, h) = (f.size.decoded_width, f.size.decoded_height);
+    let input = &infer.planner.models[detector].input;
+    let mapped: Vec<Detection>;
+    let dets = if input.resize == Resize::Letterbox {
+        let lb = Letterbox::fit(w, h, input.width, input.height);
+        mapped = dets
+            .iter()
+            .map(|d| Detection {
+                bbox: lb.to_image(d.bbox),
+                ..*d
+            })
+            .collect();
+        &mapped[..]
+    } else {
+        dets
+    };
+    let mut jobs: Vec<(usize, Slot, [f32; 4], f32)> = Vec::new();
+    for &r in &f.plan.rules {
+        let rule = &infer.planner.rules[r];
+        if rule.detector != Some(detector) {
+            continue;
+        }
+        let kept = cascade::select(&rule.rule, dets, w, h);
+        for (i, d) in kept.iter().enumerate() {
+            jobs.push((
+                r,
+                Slot::Crop { rule: r, det: i },
+                d.bbox,
+                rule.rule.crop_margin,
+            ));
+        }
+        f.kept.insert(r, kept);
+    }
+    let Some(image) = f.image.clone().filter(|_| !jobs.is_empty()) else {
+        return;
+    };
+    f.outstanding += 1;
+    let infer = infer.clone();
+    let tx = reply_tx.clone();
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let mut items = Vec::with_capacity(jobs.len());
+        let mut scratch = Mat::default();
+        for (r, slot, bbox, margin) in jobs {
+            let classifier = infer.planner.rules[r].classifier;
+            let (x, y, cw, ch) = cascade::crop_rect(bbox, margin, w, h);
+            let mut tensor = Vec::new();
+            let ok = Mat::roi(&*image, Rect::new(x, y, cw, ch))
+                .and_then(|roi| roi.try_clone())
+                .and_then(|crop| {
+                    preprocess(
+                        &crop,
+                        &infer.planner.models[classifier].input,
+                        &mut scratch,
+                        &mut tensor,
+                    )
+                });
+            match ok {
+                Ok(()) => items.push((classifier, slot, tensor)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "crop failed; the detection is left unclassified")
+                }
+            }
+        }
+        let _ = tx.send(Reply::Crops {
+            frame,
+            items,
+            crop_ms: ms(t.elapsed()),
+        });
+    });
+}

@@ -1,0 +1,22 @@
+//! The infer stage: rules planned per frame, ONNX models run in batches across cameras, and a
+//! detector → classifier cascade over each detection's crop.
+//!
+//! - [`plan`]: the rules compiled against the loaded models; per frame, which rules and models;
+//! - [`model`] (loaded through [`runtime`]): manifests and one ONNX Runtime session per model;
+//! - [`batcher`]: when a model's batch is run (size or deadline);
+//! - [`cascade`]: which detections are kept and cropped, and the verdict from their scores;
+//! - [`stage`]: the model tasks; `collect`: routing and crops; `observe`: the observation.
+
+pub mod batcher;
+pub mod cascade;
+mod collect;
+mod debug;
+pub mod model;
+mod observe;
+pub mod plan;
+pub mod runtime;
+pub mod stage;
+
+pub use batcher::{BatchPolicy, Batcher};
+pub use plan::{FramePlan, ModelInfo, PlanError, Planner};
+pub use stage::{start, DebugImages, Infer, InferStage, StageTask};

@@ -1,0 +1,248 @@
+//! The infer stage's tasks: one model task per model (its batcher, then ONNX Runtime on a
+//! blocking thread) and the collector that routes frames and crops to them.
+//!
+//! ```text
+//!  decoded frame ──► collector ──► model task per model (batcher → ONNX Runtime, blocking)
+//!                      ▲  │              │ replies (detections, scores)
+//!                      │  └─ crops ◄─────┘ (blocking: cut each kept detection, preprocess)
+//!                      └─► observation, in frame order ──► episodes stage
+//! ```
+//!
+//! One ONNX Runtime session per model, fed by its own batcher, so a batch mixes frames (or crops)
+//! from every camera the worker serves. Replies travel on an unbounded channel: it cannot
+//! deadlock with the bounded model queues, and it is bounded in practice by the in-flight frame
+//! limit times `max_detections`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::batcher::{BatchPolicy, Batcher};
+use super::collect::collect;
+use super::model::{Model, ModelOutput};
+use super::plan::{FramePlan, Planner};
+use crate::contract::observation::StageTiming;
+use crate::contract::{Domain, Observed, StageError};
+use crate::decode::Decoded;
+use crate::telemetry::Metrics;
+
+/// Where annotated debug images go.
+#[derive(Debug, Clone)]
+pub struct DebugImages {
+    pub dir: PathBuf,
+    /// Cameras whose frames are drawn.
+    pub cameras: Vec<String>,
+}
+
+/// What the infer stage's tasks share, fixed at start-up.
+pub struct Infer {
+    pub planner: Arc<Planner>,
+    pub metrics: Arc<Metrics>,
+    /// Named in each observation's source reference.
+    pub frames_topic: String,
+    /// Written into each observation.
+    pub worker_id: String,
+    pub debug: Option<DebugImages>,
+}
+
+/// Which part of a frame a model input is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Whole,
+    /// Crop of detection `det` kept by rule `rule`.
+    Crop {
+        rule: usize,
+        det: usize,
+    },
+}
+
+/// One input queued for a model.
+pub(crate) struct InferItem {
+    pub(crate) frame: u64,
+    pub(crate) slot: Slot,
+    pub(crate) tensor: Vec<f32>,
+    pub(crate) queued_at: Instant,
+}
+
+/// What comes back to the collector.
+pub(crate) enum Reply {
+    Model {
+        model: usize,
+        frame: u64,
+        slot: Slot,
+        output: ModelOutput,
+        timing: StageTiming,
+    },
+    Crops {
+        frame: u64,
+        items: Vec<(usize, Slot, Vec<f32>)>,
+        crop_ms: f64,
+    },
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A task of the stage, for the pipeline to spawn and supervise.
+pub type StageTask = Pin<Box<dyn Future<Output = Result<(), StageError>> + Send>>;
+
+/// The infer stage, ready to be spawned: its input and its tasks (named).
+pub struct InferStage {
+    pub input: mpsc::Sender<Decoded<FramePlan>>,
+    pub tasks: Vec<(String, StageTask)>,
+}
+
+/// Builds one model task per model and the collector; observations leave on `out_tx` in the
+/// order frames arrived.
+pub fn start(
+    infer: Arc<Infer>,
+    models: Vec<Model>,
+    policy: BatchPolicy,
+    out_tx: mpsc::Sender<Observed>,
+) -> InferStage {
+    let (reply_tx, reply_rx) = mpsc::unbounded_channel::<Reply>();
+    let mut tasks: Vec<(String, StageTask)> = Vec::new();
+    let mut model_txs = Vec::new();
+    for (i, model) in models.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel::<InferItem>(policy.max_batch * 4);
+        model_txs.push(tx);
+        let name = format!("model:{}", infer.planner.models[i].name);
+        tasks.push((
+            name,
+            Box::pin(model_task(
+                infer.clone(),
+                i,
+                model,
+                policy,
+                rx,
+                reply_tx.clone(),
+            )),
+        ));
+    }
+    let (frame_tx, frame_rx) = mpsc::channel::<Decoded<FramePlan>>(policy.max_batch * 2);
+    tasks.push((
+        "collector".into(),
+        Box::pin(async move {
+            collect(infer, frame_rx, model_txs, reply_rx, reply_tx, out_tx).await;
+            Ok(())
+        }),
+    ));
+    InferStage {
+        input: frame_tx,
+        tasks,
+    }
+}
+
+/// Batches a model's inputs and runs them, one batch at a time, on a blocking thread. A failed
+/// run stops the worker: its frames are not committed and are read again.
+async fn model_task(
+    infer: Arc<Infer>,
+    index: usize,
+    model: Model,
+    policy: BatchPolicy,
+    mut rx: mpsc::Receiver<InferItem>,
+    replies: mpsc::UnboundedSender<Reply>,
+) -> Result<(), StageError> {
+    let name = infer.planner.models[index].name.clone();
+    let depth = infer
+        .metrics
+        .queue_depth
+        .with_label_values(&[&format!("model:{name}")]);
+    let mut batcher: Batcher<InferItem> = Batcher::new(policy);
+    let mut model = Some(model);
+    loop {
+        let batch = match batcher.deadline() {
+            Some(deadline) => tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => batcher.push(item, Instant::now()).or_else(|| batcher.poll(Instant::now())),
+                    None => Some(batcher.drain()),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => batcher.poll(Instant::now()),
+            },
+            None => match rx.recv().await {
+                Some(item) => batcher.push(item, Instant::now()),
+                None => Some(batcher.drain()),
+            },
+        };
+        depth.set((rx.len() + batcher.len()) as i64);
+        let closed = rx.is_closed() && rx.is_empty() && batcher.is_empty();
+        if let Some(batch) = batch.filter(|b| !b.is_empty()) {
+            run_batch(&infer, index, &mut model, batch, &replies)
+                .await
+                .map_err(|e| {
+                    tracing::error!(model = %name, error = %e, "inference failed; stopping the worker without committing these frames");
+                    e
+                })?;
+        }
+        if closed {
+            return Ok(());
+        }
+    }
+}
+
+async fn run_batch(
+    infer: &Infer,
+    index: usize,
+    model: &mut Option<Model>,
+    mut batch: Vec<InferItem>,
+    replies: &mpsc::UnboundedSender<Reply>,
+) -> Result<(), StageError> {
+    let name = &infer.planner.models[index].name;
+    let stage = || format!("model:{name}");
+    let started = Instant::now();
+    let tensors: Vec<Vec<f32>> = batch
+        .iter_mut()
+        .map(|i| std::mem::take(&mut i.tensor))
+        .collect();
+    let m = model.take().ok_or_else(|| {
+        StageError::stop(
+            stage(),
+            Domain::Internal,
+            "model lost after an earlier failure",
+        )
+    })?;
+    let (m, result, elapsed) = tokio::task::spawn_blocking(move || {
+        let mut m = m;
+        let refs: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
+        let t = Instant::now();
+        let r = m.infer(&refs);
+        (m, r, t.elapsed())
+    })
+    .await
+    .map_err(|e| StageError::stop(stage(), Domain::Internal, format!("inference task: {e}")))?;
+    *model = Some(m);
+    let outputs = result.map_err(|e| StageError::stop(stage(), Domain::Internal, e.to_string()))?;
+    let n = batch.len();
+    infer
+        .metrics
+        .inference_seconds
+        .with_label_values(&[name])
+        .observe(elapsed.as_secs_f64());
+    infer
+        .metrics
+        .batch_size
+        .with_label_values(&[name])
+        .observe(n as f64);
+    for (item, output) in batch.into_iter().zip(outputs) {
+        let timing = StageTiming {
+            model: name.clone(),
+            inference_ms: ms(elapsed),
+            batch_size: n,
+            batch_wait_ms: ms(started.saturating_duration_since(item.queued_at)),
+        };
+        // The collector outlives every model task; a send fails only during teardown.
+        let _ = replies.send(Reply::Model {
+            model: index,
+            frame: item.frame,
+            slot: item.slot,
+            output,
+            timing,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! The worker: stages wired with bounded channels ([`wire`]), supervised ([`supervise`]), with
+//! their configuration ([`config`]), start-up loading ([`load`]) and progress reporting
+//! ([`progress`]). Nothing here decides anything about a frame: that is the stages' work.
+
+pub mod config;
+mod load;
+mod progress;
+pub mod supervise;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::contract::StageError;
+use crate::episodes::StateStore;
+use crate::kafka::KafkaArgs;
+use crate::source::PartitionHooks;
+
+pub use config::{default_worker_id, session_timeout, WorkerConfig, DEFAULT_SESSION_TIMEOUT};
+pub use wire::run;
+
+/// Longest wait for the assigned partitions' state to be read back.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Restores assigned partitions' episode state before their frames are read, and forgets
+/// revoked ones.
+struct Restorer {
+    kafka: KafkaArgs,
+    group: String,
+    state_topic: String,
+    store: Arc<StateStore>,
+}
+
+impl PartitionHooks for Restorer {
+    fn assigned(&self, partitions: &[i32]) -> Result<(), StageError> {
+        let mut restored = crate::sink::restore(
+            &self.kafka,
+            &self.group,
+            &self.state_topic,
+            partitions,
+            RESTORE_TIMEOUT,
+        )?;
+        for &p in partitions {
+            let entries = restored.remove(&p).unwrap_or_default();
+            tracing::info!(
+                partition = p,
+                entries = entries.len(),
+                "episode state restored"
+            );
+            self.store.install(p, entries);
+        }
+        Ok(())
+    }
+
+    fn revoked(&self, partitions: &[i32]) {
+        self.store.remove(partitions);
+    }
+}

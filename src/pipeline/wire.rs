@@ -1,0 +1,292 @@
+//! `vigil worker`: the stages wired with bounded channels.
+//!
+//! ```text
+//!  source (consumer thread) ─► intake ─► decode (blocking pool) ─► sequencer ─► infer ─► episodes
+//!      ▲ offsets stored          │ refused            │ decode failed                      │
+//!      │                         ▼                    ▼                                    ▼
+//!      └──── acknowledge ◄──── sink: produce each outcome, await the broker's acknowledgement
+//! ```
+//!
+//! Every frame read gets exactly one outcome (an observation or a dead letter). Its offset
+//! becomes committable only when that outcome, and the outcome of every earlier frame of the
+//! partition, has been acknowledged by the broker. All stages are joined by bounded channels and
+//! an in-flight limit, so a slow stage slows the consumer instead of growing memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use rdkafka::producer::Producer;
+use rdkafka::util::Timeout;
+use tokio::sync::mpsc;
+
+use super::config::WorkerConfig;
+use super::progress::watch_queues;
+use super::supervise::{spawn_infallible, spawn_stage};
+use super::{load, Restorer};
+use crate::contract::{DeadLetter, Observed, Outcome, StageError};
+use crate::decode::{DecodeJob, Decoder, Pending};
+use crate::episodes::{Judge, StateStore};
+use crate::infer::{FramePlan, Infer};
+use crate::kafka;
+use crate::sink::{Sink, Topics};
+use crate::source::{self, Record, SourceConfig};
+use crate::telemetry::{self, Metrics};
+
+/// Runs a worker until `shutdown` resolves, then drains, commits and returns.
+pub async fn run(
+    cfg: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    cfg.validate().map_err(|e| anyhow!(e))?;
+    let metrics = Arc::new(Metrics::new(cfg.camera_labels));
+
+    // Schemas and models first: a worker that cannot publish or infer must not join the group.
+    let codecs = load::codecs(&cfg).await?;
+    let (planner, models) = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || load::models(&cfg)).await??
+    };
+    for m in &models {
+        metrics
+            .model_info
+            .with_label_values(&[
+                &m.manifest.name,
+                &m.manifest.version,
+                m.provider,
+                &cfg.exec.device.to_string(),
+            ])
+            .set(1);
+    }
+
+    if let Some(addr) = cfg.metrics_addr {
+        let bound = telemetry::serve(metrics.registry.clone(), addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        tracing::info!(addr = %bound, "metrics endpoint listening");
+    }
+
+    let producer = cfg
+        .kafka
+        .producer(64 * 1024 * 1024)
+        .map_err(|e| anyhow!(e))?;
+    check_topics(&cfg, &producer).await?;
+
+    let store = Arc::new(StateStore::new());
+    let judge = Arc::new(Judge::new(
+        &planner.ruleset,
+        store.clone(),
+        metrics.clone(),
+        cfg.frames_topic.clone(),
+        cfg.worker_id.clone(),
+    ));
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<StageError>(4);
+    let hooks = Arc::new(Restorer {
+        kafka: cfg.kafka.clone(),
+        group: cfg.group.clone(),
+        state_topic: cfg.state_topic.clone(),
+        store: store.clone(),
+    });
+    let mut source = source::start(
+        &SourceConfig {
+            kafka: cfg.kafka.clone(),
+            group: cfg.group.clone(),
+            topic: cfg.frames_topic.clone(),
+            drain_timeout: cfg.drain_timeout,
+            session_timeout: cfg.session_timeout,
+            max_in_flight: cfg.max_in_flight,
+        },
+        metrics.clone(),
+        hooks,
+        fatal_tx.clone(),
+    )?;
+    let consumer = source.consumer.clone();
+
+    // The stages, from the sink upstream, each holding the sender of the next.
+    let (out_tx, out_rx) = mpsc::channel::<Outcome>(cfg.max_in_flight.max(1));
+    let sink = Arc::new(Sink {
+        topics: Topics {
+            frames: cfg.frames_topic.clone(),
+            observations: cfg.observations_topic.clone(),
+            dlq: cfg.dlq_topic.clone(),
+            violations: cfg.violations_topic.clone(),
+            state: cfg.state_topic.clone(),
+        },
+        codecs,
+        worker_id: cfg.worker_id.clone(),
+    });
+    let emitter = spawn_stage(
+        "sink",
+        fatal_tx.clone(),
+        crate::sink::emit(
+            sink,
+            producer.clone(),
+            source.acknowledger(&cfg.frames_topic),
+            metrics.clone(),
+            out_rx,
+        ),
+    );
+    let (observed_tx, observed_rx) = mpsc::channel::<Observed>(cfg.batch.max_batch * 2);
+    let mut stages = vec![spawn_infallible(
+        "episodes",
+        fatal_tx.clone(),
+        crate::episodes::judge::run(judge, observed_rx, out_tx.clone()),
+    )];
+    let infer = crate::infer::start(
+        Arc::new(Infer {
+            planner: planner.clone(),
+            metrics: metrics.clone(),
+            frames_topic: cfg.frames_topic.clone(),
+            worker_id: cfg.worker_id.clone(),
+            debug: cfg.debug.clone(),
+        }),
+        models,
+        cfg.batch,
+        observed_tx,
+    );
+    for (name, task) in infer.tasks {
+        stages.push(spawn_stage(name, fatal_tx.clone(), task));
+    }
+    let (decode_tx, decode_rx) = mpsc::channel::<Pending<FramePlan>>(cfg.decode_threads.max(1));
+    let sequencer = spawn_infallible(
+        "sequencer",
+        fatal_tx.clone(),
+        crate::decode::sequence(decode_rx, infer.input, out_tx.clone()),
+    );
+    let decoder = Arc::new(Decoder::new(planner.input_specs(), metrics.clone()));
+    let gauges = tokio::spawn(watch_queues(
+        metrics.clone(),
+        store.clone(),
+        decode_tx.downgrade(),
+        out_tx.downgrade(),
+        cfg.progress_interval,
+    ));
+    drop(fatal_tx);
+
+    tracing::info!(group = %cfg.group, topic = %cfg.frames_topic, worker = %cfg.worker_id, "worker started");
+    let mut failure: Option<StageError> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let record = tokio::select! {
+            _ = &mut shutdown => break,
+            e = fatal_rx.recv() => { failure = e; break }
+            r = source.records.recv() => match r { Some(r) => r, None => break },
+        };
+        let Record { origin, raw } = record;
+        match source::validate(raw.key.as_deref(), &raw.headers, &raw.payload, &cfg.limits) {
+            Err(rejection) => {
+                let dl = DeadLetter {
+                    origin,
+                    raw,
+                    rejection,
+                };
+                if out_tx
+                    .send(Outcome::DeadLetter(Box::new(dl)))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Ok((meta, info)) => {
+                if let Some(g) = &metrics.camera_last_frame {
+                    g.with_label_values(&[&meta.site, &meta.camera])
+                        .set(meta.captured_at_ms as f64 / 1e3);
+                }
+                let plan = planner.plan(&meta);
+                let job = DecodeJob {
+                    origin,
+                    meta,
+                    info,
+                    raw,
+                    inputs: plan.whole_frame.clone(),
+                    keep_image: plan.needs_crops,
+                    plan,
+                };
+                let decoder = decoder.clone();
+                let pending = tokio::task::spawn_blocking(move || decoder.run(job));
+                if decode_tx.send(pending).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    // Drain: stop reading, then closing the intake's senders lets each stage finish what it
+    // holds and end.
+    tracing::info!("worker stopping, draining in-flight frames");
+    source.stop_reading();
+    drop(decode_tx);
+    drop(out_tx);
+    let drained = tokio::time::timeout(cfg.drain_timeout, async {
+        let _ = sequencer.await;
+        for h in stages {
+            let _ = h.await;
+        }
+        emitter.await
+    })
+    .await;
+    gauges.abort();
+    if drained.is_err() {
+        tracing::warn!(
+            timeout_s = cfg.drain_timeout.as_secs_f64(),
+            "drain timed out; undelivered frames will be processed again after restart"
+        );
+    }
+    if failure.is_none() {
+        failure = fatal_rx.try_recv().ok();
+    }
+    // Commit what was delivered, flush, and leave the group (the consumer's close revokes its
+    // partitions through the same callback), all off the runtime.
+    {
+        let metrics = metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            source.finish();
+            source::commit_stored(&*consumer, &metrics);
+            let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
+            drop(source);
+            drop(consumer);
+        })
+        .await?;
+    }
+    match failure {
+        Some(e) => Err(anyhow!(e)),
+        None => {
+            tracing::info!(
+                processed = metrics.frames_processed.get(),
+                received = metrics.frames_received.get(),
+                "worker stopped cleanly"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Every topic must exist, and the state topic must have as many partitions as the frames topic.
+async fn check_topics(
+    cfg: &WorkerConfig,
+    producer: &rdkafka::producer::FutureProducer,
+) -> anyhow::Result<()> {
+    let p = producer.clone();
+    let topics = [
+        cfg.frames_topic.clone(),
+        cfg.observations_topic.clone(),
+        cfg.dlq_topic.clone(),
+        cfg.violations_topic.clone(),
+        cfg.state_topic.clone(),
+    ];
+    let counts = tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        kafka::partition_counts(p.client(), &names, Duration::from_secs(15))
+    })
+    .await?
+    .map_err(|e| anyhow!(e))?;
+    if counts[0] != counts[4] {
+        return Err(anyhow!(
+            "the state topic `{}` has {} partitions but the frames topic `{}` has {}: they must have the same \
+             count (state is co-partitioned with frames); recreate the state topic",
+            cfg.state_topic, counts[4], cfg.frames_topic, counts[0]
+        ));
+    }
+    Ok(())
+}

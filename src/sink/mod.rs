@@ -1,0 +1,14 @@
+//! The sink stage: every frame's outcome published, and its offset released only once the
+//! broker has acknowledged it.
+//!
+//! - [`produce`]: an outcome's records (observation and events, then state; or a dead letter);
+//! - [`emit`]: the emitter task that produces outcomes and acknowledges frames;
+//! - [`restore`]: episode state read back from the state topic on assignment.
+
+pub mod emit;
+pub mod produce;
+pub mod restore;
+
+pub use emit::emit;
+pub use produce::{Delivery, DeliveryError, Sink, Topics};
+pub use restore::restore;

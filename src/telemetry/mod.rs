@@ -1,0 +1,9 @@
+//! What operators see: Prometheus [`metrics`] and the HTTP endpoint that serves them
+//! ([`server`]). Every stage counts through the handles in [`Metrics`]; the catalogue in
+//! `docs/metrics.md` lists them.
+
+pub mod metrics;
+pub mod server;
+
+pub use metrics::{GatewayMetrics, Metrics};
+pub use server::serve;
