@@ -39,12 +39,31 @@ pub fn parse_property(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// What can go wrong setting up a Kafka client or topics; each message names the option, topic or
+/// broker concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("-X {key}={value}: `{key}` is set by vigil to keep its delivery guarantees and cannot be overridden")]
+    Guarded { key: String, value: String },
+    #[error("cannot create {what}: {source}")]
+    Create {
+        what: &'static str,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("cannot reach the brokers: {0}")]
+    Unreachable(rdkafka::error::KafkaError),
+    #[error("topic `{0}` does not exist on the brokers; create it (`vigil topics create`) or point the matching --*-topic option at an existing one")]
+    MissingTopic(String),
+    #[error("create topic {topic}: {reason}")]
+    CreateTopic { topic: String, reason: String },
+}
+
 /// Properties vigil sets for its delivery guarantees; overriding them with `-X` is refused.
 const GUARDED: &[&str] = &["enable.auto.offset.store", "enable.idempotence"];
 
 impl KafkaArgs {
     /// Base client configuration, with `-X` overrides applied on top of `defaults`.
-    pub fn config(&self, defaults: &[(&str, &str)]) -> Result<ClientConfig, String> {
+    pub fn config(&self, defaults: &[(&str, &str)]) -> Result<ClientConfig, ClientError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         c.set("client.id", "vigil");
@@ -53,9 +72,10 @@ impl KafkaArgs {
         }
         for (k, v) in &self.property {
             if GUARDED.contains(&k.as_str()) {
-                return Err(format!(
-                    "-X {k}={v}: `{k}` is set by vigil to keep its delivery guarantees and cannot be overridden"
-                ));
+                return Err(ClientError::Guarded {
+                    key: k.clone(),
+                    value: v.clone(),
+                });
             }
             c.set(k, v);
         }
@@ -63,7 +83,7 @@ impl KafkaArgs {
     }
 
     /// An idempotent producer: retries never duplicate or reorder a partition's records.
-    pub fn producer(&self, max_message_bytes: usize) -> Result<FutureProducer, String> {
+    pub fn producer(&self, max_message_bytes: usize) -> Result<FutureProducer, ClientError> {
         let max = max_message_bytes.to_string();
         self.config(&[
             ("enable.idempotence", "true"),
@@ -73,7 +93,10 @@ impl KafkaArgs {
             ("message.timeout.ms", "120000"),
         ])?
         .create()
-        .map_err(|e| format!("cannot create producer: {e}"))
+        .map_err(|source| ClientError::Create {
+            what: "producer",
+            source,
+        })
     }
 }
 
@@ -107,11 +130,15 @@ pub async fn create_topics(
     partitions: i32,
     replication: i32,
     compacted: &[String],
-) -> Result<Vec<(String, bool)>, String> {
-    let admin: AdminClient<DefaultClientContext> = kafka
-        .config(&[])?
-        .create()
-        .map_err(|e| format!("cannot create admin client: {e}"))?;
+) -> Result<Vec<(String, bool)>, ClientError> {
+    let admin: AdminClient<DefaultClientContext> =
+        kafka
+            .config(&[])?
+            .create()
+            .map_err(|source| ClientError::Create {
+                what: "admin client",
+                source,
+            })?;
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|n| {
@@ -131,16 +158,24 @@ pub async fn create_topics(
         let results = admin
             .create_topics(std::slice::from_ref(topic), &opts)
             .await
-            .map_err(|e| format!("create topic {}: {e}", topic.name))?;
+            .map_err(|e| ClientError::CreateTopic {
+                topic: topic.name.to_string(),
+                reason: e.to_string(),
+            })?;
         match results.into_iter().next() {
             Some(Ok(name)) => out.push((name, true)),
             Some(Err((name, RDKafkaErrorCode::TopicAlreadyExists))) => out.push((name, false)),
-            Some(Err((name, code))) => return Err(format!("create topic {name}: {code}")),
+            Some(Err((name, code))) => {
+                return Err(ClientError::CreateTopic {
+                    topic: name,
+                    reason: code.to_string(),
+                })
+            }
             None => {
-                return Err(format!(
-                    "create topic {}: the broker did not answer for it",
-                    topic.name
-                ))
+                return Err(ClientError::CreateTopic {
+                    topic: topic.name.to_string(),
+                    reason: "the broker did not answer for it".into(),
+                })
             }
         }
     }
@@ -154,25 +189,20 @@ pub fn partition_counts(
     client: &rdkafka::client::Client<impl rdkafka::client::ClientContext>,
     topics: &[&str],
     timeout: Duration,
-) -> Result<Vec<usize>, String> {
+) -> Result<Vec<usize>, ClientError> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let md = client
             .fetch_metadata(None, timeout)
-            .map_err(|e| format!("cannot reach the brokers: {e}"))?;
-        let counts: Result<Vec<usize>, String> = topics
+            .map_err(ClientError::Unreachable)?;
+        let counts: Result<Vec<usize>, ClientError> = topics
             .iter()
             .map(|t| {
                 md.topics()
                     .iter()
                     .find(|m| m.name() == *t && m.error().is_none() && !m.partitions().is_empty())
                     .map(|m| m.partitions().len())
-                    .ok_or_else(|| {
-                        format!(
-                            "topic `{t}` does not exist on the brokers; create it (`vigil topics create`) \
-                             or point the matching --*-topic option at an existing one"
-                        )
-                    })
+                    .ok_or_else(|| ClientError::MissingTopic(t.to_string()))
             })
             .collect();
         match counts {
@@ -223,7 +253,7 @@ mod tests {
             brokers: "x:1".into(),
             property: vec![("enable.auto.offset.store".into(), "true".into())],
         };
-        let err = k.config(&[]).unwrap_err();
+        let err = k.config(&[]).unwrap_err().to_string();
         assert!(err.contains("enable.auto.offset.store"), "{err}");
     }
 

@@ -505,3 +505,73 @@ async fn gateway_samples_a_video_file_at_the_requested_rate() -> Result {
     }
     Ok(())
 }
+
+/// The rebalance callbacks run on the consumer's own thread, so a revoke can wait for the
+/// partition's in-flight frames while the async runtime delivers them, even when the whole
+/// worker has one core (one runtime thread). The pinned worker must report the revoked
+/// partitions drained, and the worker that takes them over must not repeat a frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_one_core_drains_and_commits_on_revoke() -> Result {
+    if std::process::Command::new("taskset")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        bail!("taskset (util-linux) is needed to pin the worker to one core");
+    }
+    let topics = create_topics(4).await?;
+    let group = unique("g");
+    // A backlog, so that frames are in flight when the second worker joins.
+    let recs = frames(8, 8);
+    let sent = produce(&topics.frames, &recs).await?;
+    let a = Worker::start_under(
+        &["taskset", "-c", "0"],
+        &topics,
+        &group,
+        &["--max-in-flight", "8", "--decode-threads", "1"],
+    )?;
+    collect(
+        &topics.observations,
+        4,
+        Duration::from_secs(120),
+        Duration::ZERO,
+    )
+    .await
+    .with_context(|| a.log_text())?;
+    let b = Worker::start(&topics, &group, &[])?;
+    wait_for(
+        "the pinned worker to give partitions away",
+        Duration::from_secs(60),
+        || {
+            a.log_events()
+                .iter()
+                .any(|e| e["message"] == "partitions revoked")
+        },
+    )
+    .await
+    .with_context(|| a.log_text())?;
+    let revokes: Vec<serde_json::Value> = a
+        .log_events()
+        .into_iter()
+        .filter(|e| e["message"] == "partitions revoked")
+        .collect();
+    ensure!(
+        revokes.iter().all(|e| e["drained"] == true),
+        "every revoke drained within the drain timeout: {revokes:?}\n{}",
+        a.log_text()
+    );
+    let got = collect(
+        &topics.observations,
+        recs.len(),
+        Duration::from_secs(180),
+        Duration::from_secs(3),
+    )
+    .await
+    .with_context(|| format!("A:\n{}\nB:\n{}", a.log_text(), b.log_text()))?;
+    let seen = sources_once(&got).context("a frame committed on revoke was processed again")?;
+    ensure!(
+        seen == sent.into_iter().collect::<HashSet<_>>(),
+        "every frame observed exactly once across the rebalance"
+    );
+    Ok(())
+}

@@ -299,3 +299,28 @@ async fn a_schema_the_registry_refuses_stops_the_worker() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn a_drain_timeout_not_below_the_session_timeout_is_refused() -> Result {
+    // A revoke may wait the whole drain timeout; past the session timeout the group would evict
+    // the worker mid-drain.
+    let (code, err) = worker(&["--brokers", "127.0.0.1:1", "--drain-timeout-secs", "20"])?;
+    ensure!(code == 2, "exit code {code}: {err}");
+    ensure!(
+        err.contains("--drain-timeout-secs") && err.contains("session.timeout.ms = 10000 ms"),
+        "{err}"
+    );
+    let (code, err) = worker(&[
+        "--brokers",
+        "127.0.0.1:1",
+        "--drain-timeout-secs",
+        "20",
+        "-X",
+        "session.timeout.ms=15000",
+    ])?;
+    ensure!(
+        code == 2 && err.contains("session.timeout.ms = 15000 ms"),
+        "{code}: {err}"
+    );
+    Ok(())
+}

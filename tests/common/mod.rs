@@ -265,10 +265,28 @@ pub fn log_dir() -> PathBuf {
 
 impl Worker {
     pub fn start(topics: &Topics, group: &str, extra: &[&str]) -> Result<Worker> {
+        Worker::start_under(&[], topics, group, extra)
+    }
+
+    /// Starts a worker through a wrapper command (e.g. `taskset -c 0`).
+    pub fn start_under(
+        wrapper: &[&str],
+        topics: &Topics,
+        group: &str,
+        extra: &[&str],
+    ) -> Result<Worker> {
         let id = unique("worker");
         let log = log_dir().join(format!("{id}.log"));
         let file = std::fs::File::create(&log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(env!("CARGO_BIN_EXE_vigil")),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_vigil"));
+                c
+            }
+        };
+        let child = cmd
             .args(["--log-format", "json", "worker", "--brokers", &brokers()])
             .args(["--frames-topic", &topics.frames])
             .args(["--observations-topic", &topics.observations])
