@@ -12,7 +12,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 
 /// Connection settings every subcommand takes.
@@ -100,17 +100,40 @@ impl KafkaArgs {
     }
 }
 
-/// Copies Kafka headers into owned (name, bytes) pairs, in order.
-pub fn headers_to_vec<H: Headers>(h: Option<&H>) -> Vec<(String, Vec<u8>)> {
-    let Some(h) = h else { return Vec::new() };
-    h.iter()
-        .map(|hd| {
-            (
-                hd.key.to_string(),
-                hd.value.map(<[u8]>::to_vec).unwrap_or_default(),
-            )
-        })
-        .collect()
+/// Copies a consumed record's headers into owned (name, bytes) pairs, in order. Names are read
+/// as bytes and decoded lossily: a name that is not UTF-8 (any producer can write one) must not
+/// stop a partition, as rdkafka's own accessor would by panicking.
+pub fn record_headers(msg: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
+    use rdkafka_sys as rdsys;
+    use rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR as NO_ERROR;
+    let mut out = Vec::new();
+    // SAFETY: `msg` keeps the native message (and so its headers) alive for this call; every
+    // pointer librdkafka hands back is checked for null and read within the size it reports.
+    unsafe {
+        let mut hdrs: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
+        if rdsys::rd_kafka_message_headers(msg.ptr(), &mut hdrs) != NO_ERROR || hdrs.is_null() {
+            return out;
+        }
+        for i in 0..rdsys::rd_kafka_header_cnt(hdrs) {
+            let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+            if rdsys::rd_kafka_header_get_all(hdrs, i, &mut name, &mut value, &mut size) != NO_ERROR
+            {
+                break;
+            }
+            let key = if name.is_null() {
+                String::new()
+            } else {
+                String::from_utf8_lossy(std::ffi::CStr::from_ptr(name).to_bytes()).into_owned()
+            };
+            let value = if value.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(value as *const u8, size).to_vec()
+            };
+            out.push((key, value));
+        }
+    }
+    out
 }
 
 /// Builds Kafka headers from (name, bytes) pairs.

@@ -128,7 +128,8 @@ async fn run_on_topics(
     Ok((topics, events))
 }
 
-const T0: i64 = 1_800_000_000_000;
+/// Scene start (2026-04-19): a real capture time, in the past, as the frame contract requires.
+const T0: i64 = 1_776_600_000_000;
 
 /// One JSON value per line of a command's output.
 fn json_lines(out: &[u8]) -> Result<Vec<serde_json::Value>> {

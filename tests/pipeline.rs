@@ -410,6 +410,7 @@ async fn gateway_publishes_the_frame_contract_for_many_cameras() -> Result {
             &g.headers,
             &g.payload,
             &Default::default(),
+            vigil::contract::now_ms(),
         )
         .map_err(|r| anyhow::anyhow!("gateway frame breaks the contract: {r:?}"))?;
         ensure!(info.width == 640, "resized to --width");
@@ -499,6 +500,7 @@ async fn gateway_samples_a_video_file_at_the_requested_rate() -> Result {
             &g.headers,
             &g.payload,
             &Default::default(),
+            vigil::contract::now_ms(),
         )
         .map_err(|r| anyhow::anyhow!("{r:?}"))?;
         ensure!((info.width, info.height) == (320, 376));

@@ -167,13 +167,13 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
 
     pub fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
         let (writer, mut datum) = match bytes {
-            [0xC3, 0x01, rest @ ..] if rest.len() >= 8 => {
-                let fp: [u8; 8] = rest[..8].try_into().expect("8 bytes");
+            [0xC3, 0x01, a, b, c, d, e, f, g, h, rest @ ..] => {
+                let fp = [*a, *b, *c, *d, *e, *f, *g, *h];
                 let w = self
                     .by_fingerprint
                     .get(&fp)
                     .ok_or_else(|| CodecError::UnknownSchema(hex(&fp)))?;
-                (w, &rest[8..])
+                (w, rest)
             }
             [0x00, a, b, c, d, rest @ ..] => {
                 let id = u32::from_be_bytes([*a, *b, *c, *d]);

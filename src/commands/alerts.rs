@@ -78,7 +78,7 @@ pub fn describe(e: &ViolationEvent) -> String {
         e.site,
         e.camera,
         e.rule,
-        &e.episode_id[..e.episode_id.len().min(12)],
+        e.episode_id.chars().take(12).collect::<String>(),
         e.peak_level,
         e.mean_level,
         e.frames
@@ -237,5 +237,15 @@ mod tests {
                 && line.contains("reason=cleared"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn an_episode_id_of_any_text_is_shortened_without_panicking() {
+        // An outside producer may write any string; byte 12 of this one falls inside a
+        // character.
+        let mut e = crate::contract::event::tests::sample_events()[0].clone();
+        e.episode_id = "épisode-ñ-ü-✓-long".into();
+        let line = describe(&e);
+        assert!(line.contains("episode=épisode-ñ-ü- "), "{line}");
     }
 }

@@ -230,6 +230,14 @@ pub struct WorkerArgs {
     /// Largest accepted width × height (checked from the JPEG header before decoding).
     #[arg(long, env = "VIGIL_MAX_PIXELS", default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// Largest lead, in seconds, of a frame's `captured_at` over the worker's clock; frames
+    /// further in the future are dead-lettered (`bad_header`).
+    #[arg(long, env = "VIGIL_MAX_FUTURE_SECS", default_value_t = 300.0)]
+    pub max_future_secs: f64,
+    /// Largest age, in seconds, of a frame's `captured_at`; older frames are dead-lettered.
+    /// Off by default, so that old footage can be replayed.
+    #[arg(long, env = "VIGIL_MAX_AGE_SECS")]
+    pub max_age_secs: Option<f64>,
     /// Seconds to wait for in-flight frames at shutdown or when partitions are revoked; must be
     /// below the group's session timeout (`-X session.timeout.ms`, 10 s by default).
     #[arg(long, env = "VIGIL_DRAIN_TIMEOUT_SECS", default_value_t = 8.0)]
@@ -324,6 +332,11 @@ impl WorkerArgs {
             limits: Limits {
                 max_frame_bytes: self.max_frame_bytes,
                 max_pixels: self.max_pixels,
+                max_future_ms: secs("--max-future-secs", self.max_future_secs)?.as_millis() as i64,
+                max_age_ms: self
+                    .max_age_secs
+                    .map(|s| secs("--max-age-secs", s).map(|d| d.as_millis() as i64))
+                    .transpose()?,
             },
             model_dir: self.model_dir,
             rules: self.rules,

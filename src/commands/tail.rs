@@ -153,7 +153,7 @@ pub async fn run(
         let msg = msg?;
         let (partition, offset) = (msg.partition(), msg.offset());
         let value = msg.payload().unwrap_or_default();
-        let headers = kafka::headers_to_vec(msg.headers());
+        let headers = kafka::record_headers(&msg);
         let line = match describe_dead_letter(&headers, value.len(), partition, offset) {
             Some(_) if cfg.json => serde_json::json!({
                 "partition": partition,

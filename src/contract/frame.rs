@@ -46,6 +46,12 @@ pub struct FrameMeta {
     pub zone: Option<String>,
 }
 
+/// The earliest capture time accepted (2020-01-01T00:00:00Z, epoch ms): anything earlier is a
+/// camera clock that was never set, or a timestamp in the wrong unit.
+pub const EVENT_TIME_FLOOR_MS: i64 = 1_577_836_800_000;
+/// Default for how far a capture time may lie ahead of the worker's clock.
+pub const DEFAULT_MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
+
 /// Limits a worker enforces before decoding.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -53,6 +59,12 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Largest accepted width × height claimed by the JPEG header.
     pub max_pixels: u64,
+    /// How far `captured_at` may lie ahead of the worker's clock, in ms: a frame from the
+    /// future would move the partition's event time and silence every other camera.
+    pub max_future_ms: i64,
+    /// How far `captured_at` may lie behind the worker's clock, in ms; `None` accepts any age
+    /// (replaying old footage).
+    pub max_age_ms: Option<i64>,
 }
 
 impl Default for Limits {
@@ -60,8 +72,41 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_future_ms: DEFAULT_MAX_FUTURE_MS,
+            max_age_ms: None,
         }
     }
+}
+
+/// Checks a capture time against the floor and, relative to `now_ms`, the limits.
+pub fn check_event_time(captured_at_ms: i64, now_ms: i64, limits: &Limits) -> Result<(), Rejection> {
+    let bad = |why: String| {
+        Err(Rejection::new(
+            Reason::BadHeader,
+            format!("header `captured_at` is {captured_at_ms}: {why}"),
+        ))
+    };
+    if captured_at_ms < EVENT_TIME_FLOOR_MS {
+        return bad(format!(
+            "before 2020-01-01 ({EVENT_TIME_FLOOR_MS} ms); it must be milliseconds since the Unix epoch"
+        ));
+    }
+    let ahead = captured_at_ms.saturating_sub(now_ms);
+    if ahead > limits.max_future_ms {
+        return bad(format!(
+            "{ahead} ms ahead of the worker's clock, over the {} ms allowed (--max-future-secs)",
+            limits.max_future_ms
+        ));
+    }
+    if let Some(max_age) = limits.max_age_ms {
+        let age = now_ms.saturating_sub(captured_at_ms);
+        if age > max_age {
+            return bad(format!(
+                "{age} ms old, over the {max_age} ms allowed (--max-age-secs)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Looks a header up by name in a list of (name, raw value) pairs.
@@ -110,8 +155,9 @@ fn number<T: std::str::FromStr>(headers: &[(String, Vec<u8>)], name: &str) -> Re
     })
 }
 
-/// Parses the frame headers. The record key, when present, must equal the `camera` header:
-/// a mismatch would route a camera's frames to two partitions and break per-camera order.
+/// Parses the frame headers. The record key must be present and equal the `camera` header: a
+/// missing or different key would route a camera's frames to two partitions and break
+/// per-camera order. `seq` must fit an Avro long (0 ..= i64::MAX).
 pub fn parse_meta(
     key: Option<&[u8]>,
     headers: &[(String, Vec<u8>)],
@@ -120,17 +166,30 @@ pub fn parse_meta(
     let site = required(headers, header::SITE)?;
     let captured_at_ms: i64 = number(headers, header::CAPTURED_AT)?;
     let seq: u64 = number(headers, header::SEQ)?;
+    if seq > i64::MAX as u64 {
+        return Err(Rejection::new(
+            Reason::BadHeader,
+            format!("header `seq` is {seq}, over the largest sequence number {}", i64::MAX),
+        ));
+    }
     let zone = text_header(headers, header::ZONE)?;
-    if let Some(key) = key {
-        if key != camera.as_bytes() {
+    match key {
+        None => {
+            return Err(Rejection::new(
+                Reason::MissingHeader,
+                format!("the record has no key; it must be the camera id {camera:?}"),
+            ))
+        }
+        Some(key) if key != camera.as_bytes() => {
             return Err(Rejection::new(
                 Reason::BadHeader,
                 format!(
                     "record key {:?} differs from header `camera` {camera:?}",
                     String::from_utf8_lossy(key)
                 ),
-            ));
+            ))
         }
+        Some(_) => {}
     }
     Ok(FrameMeta {
         site,
@@ -202,6 +261,55 @@ pub(crate) mod tests {
         let err = parse_meta(Some(b"cam-9"), &good()).unwrap_err();
         assert_eq!(err.reason, Reason::BadHeader);
         assert!(err.detail.contains("cam-9"));
+    }
+
+    #[test]
+    fn a_missing_key_is_refused() {
+        let err = parse_meta(None, &good()).unwrap_err();
+        assert_eq!(err.reason, Reason::MissingHeader);
+        assert!(err.detail.contains("no key"), "{}", err.detail);
+    }
+
+    #[test]
+    fn seq_must_fit_an_avro_long() {
+        let mut h = good();
+        h[3].1 = (i64::MAX as u64 + 1).to_string().into_bytes();
+        let err = parse_meta(Some(b"cam-0001"), &h).unwrap_err();
+        assert_eq!(err.reason, Reason::BadHeader);
+        assert!(err.detail.contains("seq"), "{}", err.detail);
+        h[3].1 = i64::MAX.to_string().into_bytes();
+        assert_eq!(parse_meta(Some(b"cam-0001"), &h).unwrap().seq, i64::MAX as u64);
+        h[3].1 = b"-1".to_vec();
+        assert_eq!(
+            parse_meta(Some(b"cam-0001"), &h).unwrap_err().reason,
+            Reason::BadHeader
+        );
+    }
+
+    #[test]
+    fn event_time_is_bounded() {
+        let now = 1_800_000_000_000;
+        let limits = Limits::default();
+        for bad in [
+            i64::MIN,
+            -1,
+            0,
+            1_700_000_000,            // seconds, not milliseconds
+            now + 3_600_000,          // an hour ahead
+            i64::MAX,
+        ] {
+            let err = check_event_time(bad, now, &limits).unwrap_err();
+            assert_eq!(err.reason, Reason::BadHeader, "{bad}");
+            assert!(err.detail.contains("captured_at"), "{}", err.detail);
+        }
+        assert!(check_event_time(now + 60_000, now, &limits).is_ok());
+        assert!(check_event_time(EVENT_TIME_FLOOR_MS, now, &limits).is_ok());
+        let aged = Limits {
+            max_age_ms: Some(86_400_000),
+            ..limits
+        };
+        assert!(check_event_time(now - 2 * 86_400_000, now, &aged).is_err());
+        assert!(check_event_time(now - 3_600_000, now, &aged).is_ok());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::config::WorkerConfig;
 use super::progress::watch_queues;
 use super::supervise::{spawn_infallible, spawn_stage};
 use super::{load, Restorer};
-use crate::contract::{DeadLetter, Observed, Outcome, StageError};
+use crate::contract::{now_ms, DeadLetter, Domain, Observed, Outcome, StageError};
 use crate::decode::{DecodeJob, Decoder, Pending};
 use crate::episodes::{Judge, StateStore};
 use crate::infer::{FramePlan, Infer};
@@ -170,10 +170,25 @@ pub async fn run(
         let record = tokio::select! {
             _ = &mut shutdown => break,
             e = fatal_rx.recv() => { failure = e; break }
-            r = source.records.recv() => match r { Some(r) => r, None => break },
+            r = source.records.recv() => match r {
+                Some(r) => r,
+                None => {
+                    // The consumer thread ended without being asked to: it reported why.
+                    failure = Some(fatal_rx.try_recv().unwrap_or_else(|_| {
+                        StageError::stop("source", Domain::Internal, "the consumer thread ended")
+                    }));
+                    break;
+                }
+            },
         };
         let Record { origin, raw } = record;
-        match source::validate(raw.key.as_deref(), &raw.headers, &raw.payload, &cfg.limits) {
+        match source::validate(
+            raw.key.as_deref(),
+            &raw.headers,
+            &raw.payload,
+            &cfg.limits,
+            now_ms(),
+        ) {
             Err(rejection) => {
                 let dl = DeadLetter {
                     origin,

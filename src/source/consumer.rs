@@ -178,7 +178,7 @@ pub fn start(
         topic: cfg.topic.clone(),
         drain_timeout: cfg.drain_timeout,
         hooks,
-        fatal,
+        fatal: fatal.clone(),
     };
     let session_ms = cfg.session_timeout.as_millis().to_string();
     let consumer: FramesConsumer = cfg
@@ -209,7 +209,24 @@ pub fn start(
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("vigil-consumer".into())
-            .spawn(move || poll(&consumer, &inflight, &metrics, &slots, &tx, &stop, &runtime))
+            .spawn(move || {
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    poll(&consumer, &inflight, &metrics, &slots, &tx, &stop, &runtime)
+                }));
+                if let Err(panic) = polled {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    tracing::error!(panic = %what, "consumer thread panicked; stopping the worker");
+                    let _ = fatal.blocking_send(StageError::stop(
+                        "source",
+                        Domain::Internal,
+                        format!("consumer thread panicked: {what}"),
+                    ));
+                }
+            })
             .map_err(|e| {
                 StageError::stop("source", Domain::Internal, format!("consumer thread: {e}"))
             })?
@@ -239,7 +256,8 @@ fn poll(
     while !stop.load(Ordering::Relaxed) {
         if slot.is_none() {
             // Wait for a slot, a tick at a time so that `stop` is seen.
-            match runtime.block_on(tokio::time::timeout(TICK, slots.clone().acquire_owned())) {
+            let acquire = async { tokio::time::timeout(TICK, slots.clone().acquire_owned()).await };
+            match runtime.block_on(acquire) {
                 Ok(Ok(s)) => slot = Some(s),
                 Ok(Err(_)) => return,
                 // Every slot is taken: frames in flight free them as they are delivered, whatever
@@ -260,7 +278,7 @@ fn poll(
         let origin = Origin::new(inflight.register(msg.partition(), msg.offset()), permit);
         let raw = RawFrame {
             key: msg.key().map(<[u8]>::to_vec),
-            headers: kafka::headers_to_vec(msg.headers()),
+            headers: kafka::record_headers(&msg),
             payload: msg.payload().unwrap_or_default().to_vec(),
         };
         drop(msg);
