@@ -31,10 +31,13 @@ start)
     sleep 0.1
   done
   printf 'VIGIL_BROKERS=127.0.0.1:%s\nBROKER_PID=%s\n' "$port" "$pid" >"$dir/broker.env"
-  # The state topic is compacted and co-partitioned with the frames topic (same count).
+  # The state topic is compacted and co-partitioned with the frames topic (same count). The
+  # frames and dead-letter topics carry frames of up to 4 MiB plus headers (`vigil topics
+  # create` sets the same).
   for topic in vigil.frames vigil.observations vigil.dlq vigil.violations vigil.state; do
     config=()
     [ "$topic" = vigil.state ] && config=(--config cleanup.policy=compact)
+    case "$topic" in vigil.frames|vigil.dlq) config=(--config max.message.bytes=4456448) ;; esac
     "$TOOLS/bin/nisshi" topic create --broker "tcp://127.0.0.1:$port" \
       --partitions "$partitions" "${config[@]}" --silent "$topic" >>"$dir/broker.log" 2>&1 || {
         echo "could not create topic $topic; log:" >&2; tail -20 "$dir/broker.log" >&2; exit 1; }

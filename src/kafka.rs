@@ -146,13 +146,24 @@ pub fn headers_from<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) ->
     })
 }
 
-/// Creates topics that do not exist yet; existing ones are left alone (idempotent).
+/// Room for a frame's headers (and a dead letter's reason headers) on top of its payload.
+pub const HEADER_ROOM: usize = 256 * 1024;
+
+/// The `max.message.bytes` a topic needs to carry frames of up to `max_frame_bytes`.
+pub fn message_bytes_for(max_frame_bytes: usize) -> usize {
+    max_frame_bytes + HEADER_ROOM
+}
+
+/// Creates topics that do not exist yet; existing ones are left alone (idempotent). Topics in
+/// `compacted` get `cleanup.policy=compact`; `sized` ones get `max.message.bytes` set to the
+/// given size.
 pub async fn create_topics(
     kafka: &KafkaArgs,
     names: &[String],
     partitions: i32,
     replication: i32,
     compacted: &[String],
+    sized: &[(String, usize)],
 ) -> Result<Vec<(String, bool)>, ClientError> {
     let admin: AdminClient<DefaultClientContext> =
         kafka
@@ -162,15 +173,21 @@ pub async fn create_topics(
                 what: "admin client",
                 source,
             })?;
+    let sizes: Vec<(String, String)> = sized
+        .iter()
+        .map(|(n, b)| (n.clone(), b.to_string()))
+        .collect();
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|n| {
-            let t = NewTopic::new(n, partitions, TopicReplication::Fixed(replication));
+            let mut t = NewTopic::new(n, partitions, TopicReplication::Fixed(replication));
             if compacted.contains(n) {
-                t.set("cleanup.policy", "compact")
-            } else {
-                t
+                t = t.set("cleanup.policy", "compact");
             }
+            if let Some((_, b)) = sizes.iter().find(|(s, _)| s == n) {
+                t = t.set("max.message.bytes", b);
+            }
+            t
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -203,6 +220,51 @@ pub async fn create_topics(
         }
     }
     Ok(out)
+}
+
+/// The `max.message.bytes` each topic has on the brokers, where they answer (`None` for a topic
+/// they gave no value for, or for all if describing configs is not supported).
+pub async fn max_message_bytes(kafka: &KafkaArgs, topics: &[&str]) -> Vec<Option<usize>> {
+    use rdkafka::admin::ResourceSpecifier;
+    let none = vec![None; topics.len()];
+    let Ok(admin) = kafka.config(&[]).and_then(|c| {
+        c.create::<AdminClient<DefaultClientContext>>()
+            .map_err(|source| ClientError::Create {
+                what: "admin client",
+                source,
+            })
+    }) else {
+        return none;
+    };
+    let specs: Vec<ResourceSpecifier> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    match admin.describe_configs(&specs, &opts).await {
+        Ok(results) => results
+            .into_iter()
+            .map(|r| {
+                r.ok()?
+                    .get("max.message.bytes")?
+                    .value
+                    .as_deref()?
+                    .parse()
+                    .ok()
+            })
+            .collect(),
+        Err(_) => none,
+    }
+}
+
+/// Warns, naming the keys, where a topic's `max.message.bytes` cannot carry frames of
+/// `--max-frame-bytes` (records over it would be refused by the broker).
+pub async fn check_message_sizes(kafka: &KafkaArgs, topics: &[&str], max_frame_bytes: usize) {
+    let sizes = max_message_bytes(kafka, topics).await;
+    for (topic, size) in topics.iter().zip(sizes) {
+        if let Some(size) = size.filter(|&s| s < max_frame_bytes) {
+            tracing::warn!(topic, max_message_bytes = size, max_frame_bytes,
+                "the topic's max.message.bytes is below --max-frame-bytes: larger frames will be refused by the broker; raise max.message.bytes (vigil topics create sets it) or lower --max-frame-bytes");
+        }
+    }
 }
 
 /// Returns the partition count of each named topic, or an error naming the first missing one.

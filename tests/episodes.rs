@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::process::Command;
 use std::time::Duration;
 
@@ -242,6 +242,56 @@ async fn a_flickering_camera_yields_one_episode() -> Result {
         main == ["opened", "resolved"],
         "one episode, not many: {main:?}"
     );
+    Ok(())
+}
+
+/// Every deploy restarts workers mid-episode. State is checkpointed in offset order before
+/// offsets are committed, so however often a worker stops and another takes over, the episode
+/// keeps its id and, after deduplication, the events equal an undisturbed run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_mid_episode_never_change_the_episode_id() -> Result {
+    let script = format!("{}{}", "V".repeat(16), "C".repeat(20));
+    let all = scene("cam-r", T0, 0, &script);
+    let undisturbed = dedup(&run_once(&all, 3).await?);
+
+    let topics = create_topics(2).await?;
+    let group = unique("g");
+    let rules = rules_file()?;
+    let args = ["--rules", rules.path().to_str().unwrap()];
+    let mut sent = 0;
+    for (round, chunk) in all.chunks(7).enumerate() {
+        let mut w = Worker::start(&topics, &group, &args)?;
+        produce(&topics.frames, chunk).await?;
+        sent += chunk.len();
+        collect(
+            &topics.observations,
+            sent,
+            Duration::from_secs(120),
+            Duration::ZERO,
+        )
+        .await
+        .with_context(|| format!("round {round}:\n{}", w.log_text()))?;
+        w.signal("TERM")?;
+        let status = w.wait(Duration::from_secs(40))?;
+        ensure!(
+            status.success(),
+            "round {round}: SIGTERM exits 0:\n{}",
+            w.log_text()
+        );
+    }
+    let events = events_until(
+        &topics.violations,
+        undisturbed.len(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let got = dedup(&events);
+    ensure!(
+        got == undisturbed,
+        "after dedup by event_id:\n{got:?}\nundisturbed:\n{undisturbed:?}"
+    );
+    let ids: BTreeSet<&str> = events.iter().map(|(e, _)| e.episode_id.as_str()).collect();
+    ensure!(ids.len() == 1, "one episode id across restarts: {ids:?}");
     Ok(())
 }
 

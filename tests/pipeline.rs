@@ -530,7 +530,7 @@ async fn a_worker_on_one_core_drains_and_commits_on_revoke() -> Result {
         &["taskset", "-c", "0"],
         &topics,
         &group,
-        &["--max-in-flight", "8", "--decode-threads", "1"],
+        &["--max-in-flight", "8"],
     )?;
     collect(
         &topics.observations,

@@ -5,6 +5,9 @@
 pub mod alerts;
 pub mod gateway;
 pub mod tail;
+pub mod topics;
+
+use topics::TopicsArgs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -257,30 +260,6 @@ pub struct WorkerArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct TopicsArgs {
-    #[command(subcommand)]
-    pub action: TopicsAction,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum TopicsAction {
-    /// Create the frames, observations, dead-letter, violations and (compacted) state topics,
-    /// all with the same partition count; existing ones are kept.
-    Create {
-        #[command(flatten)]
-        kafka: KafkaArgs,
-        #[command(flatten)]
-        topics: TopicArgs,
-        /// Partitions per topic; the unit of parallelism across workers.
-        #[arg(long, default_value_t = 6)]
-        partitions: i32,
-        /// Replication factor.
-        #[arg(long, default_value_t = 1)]
-        replication: i32,
-    },
-}
-
-#[derive(Debug, Args)]
 pub struct TailArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -451,38 +430,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     .await
                     .map_err(|e| (1, e))
             }
-            Command::Topics(TopicsArgs {
-                action:
-                    TopicsAction::Create {
-                        kafka,
-                        topics,
-                        partitions,
-                        replication,
-                    },
-            }) => {
-                let names = vec![
-                    topics.frames_topic,
-                    topics.observations_topic,
-                    topics.dlq_topic,
-                    topics.violations_topic,
-                    topics.state_topic.clone(),
-                ];
-                // The state topic is compacted; all share one partition count (co-partitioned).
-                let compacted = [topics.state_topic];
-                let created = crate::kafka::create_topics(
-                    &kafka,
-                    &names,
-                    partitions,
-                    replication,
-                    &compacted,
-                )
-                .await
-                .map_err(|e| (1, anyhow::anyhow!(e)))?;
-                for (name, new) in created {
-                    println!("{name}: {}", if new { "created" } else { "exists" });
-                }
-                Ok(())
-            }
+            Command::Topics(args) => topics::run(args).await.map_err(|e| (1, e)),
             Command::Alerts(a) => {
                 let cfg = alerts::AlertsConfig {
                     kafka: a.kafka,

@@ -55,11 +55,12 @@ pub struct DeadLetter {
 }
 
 /// A state-topic record: one (camera, rule)'s episode state, serialised by the episodes stage.
+#[derive(Debug, Clone, PartialEq)]
 pub struct StateRecord {
     /// Unique per (camera, rule), so compaction keeps the latest of each.
     pub key: String,
-    /// The serialised state (JSON).
-    pub value: Vec<u8>,
+    /// The serialised state (JSON); `None` is a tombstone (the entry was evicted).
+    pub value: Option<Vec<u8>>,
 }
 
 /// A frame's observation with the episode events and state changes it caused.
@@ -67,7 +68,7 @@ pub struct Judged {
     pub obs: Observation,
     /// Events the frame raised, keyed by their camera when published.
     pub events: Vec<ViolationEvent>,
-    /// State records, written once the observation and events are acknowledged.
+    /// State records, checkpointed once the observation and events are acknowledged.
     pub states: Vec<StateRecord>,
 }
 

@@ -23,6 +23,9 @@ pub mod header {
     pub const SOURCE_PARTITION: &str = "source_partition";
     pub const SOURCE_OFFSET: &str = "source_offset";
     pub const WORKER: &str = "worker";
+    /// Added by the worker on a dead letter sent without its payload (the dead-letter topic
+    /// refused it as too large): the payload's size in bytes.
+    pub const PAYLOAD_DROPPED: &str = "payload_dropped";
 }
 
 /// Default largest frame, in bytes, that gateways publish and workers accept.
@@ -79,7 +82,11 @@ impl Default for Limits {
 }
 
 /// Checks a capture time against the floor and, relative to `now_ms`, the limits.
-pub fn check_event_time(captured_at_ms: i64, now_ms: i64, limits: &Limits) -> Result<(), Rejection> {
+pub fn check_event_time(
+    captured_at_ms: i64,
+    now_ms: i64,
+    limits: &Limits,
+) -> Result<(), Rejection> {
     let bad = |why: String| {
         Err(Rejection::new(
             Reason::BadHeader,
@@ -169,7 +176,10 @@ pub fn parse_meta(
     if seq > i64::MAX as u64 {
         return Err(Rejection::new(
             Reason::BadHeader,
-            format!("header `seq` is {seq}, over the largest sequence number {}", i64::MAX),
+            format!(
+                "header `seq` is {seq}, over the largest sequence number {}",
+                i64::MAX
+            ),
         ));
     }
     let zone = text_header(headers, header::ZONE)?;
@@ -278,7 +288,10 @@ pub(crate) mod tests {
         assert_eq!(err.reason, Reason::BadHeader);
         assert!(err.detail.contains("seq"), "{}", err.detail);
         h[3].1 = i64::MAX.to_string().into_bytes();
-        assert_eq!(parse_meta(Some(b"cam-0001"), &h).unwrap().seq, i64::MAX as u64);
+        assert_eq!(
+            parse_meta(Some(b"cam-0001"), &h).unwrap().seq,
+            i64::MAX as u64
+        );
         h[3].1 = b"-1".to_vec();
         assert_eq!(
             parse_meta(Some(b"cam-0001"), &h).unwrap_err().reason,
@@ -294,8 +307,8 @@ pub(crate) mod tests {
             i64::MIN,
             -1,
             0,
-            1_700_000_000,            // seconds, not milliseconds
-            now + 3_600_000,          // an hour ahead
+            1_700_000_000,   // seconds, not milliseconds
+            now + 3_600_000, // an hour ahead
             i64::MAX,
         ] {
             let err = check_event_time(bad, now, &limits).unwrap_err();

@@ -83,15 +83,28 @@ impl Judge {
             }
             events.push(ev);
         }
-        let states = j
+        let mut states: Vec<StateRecord> = j
             .changed
             .iter()
             .map(|s| StateRecord {
                 key: s.key(),
                 // A struct of strings and numbers: serialising it cannot fail.
-                value: serde_json::to_vec(s).unwrap_or_default(),
+                value: Some(serde_json::to_vec(s).unwrap_or_default()),
             })
             .collect();
+        for e in &j.evicted {
+            states.push(StateRecord {
+                key: e.key(),
+                value: None,
+            });
+            // The camera's own series go with its state (they come back with its next frame).
+            if let Some(c) = &self.metrics.camera_violations {
+                let _ = c.remove_label_values(&[&e.site, &e.camera, &e.rule]);
+            }
+            if let Some(g) = &self.metrics.camera_last_frame {
+                let _ = g.remove_label_values(&[&e.site, &e.camera]);
+            }
+        }
         Judged {
             obs,
             events,

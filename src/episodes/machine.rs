@@ -24,6 +24,7 @@ use crate::contract::Verdict;
 pub use crate::contract::{EventKind, Severity};
 pub use crate::rules::EpisodePolicy;
 
+/// Milliseconds of a policy duration (validated finite and non-negative; `as` saturates).
 fn ms(secs: f64) -> i64 {
     (secs * 1e3).round() as i64
 }
@@ -169,13 +170,13 @@ impl EpisodeState {
         let mut events = Vec::new();
         let mut ts = s.captured_at_ms;
         if let Some(last) = self.last_frame_ms {
-            if ts < last - ms(p.lateness_secs) {
+            if ts < last.saturating_sub(ms(p.lateness_secs)) {
                 self.late_frames += 1;
                 return events;
             }
             // Within the allowed lateness: counted, but time does not go backwards.
             ts = ts.max(last);
-            if ts - last > ms(p.silence_timeout_secs) {
+            if ts.saturating_sub(last) > ms(p.silence_timeout_secs) {
                 self.silence(camera, rule, last, &mut events);
             }
         }
@@ -186,7 +187,7 @@ impl EpisodeState {
             // so a single frame moves the level halfway, never all the way.
             let dt = match self.last_evidence_ms {
                 None => p.half_life_secs,
-                Some(prev) => (ts - prev).max(0) as f64 / 1e3,
+                Some(prev) => ts.saturating_sub(prev).max(0) as f64 / 1e3,
             };
             let alpha = 1.0 - (-dt / p.half_life_secs).exp2();
             self.level += (x - self.level) * alpha;
@@ -239,14 +240,14 @@ impl EpisodeState {
     ) -> Vec<Event> {
         let mut events = Vec::new();
         if let Some(last) = self.last_frame_ms {
-            if watermark_ms - last > ms(p.silence_timeout_secs)
+            if watermark_ms.saturating_sub(last) > ms(p.silence_timeout_secs)
                 && !matches!(self.phase, Phase::Idle)
             {
                 self.silence(camera, rule, last, &mut events);
             }
         }
         if let Phase::Clearing { cleared_at_ms, .. } = self.phase {
-            if watermark_ms - cleared_at_ms >= ms(p.cooldown_secs) {
+            if watermark_ms.saturating_sub(cleared_at_ms) >= ms(p.cooldown_secs) {
                 self.resolve(
                     camera,
                     rule,
@@ -273,7 +274,7 @@ impl EpisodeState {
             Phase::Idle => {
                 if let Some(start) = self
                     .above_since_ms
-                    .filter(|&t| ts - t >= ms(p.min_open_secs))
+                    .filter(|&t| ts.saturating_sub(t) >= ms(p.min_open_secs))
                 {
                     let mut episode = Episode {
                         id: episode_id(camera, rule, start),
@@ -282,7 +283,7 @@ impl EpisodeState {
                         peak_level: self.level,
                         level_sum: self.level,
                         frames: 1,
-                        severity: severity(p, ts - start),
+                        severity: severity(p, ts.saturating_sub(start)),
                         events: 0,
                         last_event_ms: ts,
                         evidence: s.level.map(|l| Evidence {
@@ -305,11 +306,11 @@ impl EpisodeState {
                 }
             }
             Phase::Open { episode } => {
-                let severity = severity(p, ts - episode.opened_at_ms);
+                let severity = severity(p, ts.saturating_sub(episode.opened_at_ms));
                 let reason = if severity != episode.severity {
                     episode.severity = severity;
                     Some("severity")
-                } else if ts - episode.last_event_ms >= ms(p.heartbeat_secs) {
+                } else if ts.saturating_sub(episode.last_event_ms) >= ms(p.heartbeat_secs) {
                     Some("heartbeat")
                 } else {
                     None
@@ -325,14 +326,17 @@ impl EpisodeState {
                         None,
                     ));
                 }
-                if let Some(cleared) = self.below_since_ms.filter(|&t| ts - t >= ms(p.clear_secs)) {
+                if let Some(cleared) = self
+                    .below_since_ms
+                    .filter(|&t| ts.saturating_sub(t) >= ms(p.clear_secs))
+                {
                     let episode = episode.clone();
                     self.phase = Phase::Clearing {
                         episode,
                         cleared_at_ms: cleared,
                     };
                     // The cooldown may already have passed (sparse frames).
-                    if ts - cleared >= ms(p.cooldown_secs) {
+                    if ts.saturating_sub(cleared) >= ms(p.cooldown_secs) {
                         self.resolve(camera, rule, cleared, ts, "cleared", events);
                     }
                 }
@@ -345,7 +349,7 @@ impl EpisodeState {
                     // A relapse within the cooldown: the same episode goes on.
                     let episode = episode.clone();
                     self.phase = Phase::Open { episode };
-                } else if ts - *cleared_at_ms >= ms(p.cooldown_secs) {
+                } else if ts.saturating_sub(*cleared_at_ms) >= ms(p.cooldown_secs) {
                     let cleared = *cleared_at_ms;
                     self.resolve(camera, rule, cleared, ts, "cleared", events);
                 }

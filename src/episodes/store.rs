@@ -60,19 +60,37 @@ pub struct Judgement {
     pub stale: Vec<String>,
     /// Seconds (event time) spent in an open episode, per (site, rule).
     pub violation_secs: Vec<(String, String, f64)>,
+    /// Entries evicted for silence past the store's TTL: their state-topic keys get tombstones.
+    pub evicted: Vec<StoredState>,
 }
 
 #[derive(Debug, Default)]
 struct PartitionStates {
     /// Newest `captured_at` seen on the partition: event time for silence and cooldown checks.
     watermark: i64,
+    /// Watermark of the last eviction sweep.
+    swept_at: i64,
     entries: HashMap<(String, String), StoredState>,
 }
 
+/// Default time-to-live of an idle entry: a camera silent (in event time) for an hour is
+/// forgotten, and its state-topic key tombstoned.
+pub const DEFAULT_STATE_TTL_MS: i64 = 60 * 60 * 1000;
+/// How often (in event time) a partition is swept for entries past their TTL.
+const SWEEP_EVERY_MS: i64 = 60 * 1000;
+
 /// Every assigned partition's entries.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StateStore {
     partitions: Mutex<HashMap<i32, PartitionStates>>,
+    /// Idle entries whose camera has been silent this long (event time) are evicted.
+    ttl_ms: i64,
+}
+
+impl Default for StateStore {
+    fn default() -> Self {
+        StateStore::with_ttl(DEFAULT_STATE_TTL_MS)
+    }
 }
 
 impl StateStore {
@@ -80,10 +98,32 @@ impl StateStore {
         Self::default()
     }
 
+    pub fn with_ttl(ttl_ms: i64) -> Self {
+        StateStore {
+            partitions: Mutex::default(),
+            ttl_ms,
+        }
+    }
+
+    /// Entries held, over all partitions.
+    pub fn len(&self) -> usize {
+        self.partitions
+            .lock()
+            .expect("state lock")
+            .values()
+            .map(|p| p.entries.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Replaces a partition's entries with restored ones.
     pub fn install(&self, partition: i32, entries: Vec<StoredState>) {
         let mut p = PartitionStates::default();
         for e in entries {
+            p.swept_at = p.swept_at.max(e.state.last_frame_ms.unwrap_or(0));
             p.watermark = p.watermark.max(e.state.last_frame_ms.unwrap_or(0));
             p.entries.insert((e.camera.clone(), e.rule.clone()), e);
         }
@@ -200,6 +240,21 @@ impl StateStore {
                 }
                 out.changed.push(entry.clone());
             }
+        }
+        // Idle entries of cameras silent past the TTL are forgotten, so that the store (and
+        // the state topic, through tombstones) holds the cameras that are live, not every camera
+        // ever seen. Driven by event time, like everything else here: replays evict the same.
+        if watermark.saturating_sub(part.swept_at) >= SWEEP_EVERY_MS {
+            part.swept_at = watermark;
+            let cutoff = watermark.saturating_sub(self.ttl_ms);
+            part.entries.retain(|_, e| {
+                let keep = !matches!(e.state.phase, Phase::Idle)
+                    || e.state.last_frame_ms.is_some_and(|t| t >= cutoff);
+                if !keep {
+                    out.evicted.push(e.clone());
+                }
+                keep
+            });
         }
         out
     }
@@ -336,5 +391,38 @@ mod tests {
             .changed
             .iter()
             .any(|s| s.camera == "a" && s.applied_offset == 12));
+    }
+
+    #[test]
+    fn idle_cameras_silent_past_the_ttl_are_evicted() {
+        let store = StateStore::with_ttl(120_000);
+        let policies = policies();
+        let t0 = 1_700_000_000_000;
+        for i in 0..5 {
+            store.judge(
+                0,
+                i,
+                &obs(&format!("cam-{i}"), t0, Verdict::Compliant, 0.0),
+                &policies,
+            );
+        }
+        assert_eq!(store.len(), 5);
+        store.judge(
+            0,
+            50,
+            &obs("cam-recent", t0 + 100_000, Verdict::Compliant, 0.0),
+            &policies,
+        );
+        // Sweeps run every 60 s of event time: the next one is due at t0 + 160 s.
+        let j = store.judge(
+            0,
+            100,
+            &obs("cam-late", t0 + 170_000, Verdict::Compliant, 0.0),
+            &policies,
+        );
+        let mut evicted: Vec<_> = j.evicted.iter().map(|e| e.camera.clone()).collect();
+        evicted.sort();
+        assert_eq!(evicted, ["cam-0", "cam-1", "cam-2", "cam-3", "cam-4"]);
+        assert_eq!(store.len(), 2, "cam-recent and cam-late stay");
     }
 }

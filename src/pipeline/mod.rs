@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::contract::StageError;
 use crate::episodes::StateStore;
 use crate::kafka::KafkaArgs;
+use crate::sink::Checkpoints;
 use crate::source::PartitionHooks;
 
 pub use config::{default_worker_id, session_timeout, WorkerConfig, DEFAULT_SESSION_TIMEOUT};
@@ -29,6 +30,8 @@ struct Restorer {
     group: String,
     state_topic: String,
     store: Arc<StateStore>,
+    /// Delivered frames' state, checkpointed on request before a revoke commits.
+    checkpoints: Arc<Checkpoints>,
 }
 
 impl PartitionHooks for Restorer {
@@ -52,7 +55,12 @@ impl PartitionHooks for Restorer {
         Ok(())
     }
 
+    fn revoking(&self, _partitions: &[i32]) {
+        self.checkpoints.wake.notify_one();
+    }
+
     fn revoked(&self, partitions: &[i32]) {
         self.store.remove(partitions);
+        self.checkpoints.forget(partitions);
     }
 }

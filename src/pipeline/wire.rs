@@ -29,9 +29,13 @@ use crate::decode::{DecodeJob, Decoder, Pending};
 use crate::episodes::{Judge, StateStore};
 use crate::infer::{FramePlan, Infer};
 use crate::kafka;
-use crate::sink::{Sink, Topics};
+use crate::sink::{Checkpoints, Emitter, Sink, Topics};
 use crate::source::{self, Record, SourceConfig};
 use crate::telemetry::{self, Metrics};
+
+/// How often delivered frames' episode state is checkpointed and their offsets stored (the
+/// consumer commits stored offsets every second).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Runs a worker until `shutdown` resolves, then drains, commits and returns.
 pub async fn run(
@@ -71,6 +75,12 @@ pub async fn run(
         .producer(64 * 1024 * 1024)
         .map_err(|e| anyhow!(e))?;
     check_topics(&cfg, &producer).await?;
+    kafka::check_message_sizes(
+        &cfg.kafka,
+        &[&cfg.frames_topic, &cfg.dlq_topic],
+        cfg.limits.max_frame_bytes,
+    )
+    .await;
 
     let store = Arc::new(StateStore::new());
     let judge = Arc::new(Judge::new(
@@ -81,11 +91,13 @@ pub async fn run(
         cfg.worker_id.clone(),
     ));
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<StageError>(4);
+    let checkpoints = Arc::new(Checkpoints::default());
     let hooks = Arc::new(Restorer {
         kafka: cfg.kafka.clone(),
         group: cfg.group.clone(),
         state_topic: cfg.state_topic.clone(),
         store: store.clone(),
+        checkpoints: checkpoints.clone(),
     });
     let mut source = source::start(
         &SourceConfig {
@@ -118,13 +130,15 @@ pub async fn run(
     let emitter = spawn_stage(
         "sink",
         fatal_tx.clone(),
-        crate::sink::emit(
+        Emitter {
             sink,
-            producer.clone(),
-            source.acknowledger(&cfg.frames_topic),
-            metrics.clone(),
-            out_rx,
-        ),
+            producer: producer.clone(),
+            acks: source.acknowledger(&cfg.frames_topic),
+            checkpoints: checkpoints.clone(),
+            metrics: metrics.clone(),
+            checkpoint_interval: CHECKPOINT_INTERVAL,
+        }
+        .run(out_rx),
     );
     let (observed_tx, observed_rx) = mpsc::channel::<Observed>(cfg.batch.max_batch * 2);
     let mut stages = vec![spawn_infallible(

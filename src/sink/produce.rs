@@ -12,7 +12,10 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::codec::Codecs;
-use crate::contract::{header, DeadLetter, Judged, Origin, Outcome, Reason};
+use crate::contract::{
+    header, DeadLetter, Judged, Observation, Origin, Outcome, RawFrame, Reason, Rejection,
+    StateRecord, ViolationEvent,
+};
 use crate::kafka;
 
 /// Where the sink publishes, and how it encodes.
@@ -53,6 +56,8 @@ impl std::fmt::Display for DeliveryError {
 /// Result of one outcome's produce: the frame it settles, and how it went.
 pub struct Delivery {
     pub origin: Origin,
+    /// The frame's state changes, to be checkpointed once delivered.
+    pub states: Vec<StateRecord>,
     pub result: Result<(), DeliveryError>,
     pub took: Duration,
     /// Some(captured_at) for observations (end-to-end latency), None for dead letters.
@@ -73,11 +78,15 @@ impl Sink {
             Outcome::Observation(origin, judged) => Box::pin(async move {
                 let t = Instant::now();
                 let captured_at_ms = Some(judged.obs.captured_at_ms);
-                let result = sink
-                    .observation(&producer, origin.ticket.partition, *judged)
-                    .await;
+                let Judged {
+                    obs,
+                    events,
+                    states,
+                } = *judged;
+                let result = sink.observation(&producer, obs, events).await;
                 Delivery {
                     origin,
+                    states,
                     result,
                     took: t.elapsed(),
                     captured_at_ms,
@@ -94,39 +103,10 @@ impl Sink {
                         raw,
                         rejection,
                     } = *dl;
-                    let partition = origin.ticket.partition.to_string();
-                    let offset = origin.ticket.offset.to_string();
-                    let mut all: Vec<(&str, &[u8])> = raw
-                        .headers
-                        .iter()
-                        .filter(|(k, _)| {
-                            !k.starts_with("reason")
-                                && !k.starts_with("source_")
-                                && k != header::WORKER
-                        })
-                        .map(|(k, v)| (k.as_str(), v.as_slice()))
-                        .collect();
-                    all.extend([
-                        (header::REASON, rejection.reason.as_str().as_bytes()),
-                        (header::REASON_DETAIL, rejection.detail.as_bytes()),
-                        (header::SOURCE_TOPIC, sink.topics.frames.as_bytes()),
-                        (header::SOURCE_PARTITION, partition.as_bytes()),
-                        (header::SOURCE_OFFSET, offset.as_bytes()),
-                        (header::WORKER, sink.worker_id.as_bytes()),
-                    ]);
-                    let mut rec = FutureRecord::to(&sink.topics.dlq)
-                        .payload(&raw.payload)
-                        .headers(kafka::headers_from(all));
-                    if let Some(k) = raw.key.as_deref() {
-                        rec = rec.key(k);
-                    }
-                    let result = producer
-                        .send(rec, Timeout::Never)
-                        .await
-                        .map(|_| ())
-                        .map_err(|(e, _)| DeliveryError::Kafka(e));
+                    let result = sink.dead_letter(&producer, &origin, &raw, &rejection).await;
                     Delivery {
                         origin,
+                        states: Vec::new(),
                         result,
                         took: t.elapsed(),
                         captured_at_ms: None,
@@ -137,20 +117,14 @@ impl Sink {
         }
     }
 
-    /// Phase 1: the observation and the episode events, concurrently. Phase 2: the state, only
-    /// once the events it accounts for are acknowledged, into the frame's own partition number
-    /// (co-partitioned).
+    /// The observation and the episode events, concurrently. The frame's state follows at the
+    /// next checkpoint.
     async fn observation(
         &self,
         producer: &FutureProducer,
-        partition: i32,
-        judged: Judged,
+        obs: Observation,
+        events: Vec<ViolationEvent>,
     ) -> Result<(), DeliveryError> {
-        let Judged {
-            obs,
-            events,
-            states,
-        } = judged;
         let encode = |e: crate::codec::avro::CodecError| DeliveryError::Encode(e.to_string());
         let payload = self.codecs.observations.encode(&obs).map_err(encode)?;
         let mut encoded = Vec::with_capacity(events.len());
@@ -171,7 +145,7 @@ impl Sink {
                 producer,
                 &self.topics.observations,
                 obs.camera.as_bytes(),
-                &payload,
+                Some(&payload),
                 obs_headers,
                 None,
             )
@@ -179,28 +153,107 @@ impl Sink {
         );
         for (key, value) in &encoded {
             let h = kafka::headers_from([("content-type", AVRO)]);
-            first.push(enqueue(producer, &self.topics.violations, key, value, h, None).await);
+            first.push(enqueue(producer, &self.topics.violations, key, Some(value), h, None).await);
         }
-        settle_all(first).await?;
-        if !states.is_empty() {
-            let mut second = Vec::with_capacity(states.len());
-            for s in &states {
-                second.push(
-                    enqueue(
-                        producer,
-                        &self.topics.state,
-                        s.key.as_bytes(),
-                        &s.value,
-                        OwnedHeaders::new(),
-                        Some(partition),
-                    )
-                    .await,
-                );
-            }
-            settle_all(second).await?;
-        }
-        Ok(())
+        settle_all(first).await
     }
+
+    /// The dead letter: the frame as read, with the reason headers. One that the dead-letter topic
+    /// refuses as too large is replaced by one without the payload (a `payload_dropped` header
+    /// gives its size), so that an oversized frame cannot stop its partition.
+    async fn dead_letter(
+        &self,
+        producer: &FutureProducer,
+        origin: &Origin,
+        raw: &RawFrame,
+        rejection: &Rejection,
+    ) -> Result<(), DeliveryError> {
+        let partition = origin.ticket.partition.to_string();
+        let offset = origin.ticket.offset.to_string();
+        let dropped = raw.payload.len().to_string();
+        let mut headers: Vec<(&str, &[u8])> = raw
+            .headers
+            .iter()
+            .filter(|(k, _)| {
+                !k.starts_with("reason")
+                    && !k.starts_with("source_")
+                    && k != header::WORKER
+                    && k != header::PAYLOAD_DROPPED
+            })
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        headers.extend([
+            (header::REASON, rejection.reason.as_str().as_bytes()),
+            (header::REASON_DETAIL, rejection.detail.as_bytes()),
+            (header::SOURCE_TOPIC, self.topics.frames.as_bytes()),
+            (header::SOURCE_PARTITION, partition.as_bytes()),
+            (header::SOURCE_OFFSET, offset.as_bytes()),
+            (header::WORKER, self.worker_id.as_bytes()),
+        ]);
+        let key = raw.key.as_deref();
+        match send(producer, &self.topics.dlq, key, &raw.payload, &headers).await {
+            Ok(()) => Ok(()),
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                tracing::warn!(
+                    bytes = raw.payload.len(),
+                    partition = origin.ticket.partition,
+                    offset = origin.ticket.offset,
+                    "dead letter too large for the dead-letter topic; sent without its payload"
+                );
+                headers.push((header::PAYLOAD_DROPPED, dropped.as_bytes()));
+                send(producer, &self.topics.dlq, key, &[], &headers)
+                    .await
+                    .map_err(DeliveryError::Kafka)
+            }
+            Err(e) => Err(DeliveryError::Kafka(e)),
+        }
+    }
+
+    /// Writes a checkpoint of one partition: the records, into the frames' own partition number
+    /// of the state topic (co-partitioned), all acknowledged before this returns.
+    pub async fn write_state(
+        &self,
+        producer: &FutureProducer,
+        partition: i32,
+        records: &[StateRecord],
+    ) -> Result<(), DeliveryError> {
+        let mut sends = Vec::with_capacity(records.len());
+        for r in records {
+            sends.push(
+                enqueue(
+                    producer,
+                    &self.topics.state,
+                    r.key.as_bytes(),
+                    r.value.as_deref(),
+                    OwnedHeaders::new(),
+                    Some(partition),
+                )
+                .await,
+            );
+        }
+        settle_all(sends).await
+    }
+}
+
+/// Produces one record and waits for the broker's acknowledgement.
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    headers: &[(&str, &[u8])],
+) -> Result<(), KafkaError> {
+    let mut rec = FutureRecord::to(topic)
+        .payload(payload)
+        .headers(kafka::headers_from(headers.iter().copied()));
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    producer
+        .send(rec, Timeout::Never)
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
 }
 
 /// Hands a record to the producer, waiting while its queue is full; the future resolves on the
@@ -209,14 +262,14 @@ async fn enqueue(
     producer: &FutureProducer,
     topic: &str,
     key: &[u8],
-    value: &[u8],
+    value: Option<&[u8]>,
     headers: OwnedHeaders,
     partition: Option<i32>,
 ) -> Result<DeliveryFuture, KafkaError> {
-    let mut rec = FutureRecord::to(topic)
-        .key(key)
-        .payload(value)
-        .headers(headers);
+    let mut rec = FutureRecord::to(topic).key(key).headers(headers);
+    if let Some(v) = value {
+        rec = rec.payload(v);
+    }
     if let Some(p) = partition {
         rec = rec.partition(p);
     }

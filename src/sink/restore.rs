@@ -1,5 +1,6 @@
 //! Restoring episode state: the assigned partitions of the state topic read from their start to
-//! their end by one consumer, all partitions at once, keeping the latest entry per key.
+//! their end by one consumer, all partitions at once, keeping per key the entry that applies to
+//! the most frames (a tombstone removes it).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -74,8 +75,15 @@ pub fn restore(
         let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
         match (key, m.payload()) {
             (Some(k), Some(v)) => match serde_json::from_slice::<StoredState>(v) {
+                // The entry that applies to the most frames wins, whatever the write order: a
+                // record left behind by an earlier owner cannot take the state back in time.
                 Ok(s) => {
-                    entries.insert(k, s);
+                    if entries
+                        .get(&k)
+                        .is_none_or(|old| old.applied_offset <= s.applied_offset)
+                    {
+                        entries.insert(k, s);
+                    }
                 }
                 Err(e) => {
                     return Err(fail(format!(

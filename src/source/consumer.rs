@@ -36,7 +36,10 @@ use crate::telemetry::Metrics;
 pub trait PartitionHooks: Send + Sync + 'static {
     /// Before any frame of `partitions` is read (restore their state). An error stops the worker.
     fn assigned(&self, partitions: &[i32]) -> Result<(), StageError>;
-    /// After the partitions' in-flight frames were delivered and committed.
+    /// A revoke has begun: what is delivered should be checkpointed now, not at the next tick.
+    fn revoking(&self, partitions: &[i32]);
+    /// After the partitions' in-flight frames were delivered, checkpointed and committed (or the
+    /// drain timed out).
     fn revoked(&self, partitions: &[i32]);
 }
 
@@ -58,6 +61,8 @@ pub struct SourceContext {
     hooks: Arc<dyn PartitionHooks>,
     /// A failed assignment stops the worker.
     fatal: mpsc::Sender<StageError>,
+    /// Set when an assignment or revoke failed: the consumer thread reads nothing more.
+    failed: Arc<AtomicBool>,
 }
 
 pub type FramesConsumer = BaseConsumer<SourceContext>;
@@ -99,10 +104,27 @@ impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts = partitions_of(tpl, &self.topic);
+            self.hooks.revoking(&parts);
             let drained = self.inflight.wait_drained(&parts, self.drain_timeout);
             commit_stored(consumer, &self.metrics);
             self.inflight.revoke(&parts);
             self.hooks.revoked(&parts);
+            if !drained {
+                // Frames of these partitions are still being written while their next owner
+                // starts: stop rather than keep writing for partitions this worker lost.
+                tracing::error!(partitions = ?parts, timeout_s = self.drain_timeout.as_secs_f64(),
+                    "revoked partitions did not drain in time; stopping");
+                self.failed.store(true, Ordering::Relaxed);
+                let _ = self.fatal.try_send(StageError::stop(
+                    "source",
+                    Domain::External,
+                    format!(
+                        "partitions {parts:?} were revoked but their frames did not drain within \
+                         --drain-timeout-secs ({} s)",
+                        self.drain_timeout.as_secs_f64()
+                    ),
+                ));
+            }
             for p in &parts {
                 let _ = self
                     .metrics
@@ -120,7 +142,9 @@ impl ConsumerContext for SourceContext {
                 match self.hooks.assigned(&parts) {
                     Ok(()) => tracing::info!(partitions = ?parts, "partitions assigned"),
                     Err(e) => {
+                        // No frame of these partitions may be judged against missing state.
                         tracing::error!(partitions = ?parts, error = %e, "assigned partitions not ready; stopping");
+                        self.failed.store(true, Ordering::Relaxed);
                         let _ = self.fatal.try_send(e);
                     }
                 }
@@ -172,6 +196,7 @@ pub fn start(
 ) -> Result<Source, StageError> {
     let setup = |e: String| StageError::stop("source", Domain::User, e);
     let inflight = Arc::new(InFlight::new(metrics.clone()));
+    let failed = Arc::new(AtomicBool::new(false));
     let context = SourceContext {
         inflight: inflight.clone(),
         metrics: metrics.clone(),
@@ -179,6 +204,7 @@ pub fn start(
         drain_timeout: cfg.drain_timeout,
         hooks,
         fatal: fatal.clone(),
+        failed: failed.clone(),
     };
     let session_ms = cfg.session_timeout.as_millis().to_string();
     let consumer: FramesConsumer = cfg
@@ -204,14 +230,17 @@ pub fn start(
     let (tx, records) = mpsc::channel(cfg.max_in_flight.max(1));
     let stop = Arc::new(AtomicBool::new(false));
     let slots = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
-    let thread = {
-        let (consumer, inflight, stop) = (consumer.clone(), inflight.clone(), stop.clone());
-        let runtime = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
+    let thread =
+        {
+            let (consumer, inflight) = (consumer.clone(), inflight.clone());
+            // Reading stops when asked to, and when a rebalance failed.
+            let stops = [stop.clone(), failed];
+            let runtime = tokio::runtime::Handle::current();
+            std::thread::Builder::new()
             .name("vigil-consumer".into())
             .spawn(move || {
                 let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    poll(&consumer, &inflight, &metrics, &slots, &tx, &stop, &runtime)
+                    poll(&consumer, &inflight, &metrics, &slots, &tx, &stops, &fatal, &runtime)
                 }));
                 if let Err(panic) = polled {
                     let what = panic
@@ -230,7 +259,7 @@ pub fn start(
             .map_err(|e| {
                 StageError::stop("source", Domain::Internal, format!("consumer thread: {e}"))
             })?
-    };
+        };
     Ok(Source {
         consumer,
         records,
@@ -240,20 +269,38 @@ pub fn start(
     })
 }
 
+/// Consumer errors that mean "this data cannot be read" rather than "the broker is away": the
+/// same batch comes back on every fetch, so they repeat forever instead of passing.
+const UNREADABLE: &[RDKafkaErrorCode] = &[
+    RDKafkaErrorCode::BadMessage,
+    RDKafkaErrorCode::InvalidMessage,
+    RDKafkaErrorCode::BadCompression,
+    RDKafkaErrorCode::NotImplemented,
+    RDKafkaErrorCode::UnsupportedFeature,
+    RDKafkaErrorCode::UnsupportedCompressionType,
+];
+/// How often an unreadable-data error repeats in a row before the worker stops.
+const UNREADABLE_REPEATS: u32 = 20;
+
 /// The consumer thread: takes an in-flight slot, polls (serving rebalance callbacks), registers
 /// the frame and hands it to the intake. Ends on `stop` or when the intake is gone.
+#[allow(clippy::too_many_arguments)]
 fn poll(
     consumer: &FramesConsumer,
     inflight: &InFlight,
     metrics: &Metrics,
     slots: &Arc<Semaphore>,
     tx: &mpsc::Sender<Record>,
-    stop: &AtomicBool,
+    stops: &[Arc<AtomicBool>; 2],
+    fatal: &mpsc::Sender<StageError>,
     runtime: &tokio::runtime::Handle,
 ) {
+    let stopped = || stops.iter().any(|s| s.load(Ordering::Relaxed));
+    // The last unreadable-data error and how often it repeated without a record in between.
+    let mut unreadable: (Option<RDKafkaErrorCode>, u32) = (None, 0);
     const TICK: Duration = Duration::from_millis(100);
     let mut slot = None;
-    while !stop.load(Ordering::Relaxed) {
+    while !stopped() {
         if slot.is_none() {
             // Wait for a slot, a tick at a time so that `stop` is seen.
             let acquire = async { tokio::time::timeout(TICK, slots.clone().acquire_owned()).await };
@@ -268,11 +315,44 @@ fn poll(
         let msg = match consumer.poll(TICK) {
             None => continue,
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "consumer error");
+                let code = e.rdkafka_error_code().filter(|c| UNREADABLE.contains(c));
+                let kind = if code.is_some() {
+                    "unreadable"
+                } else {
+                    "other"
+                };
+                metrics.consumer_errors.with_label_values(&[kind]).inc();
+                tracing::warn!(error = %e, kind, "consumer error");
+                if let Some(code) = code {
+                    unreadable = if unreadable.0 == Some(code) {
+                        (Some(code), unreadable.1 + 1)
+                    } else {
+                        (Some(code), 1)
+                    };
+                    if unreadable.1 >= UNREADABLE_REPEATS {
+                        // librdkafka fetches the same batch again and again: no dead letter can
+                        // be made of bytes it cannot hand over, so stop, loudly.
+                        let _ = fatal.blocking_send(StageError::stop(
+                            "source",
+                            Domain::External,
+                            format!(
+                                "the consumer failed {UNREADABLE_REPEATS} times in a row on data it \
+                                 cannot read ({e}), e.g. a batch in a compression codec this build \
+                                 lacks; stopping rather than fetching it forever"
+                            ),
+                        ));
+                        return;
+                    }
+                }
                 continue;
             }
             Some(Ok(m)) => m,
         };
+        unreadable = (None, 0);
+        if stopped() {
+            // A rebalance inside this poll failed: the record is left for the next owner.
+            return;
+        }
         metrics.frames_received.inc();
         let Some(permit) = slot.take() else { continue };
         let origin = Origin::new(inflight.register(msg.partition(), msg.offset()), permit);
@@ -317,8 +397,9 @@ impl Source {
     }
 }
 
-/// Completes frames once their outcome is delivered, and stores the offsets that become
-/// committable (librdkafka commits stored offsets in the background).
+/// The sink's handle on the source: completes frames once their outcome is delivered, and stores
+/// a partition's commit point once the state before it is checkpointed (librdkafka commits
+/// stored offsets in the background).
 #[derive(Clone)]
 pub struct Acknowledger {
     consumer: Arc<FramesConsumer>,
@@ -327,19 +408,30 @@ pub struct Acknowledger {
 }
 
 impl Acknowledger {
-    pub fn ack(&self, ticket: Ticket) {
-        if let Some(next) = self.inflight.complete(ticket) {
+    /// The frame's outcome is delivered.
+    pub fn complete(&self, ticket: Ticket) {
+        self.inflight.complete(ticket);
+    }
+
+    /// Partitions whose commit point is ahead of what is stored: (partition, generation, point).
+    pub fn checkpoint_targets(&self) -> Vec<(i32, u64, i64)> {
+        self.inflight.checkpoint_targets()
+    }
+
+    /// Every frame before `point` is delivered and its state checkpointed: store the offset.
+    pub fn store(&self, partition: i32, generation: u64, point: i64) {
+        self.inflight.mark_stored(partition, generation, point, || {
             let mut tpl = TopicPartitionList::new();
             if tpl
-                .add_partition_offset(&self.topic, ticket.partition, Offset::Offset(next))
+                .add_partition_offset(&self.topic, partition, Offset::Offset(point))
                 .is_err()
             {
                 return;
             }
             if let Err(e) = self.consumer.store_offsets(&tpl) {
                 // The partition was revoked meanwhile; its new owner starts from the last commit.
-                tracing::debug!(error = %e, partition = ticket.partition, "offset not stored");
+                tracing::debug!(error = %e, partition, "offset not stored");
             }
-        }
+        });
     }
 }

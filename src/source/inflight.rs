@@ -40,7 +40,8 @@ impl InFlight {
         ticket
     }
 
-    /// Marks a frame's outcome delivered; the partition's new commit point, if it moved.
+    /// Marks a frame's outcome delivered; the partition's new commit point, if it moved (it is
+    /// stored once the state before it is checkpointed).
     pub fn complete(&self, ticket: Ticket) -> Option<i64> {
         let mut t = self.lock();
         let point = t.complete(ticket);
@@ -51,13 +52,36 @@ impl InFlight {
         point
     }
 
-    /// Blocks until the partitions have nothing in flight or `timeout` passes; true if drained.
-    /// Only for the consumer thread, never the async runtime.
+    /// Partitions whose commit point is ahead of what is stored.
+    pub fn checkpoint_targets(&self) -> Vec<(i32, u64, i64)> {
+        self.lock().checkpoint_targets()
+    }
+
+    /// Stores a checkpointed commit point through `store` (which hands it to the consumer), unless
+    /// the partition was revoked or re-assigned since `generation`.
+    pub fn mark_stored(
+        &self,
+        partition: i32,
+        generation: u64,
+        point: i64,
+        store: impl FnOnce(),
+    ) -> bool {
+        let mut t = self.lock();
+        let current = t.mark_stored(partition, generation, point);
+        if current {
+            store();
+        }
+        self.changed.notify_all();
+        current
+    }
+
+    /// Blocks until the partitions are settled (nothing in flight, commit point stored) or
+    /// `timeout` passes; true if settled. Only for the consumer thread, never the async runtime.
     pub fn wait_drained(&self, partitions: &[i32], timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut t = self.lock();
         loop {
-            if partitions.iter().all(|p| t.in_flight(*p) == 0) {
+            if partitions.iter().all(|p| t.settled(*p)) {
                 return true;
             }
             let now = Instant::now();

@@ -1,7 +1,7 @@
 //! Intake: every check that can be made on a frame record before a decode is spent on it.
 
-use crate::contract::jpeg::{self, JpegInfo};
 use crate::contract::frame::check_event_time;
+use crate::contract::jpeg::{self, JpegInfo};
 use crate::contract::{parse_meta, FrameMeta, Limits, Reason, Rejection};
 
 /// Every check that can be made without decoding: headers, event time (against `now_ms`), size,
@@ -70,7 +70,8 @@ mod tests {
         assert_eq!(err.reason, Reason::PixelBudget);
         assert!(err.detail.contains("60000x60000"), "{}", err.detail);
         let small = crate::contract::jpeg::tests::minimal_jpeg(640, 480);
-        let (_, info) = validate(Some(b"cam-0001"), &good(), &small, &Limits::default(), NOW).unwrap();
+        let (_, info) =
+            validate(Some(b"cam-0001"), &good(), &small, &Limits::default(), NOW).unwrap();
         assert_eq!((info.width, info.height), (640, 480));
     }
 }

@@ -3,7 +3,12 @@
 //!
 //! Frames finish out of order (decode and inference run in parallel, dead letters skip the
 //! model), so the commit point of a partition is the lowest offset still pending, or one past the
-//! highest registered offset when nothing is pending. Pure and synchronous.
+//! highest registered offset when nothing is pending.
+//!
+//! A commit point is only *stored* (handed to the consumer for committing) once the episode
+//! state of every frame before it has been checkpointed; [`OffsetTracker::checkpoint_targets`]
+//! and [`OffsetTracker::mark_stored`] track that second step, and a partition is *settled* when
+//! nothing is in flight and its commit point is stored. Pure and synchronous.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -19,6 +24,8 @@ struct PartitionState {
     max_registered: Option<i64>,
     /// Last commit point handed out (next offset to read), so each is reported once.
     reported: Option<i64>,
+    /// Last commit point stored (its frames' state checkpointed).
+    stored: Option<i64>,
 }
 
 impl PartitionState {
@@ -84,6 +91,45 @@ impl OffsetTracker {
         }
         state.reported = Some(point);
         Some(point)
+    }
+
+    /// Partitions whose commit point is ahead of what is stored: (partition, generation, point).
+    /// Their state up to `point` is to be checkpointed, then [`mark_stored`](Self::mark_stored).
+    pub fn checkpoint_targets(&self) -> Vec<(i32, u64, i64)> {
+        let mut out: Vec<(i32, u64, i64)> = self
+            .partitions
+            .iter()
+            .filter_map(|(&p, s)| {
+                let point = s.commit_point()?;
+                (s.stored.is_none_or(|st| st < point)).then_some((p, s.generation, point))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Records that the partition's commit point `point` was stored; false (and nothing done)
+    /// if the partition was revoked or re-assigned since `generation`.
+    pub fn mark_stored(&mut self, partition: i32, generation: u64, point: i64) -> bool {
+        match self.partitions.get_mut(&partition) {
+            Some(s) if s.generation == generation => {
+                s.stored = Some(s.stored.map_or(point, |st| st.max(point)));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Nothing in flight on the partition, and its commit point stored.
+    pub fn settled(&self, partition: i32) -> bool {
+        self.partitions.get(&partition).is_none_or(|s| {
+            s.pending.is_empty()
+                && match (s.commit_point(), s.stored) {
+                    (None, _) => true,
+                    (Some(point), Some(stored)) => stored >= point,
+                    (Some(_), None) => false,
+                }
+        })
     }
 
     /// Forgets the given partitions (after a revoke); their outstanding tickets become no-ops.
@@ -214,5 +260,35 @@ mod tests {
             prop_assert_eq!(previous, last + 1);
             prop_assert_eq!(t.commit_points(), vec![(0, last + 1)]);
         }
+    }
+
+    #[test]
+    fn a_partition_settles_once_its_commit_point_is_stored() {
+        let mut t = OffsetTracker::new();
+        let a = t.register(0, 10);
+        let b = t.register(0, 11);
+        // Nothing delivered: the commit point is the first frame read, storing it is harmless.
+        let (_, g0, first) = t.checkpoint_targets()[0];
+        assert_eq!(first, 10);
+        assert!(t.mark_stored(0, g0, first));
+        assert!(!t.settled(0), "frames in flight");
+        t.complete(b);
+        assert!(t.checkpoint_targets().is_empty(), "10 is still pending");
+        t.complete(a);
+        let targets = t.checkpoint_targets();
+        assert_eq!(targets.len(), 1);
+        let (p, generation, point) = targets[0];
+        assert_eq!((p, point), (0, 12));
+        assert!(!t.settled(0), "delivered but not yet checkpointed");
+        assert!(t.mark_stored(p, generation, point));
+        assert!(t.settled(0));
+        assert!(t.checkpoint_targets().is_empty());
+        // A checkpoint taken before a revoke cannot mark the next assignment stored.
+        t.revoke(&[0]);
+        let c = t.register(0, 12);
+        assert!(!t.mark_stored(0, generation, 13));
+        t.complete(c);
+        assert!(!t.settled(0));
+        assert_eq!(t.checkpoint_targets()[0].2, 13);
     }
 }

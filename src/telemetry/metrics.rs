@@ -48,6 +48,9 @@ pub struct Metrics {
     pub camera_last_frame: Option<prometheus::GaugeVec>,
     pub camera_violations: Option<IntCounterVec>,
     pub producer_errors: IntCounter,
+    /// Errors the frames consumer reported: `unreadable` data (the same batch fails on every
+    /// fetch) or `other` (broker or transport trouble, waited out).
+    pub consumer_errors: IntCounterVec,
     pub offsets_committed: IntCounter,
     pub build_info: IntGaugeVec,
 }
@@ -317,6 +320,23 @@ impl Metrics {
                 "vigil_producer_errors_total",
                 "Output records the producer failed to deliver.",
             ),
+            consumer_errors: {
+                let v = reg(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "vigil_consumer_errors_total",
+                            "Errors the frames consumer reported, by kind (unreadable, other).",
+                        ),
+                        &["kind"],
+                    )
+                    .expect("valid"),
+                );
+                for kind in ["unreadable", "other"] {
+                    v.with_label_values(&[kind]);
+                }
+                v
+            },
             offsets_committed: counter(
                 "vigil_offset_commits_total",
                 "Successful offset commits to the consumer group.",

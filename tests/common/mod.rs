@@ -64,6 +64,11 @@ pub struct Topics {
 }
 
 pub async fn create_topics(partitions: i32) -> Result<Topics> {
+    create_topics_with(partitions, &[]).await
+}
+
+/// Creates fresh topics; `configs` sets topic configs by topic (`frames`, `dlq`, …).
+pub async fn create_topics_with(partitions: i32, configs: &[(&str, &str, &str)]) -> Result<Topics> {
     let base = unique("t");
     let t = Topics {
         frames: format!("{base}.frames"),
@@ -78,12 +83,16 @@ pub async fn create_topics(partitions: i32) -> Result<Topics> {
     let topics: Vec<NewTopic> = [&t.frames, &t.observations, &t.dlq, &t.violations, &t.state]
         .iter()
         .map(|n| {
-            let topic = NewTopic::new(n, partitions, TopicReplication::Fixed(1));
+            let mut topic = NewTopic::new(n, partitions, TopicReplication::Fixed(1));
             if *n == &t.state {
-                topic.set("cleanup.policy", "compact")
-            } else {
-                topic
+                topic = topic.set("cleanup.policy", "compact");
             }
+            for (which, key, value) in configs {
+                if *n == &format!("{base}.{which}") {
+                    topic = topic.set(key, value);
+                }
+            }
+            topic
         })
         .collect();
     for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
