@@ -84,14 +84,29 @@ impl KafkaArgs {
 
     /// An idempotent producer: retries never duplicate or reorder a partition's records.
     pub fn producer(&self, max_message_bytes: usize) -> Result<FutureProducer, ClientError> {
+        self.producer_batched(max_message_bytes, None)
+    }
+
+    /// An idempotent producer whose record batches stay within `batch_bytes`: for a topic whose
+    /// `max.message.bytes` (which limits whole batches) is below librdkafka's default batch.
+    pub fn producer_batched(
+        &self,
+        max_message_bytes: usize,
+        batch_bytes: Option<usize>,
+    ) -> Result<FutureProducer, ClientError> {
         let max = max_message_bytes.to_string();
-        self.config(&[
+        let batch = batch_bytes.map(|b| b.clamp(1, 1_000_000).to_string());
+        let mut settings = vec![
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("linger.ms", "5"),
-            ("message.max.bytes", &max),
+            ("message.max.bytes", max.as_str()),
             ("message.timeout.ms", "120000"),
-        ])?
+        ];
+        if let Some(b) = &batch {
+            settings.push(("batch.size", b.as_str()));
+        }
+        self.config(&settings)?
         .create()
         .map_err(|source| ClientError::Create {
             what: "producer",

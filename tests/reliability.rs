@@ -111,7 +111,12 @@ async fn poison_pills_are_dead_lettered_and_the_partition_keeps_moving() -> Resu
                 d.header("payload_dropped")
             );
         } else {
-            ensure!(!d.payload.is_empty(), "{}: payload kept", c.case);
+            ensure!(
+                !d.payload.is_empty(),
+                "{}: the payload is kept ({:?})",
+                c.case,
+                d.header("payload_dropped")
+            );
         }
     }
     let seen = sources_once(&observed)?;

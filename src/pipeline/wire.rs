@@ -81,6 +81,14 @@ pub async fn run(
         cfg.limits.max_frame_bytes,
     )
     .await;
+    let dlq_limit = kafka::max_message_bytes(&cfg.kafka, &[&cfg.dlq_topic])
+        .await
+        .pop()
+        .flatten();
+    let dlq_producer = cfg
+        .kafka
+        .producer_batched(64 * 1024 * 1024, dlq_limit)
+        .map_err(|e| anyhow!(e))?;
 
     let store = Arc::new(StateStore::new());
     let judge = Arc::new(Judge::new(
@@ -126,6 +134,8 @@ pub async fn run(
         },
         codecs,
         worker_id: cfg.worker_id.clone(),
+        dlq_producer: dlq_producer.clone(),
+        dlq_limit,
     });
     let emitter = spawn_stage(
         "sink",
@@ -273,6 +283,7 @@ pub async fn run(
             source.finish();
             source::commit_stored(&*consumer, &metrics);
             let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
+            let _ = dlq_producer.flush(Timeout::After(Duration::from_secs(10)));
             drop(source);
             drop(consumer);
         })

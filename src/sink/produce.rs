@@ -33,7 +33,15 @@ pub struct Sink {
     pub codecs: Codecs,
     /// Written into dead letters (`worker` header).
     pub worker_id: String,
+    /// Dead letters have a producer of their own, whose batches fit `dlq_limit`: the broker
+    /// refuses a whole batch over the topic's `max.message.bytes`, good records with the bad.
+    pub dlq_producer: FutureProducer,
+    /// The dead-letter topic's `max.message.bytes`, when the brokers said.
+    pub dlq_limit: Option<usize>,
 }
+
+/// Bytes a dead letter takes beyond its payload and headers (record and batch framing).
+const RECORD_OVERHEAD: usize = 512;
 
 /// Why an outcome was not delivered.
 #[derive(Debug)]
@@ -103,7 +111,7 @@ impl Sink {
                         raw,
                         rejection,
                     } = *dl;
-                    let result = sink.dead_letter(&producer, &origin, &raw, &rejection).await;
+                    let result = sink.dead_letter(&origin, &raw, &rejection).await;
                     Delivery {
                         origin,
                         states: Vec::new(),
@@ -163,7 +171,6 @@ impl Sink {
     /// gives its size), so that an oversized frame cannot stop its partition.
     async fn dead_letter(
         &self,
-        producer: &FutureProducer,
         origin: &Origin,
         raw: &RawFrame,
         rejection: &Rejection,
@@ -191,7 +198,20 @@ impl Sink {
             (header::WORKER, self.worker_id.as_bytes()),
         ]);
         let key = raw.key.as_deref();
-        match send(producer, &self.topics.dlq, key, &raw.payload, &headers).await {
+        let producer = &self.dlq_producer;
+        let size = raw.payload.len()
+            + key.map_or(0, <[u8]>::len)
+            + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + RECORD_OVERHEAD;
+        let fits = self.dlq_limit.is_none_or(|limit| size <= limit);
+        let sent = if fits {
+            send(producer, &self.topics.dlq, key, &raw.payload, &headers).await
+        } else {
+            Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageSizeTooLarge,
+            ))
+        };
+        match sent {
             Ok(()) => Ok(()),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
                 tracing::warn!(
