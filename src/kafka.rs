@@ -107,11 +107,11 @@ impl KafkaArgs {
             settings.push(("batch.size", b.as_str()));
         }
         self.config(&settings)?
-        .create()
-        .map_err(|source| ClientError::Create {
-            what: "producer",
-            source,
-        })
+            .create()
+            .map_err(|source| ClientError::Create {
+                what: "producer",
+                source,
+            })
     }
 }
 

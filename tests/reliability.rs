@@ -133,3 +133,76 @@ async fn poison_pills_are_dead_lettered_and_the_partition_keeps_moving() -> Resu
     ensure!(worker.wait(Duration::from_secs(30))?.success());
     Ok(())
 }
+
+/// A JPEG of `size` bytes: a real photo with comment segments after its start-of-image marker.
+fn jpeg_of_size(size: usize) -> Vec<u8> {
+    let photo = face("grace_hopper.jpg");
+    let mut out = photo[..2].to_vec();
+    let mut room = size - photo.len();
+    while room > 0 {
+        let body = (room - 4).min(65_533);
+        out.extend_from_slice(&[0xFF, 0xFE]);
+        out.extend_from_slice(&((body + 2) as u16).to_be_bytes());
+        out.extend(std::iter::repeat_n(b'x', body));
+        room -= body + 4;
+    }
+    out.extend_from_slice(&photo[2..]);
+    out
+}
+
+/// The contract allows 4 MiB frames: `vigil topics create` sizes the topics for them, and one
+/// travels from an outside producer through the worker to its observation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4_mib_frame_travels_end_to_end() -> Result {
+    let base = unique("big");
+    let topics = Topics {
+        frames: format!("{base}.frames"),
+        observations: format!("{base}.observations"),
+        dlq: format!("{base}.dlq"),
+        violations: format!("{base}.violations"),
+        state: format!("{base}.state"),
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "topics",
+            "create",
+            "--brokers",
+            &brokers(),
+            "--partitions",
+            "1",
+        ])
+        .args(["--frames-topic", &topics.frames])
+        .args(["--observations-topic", &topics.observations])
+        .args(["--dlq-topic", &topics.dlq])
+        .args(["--violations-topic", &topics.violations])
+        .args(["--state-topic", &topics.state])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 4 MiB exactly, and its headers on top.
+    let big = jpeg_of_size(4 * 1024 * 1024);
+    ensure!(vigil::contract::jpeg::sniff(&big).is_ok(), "a valid JPEG");
+    let rec = frame("cam-big", "site-001", 0, big);
+    let sent = produce(&topics.frames, &[rec]).await?;
+    let worker = Worker::start(&topics, &unique("g"), &[])?;
+    let got = collect(
+        &topics.observations,
+        1,
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+    )
+    .await
+    .with_context(|| worker.log_text())?;
+    let o = got[0].observation()?;
+    ensure!((o.source.partition, o.source.offset) == sent[0]);
+    ensure!(o.frame.width == 512 && o.frame.height == 600, "decoded");
+    ensure!(
+        !worker.log_text().contains("max.message.bytes is below"),
+        "the topics were sized for the frame limit:\n{}",
+        worker.log_text()
+    );
+    Ok(())
+}

@@ -201,7 +201,10 @@ impl Sink {
         let producer = &self.dlq_producer;
         let size = raw.payload.len()
             + key.map_or(0, <[u8]>::len)
-            + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + RECORD_OVERHEAD;
         let fits = self.dlq_limit.is_none_or(|limit| size <= limit);
         let sent = if fits {
