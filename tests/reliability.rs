@@ -5,9 +5,10 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
+use anyhow::{bail, ensure, Context};
 use common::*;
 
 /// The dead-letter topic's record size limit in this test (the frames topic takes more).
@@ -203,6 +204,166 @@ async fn a_4_mib_frame_travels_end_to_end() -> Result {
         !worker.log_text().contains("max.message.bytes is below"),
         "the topics were sized for the frame limit:\n{}",
         worker.log_text()
+    );
+    Ok(())
+}
+
+/// A plain HTTP GET on loopback (the worker's endpoint answers with a Content-Length).
+fn get(addr: &str, path: &str) -> Result<String> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    Ok(text
+        .split_once("\r\n\r\n")
+        .context("http response")?
+        .1
+        .to_string())
+}
+
+/// The sum of a metric's samples in a scrape.
+fn metric(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// Produces `ids` frames of a tiny JPEG, each from a camera of its own, without waiting for each.
+async fn flood(topic: &str, ids: std::ops::Range<u32>, jpeg: &[u8]) -> Result {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let p = producer()?;
+    let now = vigil::contract::now_ms().to_string();
+    let mut pending = Vec::new();
+    for i in ids {
+        let camera = format!("flood-{i:06}");
+        let headers = [
+            ("site", "site-flood"),
+            ("camera", camera.as_str()),
+            ("captured_at", now.as_str()),
+            ("seq", "0"),
+            ("zone", "dining"),
+        ]
+        .iter()
+        .fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
+        });
+        let mut rec = FutureRecord::to(topic)
+            .key(&camera)
+            .payload(jpeg)
+            .headers(headers);
+        loop {
+            match p.send_result(rec) {
+                Ok(f) => break pending.push(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => bail!("produce: {e}"),
+            }
+        }
+    }
+    for f in pending {
+        f.await?
+            .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn processed_at_least(addr: &str, n: f64, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let scrape = get(addr, "/metrics")?;
+        if metric(&scrape, "vigil_frames_processed_total") >= n {
+            return Ok(scrape);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out waiting for {n} frames processed, at {}",
+                metric(&scrape, "vigil_frames_processed_total")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// 100,000 distinct camera ids (a misconfigured gateway, or an attacker): the per-camera series
+/// stop at their limit and the worker's memory stops growing with the number of ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_camera_ids_keeps_memory_bounded() -> Result {
+    let topics = create_topics(2).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let worker = Worker::start(
+        &topics,
+        &unique("g"),
+        &["--metrics-addr", &addr, "--metrics-camera-limit", "1000"],
+    )?;
+    let tiny = {
+        use opencv::core::{Mat, Scalar, CV_8UC3};
+        let img = Mat::new_rows_cols_with_default(16, 16, CV_8UC3, Scalar::all(128.0))?;
+        vigil::decode::encode_jpeg(&img, 80)?
+    };
+    flood(&topics.frames, 0..20_000, &tiny).await?;
+    processed_at_least(&addr, 20_000.0, Duration::from_secs(300))
+        .await
+        .with_context(|| worker.log_text())?;
+    let early = rss(worker.child.id())?;
+    flood(&topics.frames, 20_000..100_000, &tiny).await?;
+    let scrape = processed_at_least(&addr, 100_000.0, Duration::from_secs(600))
+        .await
+        .with_context(|| worker.log_text())?;
+    let late = rss(worker.child.id())?;
+    eprintln!(
+        "worker memory: {} MiB after 20,000 camera ids, {} MiB after 100,000",
+        early >> 20,
+        late >> 20
+    );
+    let series = scrape
+        .lines()
+        .filter(|l| l.starts_with("vigil_camera_last_frame_timestamp_seconds{"))
+        .count();
+    ensure!(
+        series == 1000,
+        "per-camera series capped at the limit: {series}"
+    );
+    ensure!(
+        metric(&scrape, "vigil_camera_series_refused_total") >= 99_000.0,
+        "the rest counted"
+    );
+    ensure!(
+        late.saturating_sub(early) < 64 << 20,
+        "memory grew by {} MiB over 80,000 new camera ids ({} → {} MiB)",
+        (late.saturating_sub(early)) >> 20,
+        early >> 20,
+        late >> 20
     );
     Ok(())
 }

@@ -255,6 +255,10 @@ pub struct WorkerArgs {
     /// number of cameras per worker would exceed the metrics budget.
     #[arg(long, env = "VIGIL_METRICS_CAMERA_LABELS", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics_camera_labels: bool,
+    /// Most cameras given per-camera series at once; a camera silent for 10 minutes gives its
+    /// place up. Frames of cameras past the limit are counted, not exported per camera.
+    #[arg(long, env = "VIGIL_METRICS_CAMERA_LIMIT", default_value_t = crate::telemetry::cameras::DEFAULT_CAMERA_LIMIT)]
+    pub metrics_camera_limit: usize,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -344,6 +348,7 @@ impl WorkerArgs {
                 .unwrap_or_else(crate::pipeline::default_worker_id),
             progress_interval: secs("--progress-secs", self.progress_secs)?,
             camera_labels: self.metrics_camera_labels,
+            camera_series_limit: self.metrics_camera_limit,
             schema_registry: self.registry.url()?,
         };
         cfg.validate()?;

@@ -97,13 +97,6 @@ impl Judge {
                 key: e.key(),
                 value: None,
             });
-            // The camera's own series go with its state (they come back with its next frame).
-            if let Some(c) = &self.metrics.camera_violations {
-                let _ = c.remove_label_values(&[&e.site, &e.camera, &e.rule]);
-            }
-            if let Some(g) = &self.metrics.camera_last_frame {
-                let _ = g.remove_label_values(&[&e.site, &e.camera]);
-            }
         }
         Judged {
             obs,

@@ -52,9 +52,8 @@ pub(crate) fn finish(infer: &Infer, f: InFrame) -> (Origin, Box<Observation>) {
             .metrics
             .count_verdict(&f.meta.site, &cr.name, verdict.as_str());
         if verdict == Verdict::Violation {
-            if let Some(c) = &infer.metrics.camera_violations {
-                c.with_label_values(&[&f.meta.site, &f.meta.camera, &cr.name])
-                    .inc();
+            if let Some(c) = &infer.metrics.cameras {
+                c.violation(&f.meta.site, &f.meta.camera, &cr.name);
             }
         }
         rules.push(RuleResult {

@@ -54,6 +54,8 @@ pub struct WorkerConfig {
     pub progress_interval: Duration,
     /// Export per-camera metric series.
     pub camera_labels: bool,
+    /// Most cameras with per-camera series at once.
+    pub camera_series_limit: usize,
     /// Confluent-compatible schema registry: Avro in the Confluent wire format when set,
     /// single-object encoding otherwise.
     pub schema_registry: Option<String>,

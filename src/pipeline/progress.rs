@@ -9,6 +9,7 @@ use crate::contract::{Outcome, Reason};
 use crate::decode::Pending;
 use crate::episodes::StateStore;
 use crate::infer::FramePlan;
+use crate::telemetry::cameras::CAMERA_IDLE;
 use crate::telemetry::Metrics;
 
 /// Updates queue-depth gauges every second and logs a progress line at `interval`. Holds only
@@ -23,8 +24,15 @@ pub async fn watch_queues(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_log = Instant::now();
     let mut last_processed = 0;
+    let mut ticks = 0u64;
     loop {
         tick.tick().await;
+        ticks += 1;
+        if ticks % 10 == 0 {
+            if let Some(c) = &metrics.cameras {
+                c.sweep(CAMERA_IDLE);
+            }
+        }
         let open = store.open_episodes();
         metrics.episodes_open.reset();
         for ((site, rule), n) in open {

@@ -43,7 +43,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     cfg.validate().map_err(|e| anyhow!(e))?;
-    let metrics = Arc::new(Metrics::new(cfg.camera_labels));
+    let metrics = Arc::new(Metrics::new(
+        cfg.camera_labels.then_some(cfg.camera_series_limit),
+    ));
 
     // Schemas and models first: a worker that cannot publish or infer must not join the group.
     let codecs = load::codecs(&cfg).await?;
@@ -228,9 +230,8 @@ pub async fn run(
                 }
             }
             Ok((meta, info)) => {
-                if let Some(g) = &metrics.camera_last_frame {
-                    g.with_label_values(&[&meta.site, &meta.camera])
-                        .set(meta.captured_at_ms as f64 / 1e3);
+                if let Some(c) = &metrics.cameras {
+                    c.frame(&meta.site, &meta.camera, meta.captured_at_ms as f64 / 1e3);
                 }
                 let plan = planner.plan(&meta);
                 let job = DecodeJob {

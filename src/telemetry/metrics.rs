@@ -9,6 +9,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use super::cameras::CameraSeries;
 use crate::contract::Reason;
 
 /// Buckets for per-stage latencies: 0.5 ms to 10 s.
@@ -45,8 +46,8 @@ pub struct Metrics {
     pub violation_seconds: prometheus::CounterVec,
     pub frames_stale: IntCounterVec,
     /// Per-camera series; `None` when camera labels are switched off (cardinality budget).
-    pub camera_last_frame: Option<prometheus::GaugeVec>,
-    pub camera_violations: Option<IntCounterVec>,
+    /// Per-camera series (last frame, violations), bounded; `None` when switched off.
+    pub cameras: Option<std::sync::Arc<CameraSeries>>,
     pub producer_errors: IntCounter,
     /// Errors the frames consumer reported: `unreadable` data (the same batch fails on every
     /// fetch) or `other` (broker or transport trouble, waited out).
@@ -117,8 +118,9 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> 
 }
 
 impl Metrics {
-    /// `camera_labels`: export the per-camera series (one or two per camera and rule).
-    pub fn new(camera_labels: bool) -> Self {
+    /// `camera_limit`: export per-camera series (one, plus one per rule violated) for at most
+    /// this many cameras at once; `None` exports none.
+    pub fn new(camera_limit: Option<usize>) -> Self {
         let r = Registry::new();
         let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid"));
         let hist = |name: &str, help: &str, buckets: &[f64]| {
@@ -290,31 +292,36 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
-            camera_last_frame: camera_labels.then(|| {
-                reg(
-                    &r,
-                    prometheus::GaugeVec::new(
-                        Opts::new(
-                            "vigil_camera_last_frame_timestamp_seconds",
-                            "captured_at of the newest frame read from each camera (Unix seconds).",
-                        ),
-                        &["site", "camera"],
-                    )
-                    .expect("valid"),
-                )
-            }),
-            camera_violations: camera_labels.then(|| {
-                reg(
-                    &r,
-                    IntCounterVec::new(
-                        Opts::new(
-                            "vigil_camera_violation_frames_total",
-                            "Frames judged a violation, per camera and rule.",
-                        ),
-                        &["site", "camera", "rule"],
-                    )
-                    .expect("valid"),
-                )
+            cameras: camera_limit.map(|limit| {
+                std::sync::Arc::new(CameraSeries::new(
+                    reg(
+                        &r,
+                        prometheus::GaugeVec::new(
+                            Opts::new(
+                                "vigil_camera_last_frame_timestamp_seconds",
+                                "captured_at of the newest frame read from each camera (Unix seconds).",
+                            ),
+                            &["site", "camera"],
+                        )
+                        .expect("valid"),
+                    ),
+                    reg(
+                        &r,
+                        IntCounterVec::new(
+                            Opts::new(
+                                "vigil_camera_violation_frames_total",
+                                "Frames judged a violation, per camera and rule.",
+                            ),
+                            &["site", "camera", "rule"],
+                        )
+                        .expect("valid"),
+                    ),
+                    counter(
+                        "vigil_camera_series_refused_total",
+                        "Frames of cameras refused per-camera series because the limit was reached.",
+                    ),
+                    limit,
+                ))
             }),
             producer_errors: counter(
                 "vigil_producer_errors_total",
@@ -383,6 +390,6 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new(true)
+        Self::new(Some(super::cameras::DEFAULT_CAMERA_LIMIT))
     }
 }

@@ -2,6 +2,7 @@
 //! ([`server`]). Every stage counts through the handles in [`Metrics`]; the catalogue in
 //! `docs/metrics.md` lists them.
 
+pub mod cameras;
 pub mod metrics;
 pub mod server;
 
