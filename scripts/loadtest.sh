@@ -11,7 +11,8 @@ cd "$ROOT"
 FRAMES=${1:-20}; CAMERAS=${2:-10}; SETTINGS=${3:-"1:0 4:5 8:10 16:20"}
 scripts/bootstrap.sh
 cargo build --release --locked --quiet
-VIGIL="$ROOT/target/release/vigil"
+# VIGIL_BIN measures another build (e.g. an older release) against the same load.
+VIGIL=${VIGIL_BIN:-$ROOT/target/release/vigil}
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/vigil-load.XXXXXX")
 trap 'scripts/broker.sh stop "$RUN"; rm -rf "$RUN"' EXIT
 eval "$(scripts/broker.sh start "$RUN" 6)"

@@ -22,4 +22,6 @@ cargo test --locked "$@"
 if [ $# -eq 0 ]; then
   cargo check --locked --benches --quiet
   cargo check --locked --features cuda --quiet
+  # The fuzz targets, briefly each (a longer run: scripts/fuzz.sh 1200).
+  scripts/fuzz.sh "${VIGIL_FUZZ_SECS:-45}"
 fi

@@ -245,11 +245,12 @@ async fn a_flickering_camera_yields_one_episode() -> Result {
     Ok(())
 }
 
-/// Every deploy restarts workers mid-episode. State is checkpointed in offset order before
-/// offsets are committed, so however often a worker stops and another takes over, the episode
-/// keeps its id and, after deduplication, the events equal an undisturbed run's.
+/// Every deploy restarts workers mid-episode, and every scale-out moves partitions. State is
+/// checkpointed in offset order before offsets are committed, so however often a worker stops
+/// and another takes over, or a newcomer takes partitions away, the episode keeps its id and,
+/// after deduplication, the events equal an undisturbed run's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarts_mid_episode_never_change_the_episode_id() -> Result {
+async fn restarts_and_rebalances_mid_episode_never_change_the_episode_id() -> Result {
     let script = format!("{}{}", "V".repeat(16), "C".repeat(20));
     let all = scene("cam-r", T0, 0, &script);
     let undisturbed = dedup(&run_once(&all, 3).await?);
@@ -258,9 +259,9 @@ async fn restarts_mid_episode_never_change_the_episode_id() -> Result {
     let group = unique("g");
     let rules = rules_file()?;
     let args = ["--rules", rules.path().to_str().unwrap()];
+    let mut current = Worker::start(&topics, &group, &args)?;
     let mut sent = 0;
-    for (round, chunk) in all.chunks(7).enumerate() {
-        let mut w = Worker::start(&topics, &group, &args)?;
+    for (round, chunk) in all.chunks(6).enumerate() {
         produce(&topics.frames, chunk).await?;
         sent += chunk.len();
         collect(
@@ -270,14 +271,27 @@ async fn restarts_mid_episode_never_change_the_episode_id() -> Result {
             Duration::ZERO,
         )
         .await
-        .with_context(|| format!("round {round}:\n{}", w.log_text()))?;
-        w.signal("TERM")?;
-        let status = w.wait(Duration::from_secs(40))?;
+        .with_context(|| format!("round {round}:\n{}", current.log_text()))?;
+        let next = Worker::start(&topics, &group, &args)?;
+        if round % 2 == 1 {
+            // A rebalance: the newcomer joins while this worker runs, taking partitions away.
+            wait_for(
+                "the newcomer to be given partitions",
+                Duration::from_secs(90),
+                || next.assigned().is_some_and(|p| !p.is_empty()),
+            )
+            .await
+            .with_context(|| format!("round {round}:\n{}", next.log_text()))?;
+        }
+        // Then (or at once: a restart) this worker stops and the newcomer takes everything.
+        current.signal("TERM")?;
+        let status = current.wait(Duration::from_secs(40))?;
         ensure!(
             status.success(),
             "round {round}: SIGTERM exits 0:\n{}",
-            w.log_text()
+            current.log_text()
         );
+        current = next;
     }
     let events = events_until(
         &topics.violations,
@@ -291,7 +305,11 @@ async fn restarts_mid_episode_never_change_the_episode_id() -> Result {
         "after dedup by event_id:\n{got:?}\nundisturbed:\n{undisturbed:?}"
     );
     let ids: BTreeSet<&str> = events.iter().map(|(e, _)| e.episode_id.as_str()).collect();
-    ensure!(ids.len() == 1, "one episode id across restarts: {ids:?}");
+    ensure!(
+        ids.len() == 1,
+        "one episode id across restarts and rebalances: {ids:?}"
+    );
+    current.signal("TERM")?;
     Ok(())
 }
 

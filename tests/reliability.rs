@@ -367,3 +367,70 @@ async fn a_flood_of_camera_ids_keeps_memory_bounded() -> Result {
     );
     Ok(())
 }
+
+/// `vigil alerts` reads events any producer may write: an episode id that is not ASCII (once
+/// sliced at byte 12, panicking the subscriber on every restart) is printed, and the events
+/// after it are handled too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vigil_alerts_survives_an_episode_id_of_any_text() -> Result {
+    use vigil::contract::{EventKind, Severity, ViolationEvent};
+    let topics = create_topics(1).await?;
+    let codec = vigil::codec::event_codec();
+    let event = |id: &str, episode: &str| ViolationEvent {
+        event_id: id.into(),
+        kind: EventKind::Opened,
+        episode_id: episode.into(),
+        site: "site-001".into(),
+        camera: "cam-u".into(),
+        zone: None,
+        rule: "mask_required".into(),
+        severity: Severity::Minor,
+        reason: None,
+        opened_at: 1_776_600_000_000,
+        last_seen_at: 1_776_600_003_000,
+        resolved_at: None,
+        event_time: 1_776_600_003_000,
+        peak_level: 0.9,
+        mean_level: 0.8,
+        frames: 5,
+        evidence: None,
+        models: Vec::new(),
+        worker: "outside".into(),
+        sequence: Some(0),
+    };
+    let recs: Vec<Rec> = [
+        event("e-1", "épisode-ñ-ü-✓-0123456789"),
+        event("e-2", "plain-episode-id"),
+    ]
+    .iter()
+    .map(|e| -> Result<Rec> {
+        Ok(Rec {
+            key: Some(b"cam-u".to_vec()),
+            headers: Vec::new(),
+            payload: codec.encode(e)?,
+        })
+    })
+    .collect::<Result<_>>()?;
+    produce(&topics.violations, &recs).await?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "alerts",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &topics.violations,
+        ])
+        .args(["--group", &unique("alerts"), "--idle-secs", "5"])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        stdout.contains("episode=épisode-ñ-ü-") && stdout.contains("episode=plain-episod"),
+        "both events printed:\n{stdout}"
+    );
+    Ok(())
+}

@@ -33,10 +33,13 @@ pub enum Reason {
     PixelBudget,
     /// OpenCV refused to decode the bytes.
     DecodeFailed,
+    /// The frame's observation or events could not be encoded for their schema (a defect in
+    /// vigil, never the frame's fault; dead-lettered so that it cannot stop the partition).
+    EncodeFailed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::MissingHeader,
         Reason::BadHeader,
         Reason::Empty,
@@ -45,6 +48,7 @@ impl Reason {
         Reason::Truncated,
         Reason::PixelBudget,
         Reason::DecodeFailed,
+        Reason::EncodeFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +61,7 @@ impl Reason {
             Reason::Truncated => "truncated",
             Reason::PixelBudget => "pixel_budget",
             Reason::DecodeFailed => "decode_failed",
+            Reason::EncodeFailed => "encode_failed",
         }
     }
 }

@@ -91,14 +91,45 @@ impl Sink {
                     events,
                     states,
                 } = *judged;
-                let result = sink.observation(&producer, obs, events).await;
-                Delivery {
-                    origin,
-                    states,
-                    result,
-                    took: t.elapsed(),
-                    captured_at_ms,
-                    reason: None,
+                match sink.observation(&producer, &obs, &events).await {
+                    Err(DeliveryError::Encode(e)) => {
+                        // A defect, not the frame's fault; but it would fail again after every
+                        // restart, so the frame is dead-lettered (its bytes are gone by now: the
+                        // dead letter carries its headers and the reason) and the partition
+                        // moves on. Its state changes stand: the episodes already applied them.
+                        tracing::error!(error = %e, camera = %obs.camera, partition = origin.ticket.partition,
+                            offset = origin.ticket.offset, "observation or event not encodable; frame dead-lettered");
+                        let raw = RawFrame {
+                            key: Some(obs.camera.as_bytes().to_vec()),
+                            headers: vec![
+                                (header::SITE.into(), obs.site.clone().into_bytes()),
+                                (header::CAMERA.into(), obs.camera.clone().into_bytes()),
+                                (
+                                    header::CAPTURED_AT.into(),
+                                    obs.captured_at_ms.to_string().into_bytes(),
+                                ),
+                                (header::SEQ.into(), obs.seq.to_string().into_bytes()),
+                            ],
+                            payload: Vec::new(),
+                        };
+                        let rejection = Rejection::new(Reason::EncodeFailed, e);
+                        Delivery {
+                            result: sink.dead_letter(&origin, &raw, &rejection).await,
+                            origin,
+                            states,
+                            took: t.elapsed(),
+                            captured_at_ms: None,
+                            reason: Some(Reason::EncodeFailed),
+                        }
+                    }
+                    result => Delivery {
+                        origin,
+                        states,
+                        result,
+                        took: t.elapsed(),
+                        captured_at_ms,
+                        reason: None,
+                    },
                 }
             }),
             Outcome::DeadLetter(dl) => {
@@ -130,13 +161,13 @@ impl Sink {
     async fn observation(
         &self,
         producer: &FutureProducer,
-        obs: Observation,
-        events: Vec<ViolationEvent>,
+        obs: &Observation,
+        events: &[ViolationEvent],
     ) -> Result<(), DeliveryError> {
         let encode = |e: crate::codec::avro::CodecError| DeliveryError::Encode(e.to_string());
-        let payload = self.codecs.observations.encode(&obs).map_err(encode)?;
+        let payload = self.codecs.observations.encode(obs).map_err(encode)?;
         let mut encoded = Vec::with_capacity(events.len());
-        for ev in &events {
+        for ev in events {
             encoded.push((
                 ev.camera.as_bytes(),
                 self.codecs.events.encode(ev).map_err(encode)?,
