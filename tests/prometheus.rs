@@ -6,8 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -18,36 +17,6 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// A plain HTTP GET on loopback, returning the body.
-fn get(addr: &str, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").context("http response")?;
-    if head.contains("Transfer-Encoding: chunked") {
-        // Decode chunked bodies (Prometheus uses them for larger answers).
-        let mut out = String::new();
-        let mut rest = body;
-        loop {
-            let (len, after) = rest.split_once("\r\n").context("chunk")?;
-            let n = usize::from_str_radix(len.trim(), 16)?;
-            if n == 0 {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = &after[n + 2..];
-        }
-        return Ok(out);
-    }
-    Ok(body.to_string())
 }
 
 fn encode(q: &str) -> String {

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -206,24 +205,6 @@ async fn a_4_mib_frame_travels_end_to_end() -> Result {
         worker.log_text()
     );
     Ok(())
-}
-
-/// A plain HTTP GET on loopback (the worker's endpoint answers with a Content-Length).
-fn get(addr: &str, path: &str) -> Result<String> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    Ok(text
-        .split_once("\r\n\r\n")
-        .context("http response")?
-        .1
-        .to_string())
 }
 
 /// The sum of a metric's samples in a scrape.

@@ -63,17 +63,18 @@ impl Emitter {
                 }
                 Ok(())
             }
-            Err(e) => {
-                self.metrics.producer_errors.inc();
-                let err = StageError::stop(
-                    "sink",
-                    Domain::External,
-                    format!("episode state checkpoint failed: {e}; stopping so that its frames are not committed"),
-                );
-                tracing::error!(error = %err, "checkpoint failed");
-                Err(err)
-            }
+            Err(e) => Err(self.failed(format!(
+                "episode state checkpoint failed: {e}; stopping so that its frames are not committed"
+            ))),
         }
+    }
+
+    /// A write the broker did not acknowledge: the worker stops without committing it.
+    fn failed(&self, message: String) -> StageError {
+        self.metrics.producer_errors.inc();
+        let err = StageError::stop("sink", Domain::External, message);
+        tracing::error!(error = %err, "producer failed");
+        err
     }
 
     fn delivered(&self, d: Delivery) -> Result<(), StageError> {
@@ -98,19 +99,10 @@ impl Emitter {
                 self.acks.complete(t);
                 Ok(())
             }
-            Err(e) => {
-                self.metrics.producer_errors.inc();
-                let err = StageError::stop(
-                    "sink",
-                    Domain::External,
-                    format!(
-                        "delivery failed for the frame at partition {} offset {}: {e}; stopping so that it is not committed",
-                        d.origin.ticket.partition, d.origin.ticket.offset
-                    ),
-                );
-                tracing::error!(error = %err, "producer failed");
-                Err(err)
-            }
+            Err(e) => Err(self.failed(format!(
+                "delivery failed for the frame at partition {} offset {}: {e}; stopping so that it is not committed",
+                d.origin.ticket.partition, d.origin.ticket.offset
+            ))),
         }
     }
 

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -440,4 +440,34 @@ pub fn decode_outside(mode: &str, arg: &str, records: &[&[u8]]) -> Result<Vec<se
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// A plain HTTP GET on loopback, returning the body.
+pub fn get(addr: &str, path: &str) -> Result<String> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("http response")?;
+    if head.contains("Transfer-Encoding: chunked") {
+        // Decode chunked bodies (Prometheus uses them for larger answers).
+        let mut out = String::new();
+        let mut rest = body;
+        loop {
+            let (len, after) = rest.split_once("\r\n").context("chunk")?;
+            let n = usize::from_str_radix(len.trim(), 16)?;
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        return Ok(out);
+    }
+    Ok(body.to_string())
 }
