@@ -14,13 +14,15 @@ pub const DEFAULT_CAMERA_LIMIT: usize = 10_000;
 /// A camera without a frame for this long loses its series.
 pub const CAMERA_IDLE: Duration = Duration::from_secs(600);
 
+/// Exported cameras: (site, camera) → when last seen, and the rules with a violation series.
+type Seen = HashMap<(String, String), (Instant, Vec<String>)>;
+
 pub struct CameraSeries {
     last_frame: GaugeVec,
     violations: IntCounterVec,
     /// Cameras refused a series because `limit` were exported.
     pub refused: IntCounter,
-    /// Exported cameras: (site, camera) → when last seen, and the rules with a violation series.
-    seen: Mutex<HashMap<(String, String), (Instant, Vec<String>)>>,
+    seen: Mutex<Seen>,
     limit: usize,
 }
 
@@ -40,7 +42,7 @@ impl CameraSeries {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Instant, Vec<String>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
