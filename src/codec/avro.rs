@@ -58,6 +58,9 @@ pub enum CodecError {
     UnknownRegistryId(u32),
     #[error("avro: {0}")]
     Avro(String),
+    /// The datum's lengths or counts do not fit its bytes (refused before decoding).
+    #[error("malformed Avro datum: {0}")]
+    Malformed(String),
 }
 
 fn avro_err(e: apache_avro::Error) -> CodecError {
@@ -185,6 +188,7 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
             }
             _ => return Err(CodecError::NotAvro),
         };
+        super::bounds::check(writer, datum).map_err(CodecError::Malformed)?;
         let value = from_avro_datum(writer, &mut datum, Some(&self.reader)).map_err(avro_err)?;
         from_value(&value).map_err(avro_err)
     }
@@ -193,6 +197,22 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datum_claiming_more_than_it_holds_is_refused_not_allocated() {
+        // Found by the avro_readers fuzz target: an observation whose map block claims billions
+        // of entries made apache-avro reserve 43 GB and abort.
+        let crash = [
+            195u8, 1, 154, 194, 228, 66, 157, 15, 78, 252, 2, 120, 2, 120, 0, 88, 0, 0, 0, 0, 0, 0,
+            0, 2, 2, 2, 2, 2, 251, 255, 255, 255, 2, 2, 2, 120, 0, 0, 0, 2, 0, 120, 2, 120, 18, 2,
+            2, 2, 120, 0, 99, 63, 247,
+        ];
+        let codec: Codec<crate::contract::Observation> = Codec::new(&OBSERVATION);
+        assert!(matches!(
+            codec.decode(&crash),
+            Err(CodecError::Malformed(_))
+        ));
+    }
     use apache_avro::schema_compatibility::SchemaCompatibility;
 
     #[test]

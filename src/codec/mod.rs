@@ -2,6 +2,7 @@
 //! schema [`registry`] client, and the small HTTP client ([`http`]) it and the webhook use.
 
 pub mod avro;
+pub mod bounds;
 pub mod http;
 pub mod registry;
 
