@@ -1,9 +1,12 @@
-//! Errors that cross stage boundaries. Each says whose fault it is (the domain) and what the
-//! pipeline does about it (the disposition), so that a stage never decides by parsing text.
+//! Errors that cross stage boundaries, each saying whose fault it is (the domain), so that the
+//! operator reading the worker's last line knows whether to fix a setting, look at the broker,
+//! or report a defect.
 //!
-//! A problem with one record is a [`Rejection`](super::Rejection) and becomes a dead letter; a
-//! [`StageError`] is about the stage itself and is either waited out or stops the worker (its
-//! frames are then not committed and are read again by the next owner).
+//! A problem with one record is a [`Rejection`](super::Rejection) and becomes a dead letter. A
+//! [`StageError`] is about the stage itself and stops the worker: its frames in flight are not
+//! committed and are read again by the next owner. Transient trouble never becomes one; it is
+//! waited out where it happens (librdkafka retries produces for up to 120 s, consumer transport
+//! errors are counted and polling goes on).
 
 use std::fmt;
 
@@ -18,22 +21,12 @@ pub enum Domain {
     Internal,
 }
 
-/// What the pipeline does with an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Wait and try again; the offset is kept.
-    Retry,
-    /// Stop the worker without committing what is in flight.
-    Stop,
-}
-
-/// A stage could not go on.
+/// A stage could not go on; the worker stops.
 #[derive(Debug)]
 pub struct StageError {
     /// The stage that failed (`decode`, `model:mask`, `sink`, `restore`…).
     pub stage: String,
     pub domain: Domain,
-    pub disposition: Disposition,
     /// What happened, in words, naming the frame, partition or key concerned.
     pub message: String,
 }
@@ -44,7 +37,6 @@ impl StageError {
         StageError {
             stage: stage.into(),
             domain,
-            disposition: Disposition::Stop,
             message: message.into(),
         }
     }
@@ -52,7 +44,11 @@ impl StageError {
 
 impl fmt::Display for StageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.stage, self.message)
+        write!(
+            f,
+            "{} ({} error): {}",
+            self.stage, self.domain, self.message
+        )
     }
 }
 
@@ -65,5 +61,19 @@ impl fmt::Display for Domain {
             Domain::External => "external",
             Domain::Internal => "internal",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_says_whose_fault_it_is() {
+        let e = StageError::stop("restore", Domain::External, "timed out reading vigil.state");
+        assert_eq!(
+            e.to_string(),
+            "restore (external error): timed out reading vigil.state"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! - [`reject`]: why a frame is dead-lettered ([`Reason`], [`Rejection`]);
 //! - [`envelope`]: what travels between stages ([`Origin`], [`Outcome`], [`DeadLetter`]…);
 //! - [`observation`] and [`event`]: the records published (observations, violation events);
-//! - [`error`]: errors that cross stages, with their domain and disposition.
+//! - [`error`]: errors that cross stages, with whose fault they are.
 
 pub mod envelope;
 pub mod error;
@@ -16,7 +16,7 @@ pub mod observation;
 pub mod reject;
 
 pub use envelope::{DeadLetter, Judged, Observed, Origin, Outcome, RawFrame, StateRecord, Ticket};
-pub use error::{Disposition, Domain, StageError};
+pub use error::{Domain, StageError};
 pub use event::{EventKind, EvidenceRef, ModelVersion, Severity, ViolationEvent};
 pub use frame::{
     header, parse_meta, FrameMeta, Limits, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_PIXELS,

@@ -105,20 +105,6 @@ impl StateStore {
         }
     }
 
-    /// Entries held, over all partitions.
-    pub fn len(&self) -> usize {
-        self.partitions
-            .lock()
-            .expect("state lock")
-            .values()
-            .map(|p| p.entries.len())
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Replaces a partition's entries with restored ones.
     pub fn install(&self, partition: i32, entries: Vec<StoredState>) {
         let mut p = PartitionStates::default();
@@ -268,6 +254,19 @@ fn raised(entry: &StoredState, event: Event) -> RaisedEvent {
         site: entry.site.clone(),
         zone: entry.zone.clone(),
         models: entry.models.clone(),
+    }
+}
+
+#[cfg(test)]
+impl StateStore {
+    /// Entries held, over all partitions.
+    fn len(&self) -> usize {
+        self.partitions
+            .lock()
+            .expect("state lock")
+            .values()
+            .map(|p| p.entries.len())
+            .sum()
     }
 }
 
