@@ -270,16 +270,22 @@ pub async fn max_message_bytes(kafka: &KafkaArgs, topics: &[&str]) -> Vec<Option
     }
 }
 
-/// Warns, naming the keys, where a topic's `max.message.bytes` cannot carry frames of
-/// `--max-frame-bytes` (records over it would be refused by the broker).
-pub async fn check_message_sizes(kafka: &KafkaArgs, topics: &[&str], max_frame_bytes: usize) {
+/// Describes the topics' `max.message.bytes` and warns, naming the keys, where one cannot carry
+/// frames of `--max-frame-bytes` (records over it would be refused by the broker). Returns the
+/// sizes, as [`max_message_bytes`] does.
+pub async fn check_message_sizes(
+    kafka: &KafkaArgs,
+    topics: &[&str],
+    max_frame_bytes: usize,
+) -> Vec<Option<usize>> {
     let sizes = max_message_bytes(kafka, topics).await;
-    for (topic, size) in topics.iter().zip(sizes) {
+    for (topic, size) in topics.iter().zip(&sizes) {
         if let Some(size) = size.filter(|&s| s < max_frame_bytes) {
             tracing::warn!(topic, max_message_bytes = size, max_frame_bytes,
                 "the topic's max.message.bytes is below --max-frame-bytes: larger frames will be refused by the broker; raise max.message.bytes (vigil topics create sets it) or lower --max-frame-bytes");
         }
     }
+    sizes
 }
 
 /// Returns the partition count of each named topic, or an error naming the first missing one.

@@ -191,7 +191,7 @@ pub async fn run(
         .await?
         .map_err(|e| anyhow!(e))?;
     }
-    kafka::check_message_sizes(&cfg.kafka, &[&cfg.topic], cfg.max_frame_bytes).await;
+    let _ = kafka::check_message_sizes(&cfg.kafka, &[&cfg.topic], cfg.max_frame_bytes).await;
     let mut source = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || open_source(&cfg)).await??

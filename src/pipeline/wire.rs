@@ -77,16 +77,14 @@ pub async fn run(
         .producer(64 * 1024 * 1024)
         .map_err(|e| anyhow!(e))?;
     check_topics(&cfg, &producer).await?;
-    kafka::check_message_sizes(
+    let dlq_limit = kafka::check_message_sizes(
         &cfg.kafka,
         &[&cfg.frames_topic, &cfg.dlq_topic],
         cfg.limits.max_frame_bytes,
     )
-    .await;
-    let dlq_limit = kafka::max_message_bytes(&cfg.kafka, &[&cfg.dlq_topic])
-        .await
-        .pop()
-        .flatten();
+    .await
+    .pop()
+    .flatten();
     let dlq_producer = cfg
         .kafka
         .producer_batched(64 * 1024 * 1024, dlq_limit)

@@ -302,7 +302,10 @@ fn poll(
     let mut slot = None;
     while !stopped() {
         if slot.is_none() {
-            // Wait for a slot, a tick at a time so that `stop` is seen.
+            slot = slots.clone().try_acquire_owned().ok();
+        }
+        if slot.is_none() {
+            // Every slot is taken: wait for one, a tick at a time so that `stop` is seen.
             let acquire = async { tokio::time::timeout(TICK, slots.clone().acquire_owned()).await };
             match runtime.block_on(acquire) {
                 Ok(Ok(s)) => slot = Some(s),

@@ -14,15 +14,16 @@ pub const DEFAULT_CAMERA_LIMIT: usize = 10_000;
 /// A camera without a frame for this long loses its series.
 pub const CAMERA_IDLE: Duration = Duration::from_secs(600);
 
-/// Exported cameras: (site, camera) → when last seen, and the rules with a violation series.
-type Seen = HashMap<(String, String), (Instant, Vec<String>)>;
+/// Exported cameras: site → camera → when last seen, and the rules with a violation series.
+/// Nested so that a known camera is found from borrowed names, without allocating per frame.
+type Seen = HashMap<String, HashMap<String, (Instant, Vec<String>)>>;
 
 pub struct CameraSeries {
     last_frame: GaugeVec,
     violations: IntCounterVec,
     /// Cameras refused a series because `limit` were exported.
     pub refused: IntCounter,
-    seen: Mutex<Seen>,
+    seen: Mutex<(Seen, usize)>,
     limit: usize,
 }
 
@@ -42,23 +43,26 @@ impl CameraSeries {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+    /// The cameras, and how many there are.
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Seen, usize)> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A frame of the camera arrived, captured at `captured_at_s` (Unix seconds).
     pub fn frame(&self, site: &str, camera: &str, captured_at_s: f64) {
-        let mut seen = self.lock();
-        let key = (site.to_string(), camera.to_string());
-        let full = seen.len() >= self.limit;
-        match seen.get_mut(&key) {
+        let mut guard = self.lock();
+        let (seen, count) = &mut *guard;
+        match seen.get_mut(site).and_then(|c| c.get_mut(camera)) {
             Some(entry) => entry.0 = Instant::now(),
-            None if full => {
+            None if *count >= self.limit => {
                 self.refused.inc();
                 return;
             }
             None => {
-                seen.insert(key, (Instant::now(), Vec::new()));
+                seen.entry(site.to_string())
+                    .or_default()
+                    .insert(camera.to_string(), (Instant::now(), Vec::new()));
+                *count += 1;
             }
         }
         self.last_frame
@@ -68,8 +72,8 @@ impl CameraSeries {
 
     /// A frame of the camera was judged a violation of `rule`.
     pub fn violation(&self, site: &str, camera: &str, rule: &str) {
-        let mut seen = self.lock();
-        let Some(entry) = seen.get_mut(&(site.to_string(), camera.to_string())) else {
+        let mut guard = self.lock();
+        let Some(entry) = guard.0.get_mut(site).and_then(|c| c.get_mut(camera)) else {
             return;
         };
         if !entry.1.iter().any(|r| r == rule) {
@@ -82,24 +86,29 @@ impl CameraSeries {
 
     /// Drops the series of cameras idle for `idle`; returns how many cameras keep series.
     pub fn sweep(&self, idle: Duration) -> usize {
-        let mut seen = self.lock();
+        let mut guard = self.lock();
+        let (seen, count) = &mut *guard;
         let now = Instant::now();
-        seen.retain(|(site, camera), (at, rules)| {
-            let keep = now.duration_since(*at) < idle;
-            if !keep {
-                let _ = self.last_frame.remove_label_values(&[site, camera]);
-                for rule in rules.iter() {
-                    let _ = self.violations.remove_label_values(&[site, camera, rule]);
+        for (site, cameras) in seen.iter_mut() {
+            cameras.retain(|camera, (at, rules)| {
+                let keep = now.duration_since(*at) < idle;
+                if !keep {
+                    let _ = self.last_frame.remove_label_values(&[site, camera]);
+                    for rule in rules.iter() {
+                        let _ = self.violations.remove_label_values(&[site, camera, rule]);
+                    }
                 }
-            }
-            keep
-        });
-        seen.len()
+                keep
+            });
+        }
+        seen.retain(|_, cameras| !cameras.is_empty());
+        *count = seen.values().map(HashMap::len).sum();
+        *count
     }
 
     /// Cameras with series.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().1
     }
 
     pub fn is_empty(&self) -> bool {
