@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Installs what vigil needs on a Debian bookworm machine, skipping what is already there:
 #   - Debian packages: OpenCV headers/libraries, clang/libclang (for the opencv crate's bindings),
-#     prometheus and promtool (the tests check dashboards and alert rules against them)
+#     prometheus and promtool (the tests check dashboards and alert rules against them),
+#     OpenSSL headers (Kafka over TLS and SASL/SCRAM in librdkafka), stunnel4 and openssl (the
+#     tests put a TLS listener with a private CA in front of the broker)
 #   - .venv: a project-local Python venv with the onnxruntime wheel (its libonnxruntime.so is
 #     what the worker loads) and confluent-kafka (an outside client for tests)
-#   - .tools/bin/nisshi: a Kafka-protocol broker for the demo and the tests (built once, ~10 min)
-# Environment: VIGIL_TOOLS_DIR overrides .tools; VIGIL_SKIP_BROKER=1 skips the broker.
+#   - the nisshi broker (Kafka protocol) for the demo and the tests: built once per user into
+#     ~/.cache/vigil/nisshi-VERSION-FEATURES (like cargo's own registry cache, so a second
+#     clone reuses it; about 10 minutes on 2 cores the first time, with cargo's progress shown)
+#     and linked as .tools/bin/nisshi. Only the SQLite storage engine the demo and the tests
+#     use is built.
+# Environment: VIGIL_TOOLS_DIR overrides .tools; VIGIL_CACHE_DIR overrides ~/.cache/vigil;
+# VIGIL_SKIP_BROKER=1 skips the broker.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=${VIGIL_TOOLS_DIR:-$ROOT/.tools}
@@ -14,7 +21,7 @@ say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # --- Debian packages ---------------------------------------------------------------------
 need=()
-for pkg in libopencv-dev clang libclang-dev pkg-config cmake prometheus; do
+for pkg in libopencv-dev clang libclang-dev pkg-config cmake prometheus libssl-dev stunnel4 openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -44,15 +51,25 @@ fi
 ls "$ROOT"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* >/dev/null
 
 # --- Kafka-protocol broker -----------------------------------------------------------------
+NISSHI_FEATURES=libsql
+CACHE=${VIGIL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vigil}
+BROKER_HOME="$CACHE/nisshi-$NISSHI_VERSION-$NISSHI_FEATURES"
 if [ "${VIGIL_SKIP_BROKER:-0}" != 1 ]; then
-  if [ -x "$TOOLS/bin/nisshi" ] && [ -f "$TOOLS/.nisshi-$NISSHI_VERSION" ]; then
-    say "broker present ($TOOLS/bin/nisshi)"
+  if [ -x "$BROKER_HOME/bin/nisshi" ] && [ -f "$BROKER_HOME/.complete" ]; then
+    say "broker present ($BROKER_HOME/bin/nisshi)"
   else
-    say "building the nisshi $NISSHI_VERSION broker into $TOOLS (once; about 10 minutes on 2 cores)"
-    # One of its dependencies declares a newer rust-version than it needs.
+    say "building the nisshi $NISSHI_VERSION broker into $BROKER_HOME"
+    say "(once per user; about 10 minutes on 2 cores; progress below)"
+    mkdir -p "$CACHE"
+    started=$(date +%s)
+    # One of its dependencies declares a newer rust-version than it needs. Only the SQLite
+    # storage engine is built: the default features add PostgreSQL and object-store engines.
     cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
-      --root "$TOOLS" --quiet
-    touch "$TOOLS/.nisshi-$NISSHI_VERSION"
+      --no-default-features --features "$NISSHI_FEATURES" --root "$BROKER_HOME"
+    touch "$BROKER_HOME/.complete"
+    say "broker built in $(( $(date +%s) - started )) s"
   fi
+  mkdir -p "$TOOLS/bin"
+  ln -sfn "$BROKER_HOME/bin/nisshi" "$TOOLS/bin/nisshi"
 fi
 say "ready"

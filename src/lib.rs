@@ -19,9 +19,11 @@
 //! ─────────
 //! pipeline/   wires the stages with bounded channels and supervises them (`vigil worker`)
 //! commands/   the command line: gateway, worker, topics, tail, alerts
-//! codec/      Avro, the schema registry client, HTTP
-//! telemetry/  Prometheus metrics and their endpoint
-//! kafka       client configuration, headers, topic administration
+//! codec/      Avro, the schema registry client
+//! telemetry/  Prometheus metrics and the /metrics, /healthz, /readyz endpoint (axum)
+//! kafka/      client configuration (file, environment, -X), the start-up connection check,
+//!             headers, topic administration
+//! http        the HTTPS client (reqwest, rustls) for the webhook and the registry
 //! ```
 //!
 //! # The path of a frame
@@ -52,6 +54,7 @@ pub mod commands;
 pub mod contract;
 pub mod decode;
 pub mod episodes;
+pub mod http;
 pub mod infer;
 pub mod kafka;
 pub mod pipeline;

@@ -212,7 +212,7 @@ async fn replaying_the_same_frames_gives_identical_events_that_fastavro_reads() 
         );
         ensure!(d["camera"] == "cam-x" && d["rule"] == "mask_required" && d["frames"] == e.frames);
         ensure!(d["sequence"] == e.sequence.context("sequence")?);
-        kinds_seen.insert(e.kind.clone());
+        kinds_seen.insert(e.kind);
     }
     ensure!(
         kinds_seen.len() == 3,
@@ -526,19 +526,13 @@ impl RegistryProcess {
 
     /// GET a path; the JSON answer.
     async fn get(&self, path: &str) -> Result<serde_json::Value> {
-        let url =
-            vigil::codec::http::Url::parse(&self.url, "registry").map_err(anyhow::Error::msg)?;
-        let r = vigil::codec::http::request(
-            "GET",
-            &url,
-            path,
-            "application/json",
-            b"",
-            Duration::from_secs(5),
-        )
-        .await?;
-        ensure!(r.ok(), "{path}: {}", r.status_line);
-        Ok(serde_json::from_slice(&r.body)?)
+        let r = reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        ensure!(r.status().is_success(), "{path}: {}", r.status());
+        Ok(r.json().await?)
     }
 }
 

@@ -150,9 +150,24 @@ fn bad_options_name_the_key() -> Result {
         out.status.code() == Some(2) && err.contains("--metrics-addr"),
         "{err}"
     );
-    let (code, err) = worker(&["--schema-registry", "https://registry:8081"])?;
+    let (code, err) = worker(&["--schema-registry", "ftp://registry:8081"])?;
     ensure!(
-        code == 2 && err.contains("--schema-registry") && err.contains("http://"),
+        code == 2 && err.contains("--schema-registry") && err.contains("https://"),
+        "{code}: {err}"
+    );
+    let (code, err) = worker(&[
+        "--schema-registry",
+        "https://registry:8081",
+        "--ca-file",
+        "/nonexistent/ca.pem",
+    ])?;
+    ensure!(
+        code == 2 && err.contains("--ca-file") && err.contains("/nonexistent/ca.pem"),
+        "{code}: {err}"
+    );
+    let (code, err) = worker(&["--kafka-config", "/nonexistent/kafka.properties"])?;
+    ensure!(
+        code != 0 && err.contains("--kafka-config") && err.contains("kafka.properties"),
         "{code}: {err}"
     );
     let (code, err) = worker(&["--device", "cuda", "--brokers", "127.0.0.1:1"])?;

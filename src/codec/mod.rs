@@ -1,9 +1,8 @@
-//! Record encodings: Avro ([`avro`]: single-object encoding or the Confluent wire format), the
-//! schema [`registry`] client, and the small HTTP client ([`http`]) it and the webhook use.
+//! Record encodings: Avro ([`avro`]: single-object encoding or the Confluent wire format) and
+//! the schema [`registry`] client (over [`crate::http`]).
 
 pub mod avro;
 pub mod bounds;
-pub mod http;
 pub mod registry;
 
 use crate::contract::{Observation, ViolationEvent};

@@ -8,21 +8,33 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::avro::{Codec, CodecError, RecordType};
-use super::http::{self, Url};
+use crate::http::{Auth, Endpoint, HttpError, TlsSettings};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the registry is and how to talk to it (`--schema-registry` and friends).
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// `http(s)://host:port[/base]`.
+    pub url: String,
+    /// Basic auth (`--schema-registry-user-info`), as Confluent's clients configure it.
+    pub auth: Auth,
+    /// A private CA to trust (`--ca-file`).
+    pub tls: TlsSettings,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// Connecting or reading failed: worth retrying.
-    #[error("schema registry {url} unreachable: {source}")]
-    Unreachable { url: String, source: std::io::Error },
-    /// The registry answered with an error: retrying will not help.
+    /// Connecting, TLS or reading failed (retryable when the cause may pass).
+    #[error("schema registry {0}")]
+    Http(HttpError),
+    /// The registry answered with an error: retrying will not help (unless 5xx).
     #[error("schema registry {url} refused {what}: {status} {message}")]
     Refused {
         url: String,
@@ -35,7 +47,7 @@ pub enum RegistryError {
 impl RegistryError {
     pub fn retryable(&self) -> bool {
         match self {
-            RegistryError::Unreachable { .. } => true,
+            RegistryError::Http(e) => e.retryable(),
             RegistryError::Refused { status, .. } => *status >= 500,
         }
     }
@@ -44,9 +56,7 @@ impl RegistryError {
 /// A Confluent-compatible schema registry at one base URL.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    url: Url,
-    /// The URL as given, for messages.
-    display: String,
+    endpoint: Endpoint,
 }
 
 #[derive(Serialize)]
@@ -70,11 +80,15 @@ struct ErrorAnswer {
 }
 
 impl Registry {
-    /// `url`: `http://host:port[/base]`.
-    pub fn new(url: &str) -> Result<Registry, String> {
+    pub fn new(cfg: &RegistryConfig) -> Result<Registry, String> {
         Ok(Registry {
-            url: Url::parse(url, "--schema-registry")?,
-            display: url.to_string(),
+            endpoint: Endpoint::new(
+                &cfg.url,
+                "--schema-registry",
+                &cfg.tls,
+                cfg.auth.clone(),
+                TIMEOUT,
+            )?,
         })
     }
 
@@ -85,42 +99,42 @@ impl Registry {
 
     async fn call<A: DeserializeOwned>(
         &self,
-        method: &str,
+        method: reqwest::Method,
         path: &str,
         body: &[u8],
         what: &str,
     ) -> Result<A, RegistryError> {
-        let r = http::request(
-            method,
-            &self.url,
-            &self.url.path_with(path),
-            CONTENT_TYPE,
-            body,
-            TIMEOUT,
-        )
-        .await
-        .map_err(|source| RegistryError::Unreachable {
-            url: self.display.clone(),
-            source,
-        })?;
-        let refused = |message: String| RegistryError::Refused {
-            url: self.display.clone(),
+        let refused = |status: u16, message: String| RegistryError::Refused {
+            url: self.endpoint.display(),
             what: what.to_string(),
-            status: r.status,
+            status,
             message,
         };
-        if !r.ok() {
-            let message = serde_json::from_slice::<ErrorAnswer>(&r.body)
-                .ok()
-                .and_then(|e| e.message)
-                .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
-            return Err(refused(message));
-        }
-        serde_json::from_slice(&r.body).map_err(|e| {
-            refused(format!(
-                "unexpected answer ({e}): {}",
-                String::from_utf8_lossy(&r.body)
-            ))
+        let answer = match self.endpoint.send(method, path, CONTENT_TYPE, body).await {
+            Ok(a) => a,
+            Err(HttpError::Status { status, body, .. })
+            | Err(HttpError::Unauthorized { status, body, .. }) => {
+                let message = serde_json::from_str::<ErrorAnswer>(&body)
+                    .ok()
+                    .and_then(|e| e.message)
+                    .unwrap_or(body);
+                let message = if status == 401 || status == 403 {
+                    format!("{message} (check --schema-registry-user-info)")
+                } else {
+                    message
+                };
+                return Err(refused(status, message));
+            }
+            Err(e) => return Err(RegistryError::Http(e)),
+        };
+        serde_json::from_slice(&answer.body).map_err(|e| {
+            refused(
+                answer.status,
+                format!(
+                    "unexpected answer ({e}): {}",
+                    String::from_utf8_lossy(&answer.body)
+                ),
+            )
         })
     }
 
@@ -129,7 +143,7 @@ impl Registry {
         let body = serde_json::to_vec(&RegisterRequest { schema }).expect("serialises");
         let a: IdAnswer = self
             .call(
-                "POST",
+                reqwest::Method::POST,
                 &format!("/subjects/{subject}/versions"),
                 &body,
                 &format!("the schema for subject {subject}"),
@@ -142,7 +156,7 @@ impl Registry {
     pub async fn schema(&self, id: u32) -> Result<String, RegistryError> {
         let a: SchemaAnswer = self
             .call(
-                "GET",
+                reqwest::Method::GET,
                 &format!("/schemas/ids/{id}"),
                 b"",
                 &format!("schema id {id}"),
@@ -151,7 +165,7 @@ impl Registry {
         Ok(a.schema)
     }
 
-    /// [`Registry::register`], retrying an unreachable registry with backoff for about
+    /// [`Registry::register`], retrying an unreachable registry with jittered backoff for about
     /// `patience` (a worker and its registry often start together).
     pub async fn register_patiently(
         &self,
@@ -159,18 +173,20 @@ impl Registry {
         schema: &str,
         patience: Duration,
     ) -> Result<u32, RegistryError> {
-        let deadline = tokio::time::Instant::now() + patience;
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match self.register(subject, schema).await {
-                Err(e) if e.retryable() && tokio::time::Instant::now() + delay < deadline => {
-                    tracing::warn!(subject, error = %e, "schema registration failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                other => return other,
-            }
-        }
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .with_total_delay(Some(patience))
+            .without_max_times();
+        (|| self.register(subject, schema))
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(RegistryError::retryable)
+            .notify(
+                |e, _| tracing::warn!(subject, error = %e, "schema registration failed, retrying"),
+            )
+            .await
     }
 
     /// A codec writing `rt` in the Confluent wire format, its schema registered for `topic`.
@@ -214,12 +230,12 @@ impl<T: Serialize + DeserializeOwned> RecordReader<T> {
         }
     }
 
-    /// A reader using the registry at `url`, if any (`--schema-registry`).
-    pub fn with_registry_url(
+    /// A reader using the configured registry, if any (`--schema-registry`).
+    pub fn with_registry(
         rt: &RecordType,
-        url: Option<&str>,
+        cfg: Option<&RegistryConfig>,
     ) -> Result<RecordReader<T>, String> {
-        Ok(RecordReader::new(rt, url.map(Registry::new).transpose()?))
+        Ok(RecordReader::new(rt, cfg.map(Registry::new).transpose()?))
     }
 
     pub async fn decode(&mut self, bytes: &[u8]) -> Result<T, ReadError> {

@@ -8,11 +8,11 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::codec::avro::VIOLATION_EVENT;
-use crate::codec::http::{self, Url};
 use crate::codec::registry::{ReadError, RecordReader};
 use crate::contract::ViolationEvent;
+use crate::http::{Auth, Endpoint, HttpError, RetryPolicy, TlsSettings};
 use crate::kafka::{self, KafkaArgs};
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -23,8 +23,8 @@ pub struct AlertsConfig {
     pub topic: String,
     /// Consumer group: alerts resume where they stopped.
     pub group: String,
-    /// POST each new event here (http://host:port/path).
-    pub webhook: Option<String>,
+    /// POST each new event here.
+    pub webhook: Option<WebhookConfig>,
     /// Attempts per event before giving up (the subscriber then stops without committing it).
     pub max_attempts: u32,
     /// Print events as JSON lines instead of readable lines.
@@ -34,7 +34,29 @@ pub struct AlertsConfig {
     /// Event ids remembered for deduplication.
     pub remember: usize,
     /// Registry for events in the Confluent wire format.
-    pub schema_registry: Option<String>,
+    pub schema_registry: Option<crate::codec::registry::RegistryConfig>,
+}
+
+/// The webhook: where, with which credential, trusting which CA.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `http(s)://host[:port]/path`.
+    pub url: String,
+    /// A bearer token or a custom header (`--webhook-token-file`, `VIGIL_WEBHOOK_TOKEN`).
+    pub auth: Auth,
+    pub tls: TlsSettings,
+}
+
+impl WebhookConfig {
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
+        Endpoint::new(
+            &self.url,
+            "--webhook",
+            &self.tls,
+            self.auth.clone(),
+            Duration::from_secs(10),
+        )
+    }
 }
 
 /// Recently seen event ids, bounded.
@@ -96,52 +118,43 @@ pub fn describe(e: &ViolationEvent) -> String {
     s
 }
 
-/// One POST; Ok if the server answered 2xx.
-async fn post_once(url: &Url, body: &[u8]) -> anyhow::Result<()> {
-    let r = http::request(
-        "POST",
-        url,
-        &url.path_with(""),
+/// POSTs with jittered exponential backoff (0.5 s doubling to 30 s), `attempts` times at
+/// most; failures that will not pass (TLS, 401/403, other 4xx) are not retried.
+pub async fn post_with_retries(
+    hook: &Endpoint,
+    body: &[u8],
+    attempts: u32,
+) -> Result<(), HttpError> {
+    let retry = RetryPolicy {
+        attempts: attempts.max(1),
+        first: Duration::from_millis(500),
+        max_delay: Duration::from_secs(30),
+    };
+    hook.send_with_retries(
+        reqwest::Method::POST,
+        "",
         "application/json",
         body,
-        Duration::from_secs(10),
+        &retry,
+        |e, delay| {
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "webhook failed, retrying")
+        },
     )
-    .await?;
-    if r.ok() {
-        Ok(())
-    } else {
-        bail!("webhook answered {}", r.status_line)
-    }
-}
-
-/// POSTs with exponential backoff (0.5 s doubling to 30 s) up to `attempts` times.
-pub async fn post_with_retries(url: &str, body: &[u8], attempts: u32) -> anyhow::Result<()> {
-    let url = Url::parse(url, "--webhook").map_err(|e| anyhow!(e))?;
-    let mut delay = Duration::from_millis(500);
-    let mut last = None;
-    for attempt in 1..=attempts.max(1) {
-        match post_once(&url, body).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(attempt, error = %e, "webhook failed, retrying");
-                last = Some(e);
-                if attempt < attempts {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
+    .await
+    .map(|_| ())
 }
 
 pub async fn run(
     cfg: AlertsConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    if let Some(url) = &cfg.webhook {
-        Url::parse(url, "--webhook").map_err(|e| anyhow!(e))?;
-    }
+    let hook = cfg
+        .webhook
+        .as_ref()
+        .map(WebhookConfig::endpoint)
+        .transpose()
+        .map_err(|e| anyhow!(e))?;
+    kafka::check_connection_async(&cfg.kafka, kafka::CONNECT_TIMEOUT).await?;
     let consumer: StreamConsumer = cfg
         .kafka
         .config(&[
@@ -156,7 +169,7 @@ pub async fn run(
         .context("cannot create consumer")?;
     consumer.subscribe(&[&cfg.topic])?;
     let mut reader: RecordReader<ViolationEvent> =
-        RecordReader::with_registry_url(&VIOLATION_EVENT, cfg.schema_registry.as_deref())
+        RecordReader::with_registry(&VIOLATION_EVENT, cfg.schema_registry.as_ref())
             .map_err(|e| anyhow!(e))?;
     let mut dedup = Dedup::new(cfg.remember);
     let (mut shown, mut repeats) = (0u64, 0u64);
@@ -188,9 +201,9 @@ pub async fn run(
                     } else {
                         println!("{}", describe(&ev));
                     }
-                    if let Some(url) = &cfg.webhook {
+                    if let Some(hook) = &hook {
                         let body = serde_json::to_vec(&ev)?;
-                        post_with_retries(url, &body, cfg.max_attempts)
+                        post_with_retries(hook, &body, cfg.max_attempts)
                             .await
                             .with_context(|| format!("event {} not delivered to the webhook; stopping without committing it", ev.event_id))?;
                     }

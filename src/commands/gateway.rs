@@ -171,13 +171,19 @@ pub async fn run(
     if !(1..=100).contains(&cfg.quality) {
         bail!("--quality must be between 1 and 100, got {}", cfg.quality);
     }
+    kafka::check_connection_async(&cfg.kafka, kafka::CONNECT_TIMEOUT).await?;
     let metrics = GatewayMetrics::new();
-    if let Some(addr) = cfg.metrics_addr {
-        let bound = crate::telemetry::serve(metrics.registry.clone(), addr)
-            .await
-            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
-        tracing::info!(addr = %bound, "metrics endpoint listening");
-    }
+    let readiness = crate::telemetry::Readiness::default();
+    let endpoint = match cfg.metrics_addr {
+        Some(addr) => {
+            let server = crate::telemetry::serve(metrics.registry.clone(), addr, readiness.clone())
+                .await
+                .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+            tracing::info!(addr = %server.addr, "metrics endpoint listening");
+            Some(server)
+        }
+        None => None,
+    };
     let producer: FutureProducer = cfg
         .kafka
         .producer(cfg.max_frame_bytes + 64 * 1024)
@@ -206,6 +212,7 @@ pub async fn run(
     let mut round: u64 = 0;
     let mut oversize: u64 = 0;
     tokio::pin!(shutdown);
+    readiness.set(crate::telemetry::Phase::Ready);
     tracing::info!(cameras = cfg.cameras, fps = cfg.fps, source = %cfg.source, topic = %cfg.topic, "gateway started");
     'rounds: loop {
         if cfg.frames.is_some_and(|n| round >= n) {
@@ -245,7 +252,9 @@ pub async fn run(
                         continue 'rounds;
                     }
                 };
-                vec![Arc::new(frame); cfg.cameras]
+                // One shared copy for every simulated camera.
+                let frame = Arc::new(frame);
+                (0..cfg.cameras).map(|_| frame.clone()).collect()
             }
         };
         let captured_at = now_ms().to_string();
@@ -291,12 +300,16 @@ pub async fn run(
             last_progress = Instant::now();
         }
     }
+    readiness.set(crate::telemetry::Phase::Stopping);
     while let Some(r) = pending.next().await {
         settle(&metrics, r);
     }
     let p = producer.clone();
     tokio::task::spawn_blocking(move || p.flush(Timeout::After(Duration::from_secs(30)))).await??;
     progress(&metrics, started, oversize);
+    if let Some(server) = endpoint {
+        server.shutdown().await;
+    }
     let errors = metrics.errors.with_label_values(&["delivery"]).get();
     if errors > 0 {
         bail!("{errors} frames could not be delivered");

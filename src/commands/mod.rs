@@ -41,6 +41,8 @@ pub enum LogFormat {
     Json,
 }
 
+// The worker's arguments are the largest variant; the command line is parsed once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Publish JPEG frames for simulated cameras from images, a video file or a stream.
@@ -70,10 +72,19 @@ pub struct AlertsArgs {
     /// Consumer group (alerts resume where they stopped).
     #[arg(long, default_value = "vigil-alerts")]
     pub group: String,
-    /// POST each event as JSON to this http:// URL.
-    #[arg(long)]
+    /// POST each event as JSON to this http:// or https:// URL (https verified against the
+    /// system's roots and --ca-file).
+    #[arg(long, env = "VIGIL_WEBHOOK")]
     pub webhook: Option<String>,
-    /// Attempts per webhook delivery (backoff 0.5 s doubling to 30 s).
+    /// File holding the webhook's token (first line), sent as `Authorization: Bearer …` (or in
+    /// --webhook-auth-header). The environment variable VIGIL_WEBHOOK_TOKEN takes precedence.
+    #[arg(long, value_name = "FILE")]
+    pub webhook_token_file: Option<PathBuf>,
+    /// Send the token in this header instead of `Authorization: Bearer` (e.g. X-Api-Key).
+    #[arg(long, value_name = "NAME")]
+    pub webhook_auth_header: Option<String>,
+    /// Attempts per webhook delivery (jittered backoff 0.5 s doubling to 30 s); TLS failures
+    /// and 4xx answers are not retried.
     #[arg(long, default_value_t = 8)]
     pub max_attempts: u32,
     /// Print events as JSON lines.
@@ -94,15 +105,83 @@ pub struct RegistryArgs {
     /// it, Avro single-object encoding. Readers need it to read records written with it.
     #[arg(long, env = "VIGIL_SCHEMA_REGISTRY")]
     pub schema_registry: Option<String>,
+    /// File holding the registry's basic-auth `USER:PASSWORD` (first line), as Confluent's
+    /// `basic.auth.user.info`. The environment variable VIGIL_SCHEMA_REGISTRY_USER_INFO takes
+    /// precedence.
+    #[arg(long, value_name = "FILE")]
+    pub schema_registry_user_info_file: Option<PathBuf>,
+    /// PEM file of CA certificates trusted for https:// (the schema registry and the webhook)
+    /// besides the system's roots.
+    #[arg(long, env = "VIGIL_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl RegistryArgs {
-    /// The URL, checked.
-    pub fn url(self) -> Result<Option<String>, String> {
-        if let Some(u) = &self.schema_registry {
-            crate::codec::http::Url::parse(u, "--schema-registry / VIGIL_SCHEMA_REGISTRY")?;
+    /// The TLS settings for outgoing HTTPS.
+    pub fn tls(&self) -> crate::http::TlsSettings {
+        crate::http::TlsSettings {
+            ca_file: self.ca_file.clone(),
         }
-        Ok(self.schema_registry)
+    }
+
+    /// The registry's settings, checked (URL, CA file, credentials).
+    pub fn registry(&self) -> Result<Option<crate::codec::registry::RegistryConfig>, String> {
+        let Some(url) = &self.schema_registry else {
+            return Ok(None);
+        };
+        let user_info = crate::http::Secret::from_env_or_file(
+            "VIGIL_SCHEMA_REGISTRY_USER_INFO",
+            self.schema_registry_user_info_file.as_deref(),
+            "--schema-registry-user-info-file",
+        )?;
+        let auth = match user_info {
+            Some(u) => crate::http::Auth::basic(
+                &u,
+                "VIGIL_SCHEMA_REGISTRY_USER_INFO / --schema-registry-user-info-file",
+            )?,
+            None => crate::http::Auth::None,
+        };
+        let cfg = crate::codec::registry::RegistryConfig {
+            url: url.clone(),
+            auth,
+            tls: self.tls(),
+        };
+        // Checks the URL and the CA file now, naming the option.
+        crate::codec::registry::Registry::new(&cfg)?;
+        Ok(Some(cfg))
+    }
+}
+
+impl AlertsArgs {
+    /// The webhook's settings, checked.
+    pub fn webhook(&self) -> Result<Option<alerts::WebhookConfig>, String> {
+        let Some(url) = &self.webhook else {
+            return Ok(None);
+        };
+        let token = crate::http::Secret::from_env_or_file(
+            "VIGIL_WEBHOOK_TOKEN",
+            self.webhook_token_file.as_deref(),
+            "--webhook-token-file",
+        )?;
+        let auth = match (token, &self.webhook_auth_header) {
+            (None, None) => crate::http::Auth::None,
+            (None, Some(_)) => return Err(
+                "--webhook-auth-header needs a token (VIGIL_WEBHOOK_TOKEN or --webhook-token-file)"
+                    .into(),
+            ),
+            (Some(t), None) => crate::http::Auth::Bearer(t),
+            (Some(t), Some(name)) => crate::http::Auth::Header {
+                name: name.clone(),
+                value: t,
+            },
+        };
+        let cfg = alerts::WebhookConfig {
+            url: url.clone(),
+            auth,
+            tls: self.registry.tls(),
+        };
+        cfg.endpoint()?;
+        Ok(Some(cfg))
     }
 }
 
@@ -323,7 +402,7 @@ impl WorkerArgs {
             },
             model_dir: self.model_dir,
             rules: self.rules,
-            debug: (!self.debug_camera.is_empty()).then(|| crate::infer::DebugImages {
+            debug: (!self.debug_camera.is_empty()).then_some(crate::infer::DebugImages {
                 dir: self.debug_dir,
                 cameras: self.debug_camera,
             }),
@@ -349,7 +428,7 @@ impl WorkerArgs {
             progress_interval: secs("--progress-secs", self.progress_secs)?,
             camera_labels: self.metrics_camera_labels,
             camera_series_limit: self.metrics_camera_limit,
-            schema_registry: self.registry.url()?,
+            schema_registry: self.registry.registry()?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -437,11 +516,12 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             Command::Topics(args) => topics::run(args).await.map_err(|e| (1, e)),
             Command::Alerts(a) => {
+                let webhook = a.webhook().map_err(|e| (2, anyhow::anyhow!(e)))?;
                 let cfg = alerts::AlertsConfig {
                     kafka: a.kafka,
                     topic: a.topic,
                     group: a.group,
-                    webhook: a.webhook,
+                    webhook,
                     max_attempts: a.max_attempts,
                     json: a.json,
                     idle_timeout: a
@@ -450,7 +530,7 @@ pub fn run(cli: Cli) -> ExitCode {
                         .transpose()
                         .map_err(|e| (2, anyhow::anyhow!(e)))?,
                     remember: 100_000,
-                    schema_registry: a.registry.url().map_err(|e| (2, anyhow::anyhow!(e)))?,
+                    schema_registry: a.registry.registry().map_err(|e| (2, anyhow::anyhow!(e)))?,
                 };
                 alerts::run(cfg, shutdown_signal())
                     .await
@@ -467,7 +547,7 @@ pub fn run(cli: Cli) -> ExitCode {
                         .transpose()
                         .map_err(|e| (2, anyhow::anyhow!(e)))?,
                     json: a.json,
-                    schema_registry: a.registry.url().map_err(|e| (2, anyhow::anyhow!(e)))?,
+                    schema_registry: a.registry.registry().map_err(|e| (2, anyhow::anyhow!(e)))?,
                 };
                 tail::run(cfg, shutdown_signal()).await.map_err(|e| (1, e))
             }

@@ -26,7 +26,7 @@ pub struct TailConfig {
     /// headers and size) instead of a summary.
     pub json: bool,
     /// Registry for records in the Confluent wire format.
-    pub schema_registry: Option<String>,
+    pub schema_registry: Option<crate::codec::registry::RegistryConfig>,
 }
 
 /// One readable line for a dead letter (a record with a `reason` header), `None` for others.
@@ -124,6 +124,7 @@ pub async fn run(
     cfg: TailConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    kafka::check_connection_async(&cfg.kafka, kafka::CONNECT_TIMEOUT).await?;
     let group = format!(
         "vigil-tail-{}-{}",
         std::process::id(),
@@ -141,7 +142,7 @@ pub async fn run(
         .create()?;
     consumer.subscribe(&[&cfg.topic])?;
     let mut reader: RecordReader<Observation> =
-        RecordReader::with_registry_url(&OBSERVATION, cfg.schema_registry.as_deref())
+        RecordReader::with_registry(&OBSERVATION, cfg.schema_registry.as_ref())
             .map_err(|e| anyhow!(e))?;
     let mut seen = 0u64;
     tokio::pin!(shutdown);

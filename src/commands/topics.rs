@@ -52,6 +52,7 @@ pub async fn run(args: TopicsArgs) -> anyhow::Result<()> {
     ];
     // The state topic is compacted; all share one partition count (co-partitioned); frames and
     // their dead letters fit the frame size limit.
+    kafka::check_connection_async(&kafka, kafka::CONNECT_TIMEOUT).await?;
     let compacted = [topics.state_topic];
     let bytes = kafka::message_bytes_for(max_frame_bytes);
     let sized = [(topics.frames_topic, bytes), (topics.dlq_topic, bytes)];

@@ -117,7 +117,7 @@ impl Manifest {
                 "`input.width` and `input.height` must be positive".into()
             ));
         }
-        if m.input.std.iter().any(|s| *s == 0.0) {
+        if m.input.std.contains(&0.0) {
             return Err(err("`input.std` must not contain 0".into()));
         }
         if m.sha256.len() != 64 || !m.sha256.chars().all(|c| c.is_ascii_hexdigit()) {

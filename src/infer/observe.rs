@@ -113,7 +113,7 @@ pub(crate) fn finish(infer: &Infer, f: InFrame) -> (Origin, Box<Observation>) {
         processed_at_ms: now_ms(),
     };
     if let (Some(debug), Some(image)) = (&infer.debug, f.image) {
-        if debug.cameras.iter().any(|c| *c == obs.camera) {
+        if debug.cameras.contains(&obs.camera) {
             let obs = obs.clone();
             let dir = debug.dir.clone();
             let violating: Vec<bool> = obs

@@ -58,7 +58,7 @@ pub struct WorkerConfig {
     pub camera_series_limit: usize,
     /// Confluent-compatible schema registry: Avro in the Confluent wire format when set,
     /// single-object encoding otherwise.
-    pub schema_registry: Option<String>,
+    pub schema_registry: Option<crate::codec::registry::RegistryConfig>,
 }
 
 /// A default worker id: host name and process id.
@@ -90,14 +90,11 @@ impl WorkerConfig {
     }
 }
 
-/// The session timeout `-X session.timeout.ms` sets, or the default.
+/// The session timeout the user's properties set (`-X`, the environment or the properties
+/// file), or the default.
 pub fn session_timeout(kafka: &KafkaArgs) -> Result<Duration, String> {
-    match kafka
-        .property
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "session.timeout.ms")
-    {
+    let props = kafka.properties().map_err(|e| e.to_string())?;
+    match props.iter().rev().find(|(k, _)| k == "session.timeout.ms") {
         None => Ok(DEFAULT_SESSION_TIMEOUT),
         Some((_, v)) => v
             .trim()
@@ -118,6 +115,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ..Default::default()
         }
     }
 

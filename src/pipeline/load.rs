@@ -16,10 +16,10 @@ use crate::rules::RuleSet;
 
 /// The Avro writers: registered with the schema registry when one is configured.
 pub async fn codecs(cfg: &WorkerConfig) -> anyhow::Result<Codecs> {
-    let Some(url) = &cfg.schema_registry else {
+    let Some(registry) = &cfg.schema_registry else {
         return Ok(Codecs::single_object());
     };
-    let registry = Registry::new(url).map_err(|e| anyhow!(e))?;
+    let registry = Registry::new(registry).map_err(|e| anyhow!(e))?;
     let patience = Duration::from_secs(30);
     Ok(Codecs {
         observations: registry

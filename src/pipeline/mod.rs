@@ -16,6 +16,7 @@ use crate::episodes::StateStore;
 use crate::kafka::KafkaArgs;
 use crate::sink::Checkpoints;
 use crate::source::PartitionHooks;
+use crate::telemetry::{Phase, Readiness};
 
 pub use config::{default_worker_id, session_timeout, WorkerConfig, DEFAULT_SESSION_TIMEOUT};
 pub use wire::run;
@@ -32,10 +33,13 @@ struct Restorer {
     store: Arc<StateStore>,
     /// Delivered frames' state, checkpointed on request before a revoke commits.
     checkpoints: Arc<Checkpoints>,
+    /// `/readyz`: restoring while state is read back, ready once it is.
+    readiness: Readiness,
 }
 
 impl PartitionHooks for Restorer {
     fn assigned(&self, partitions: &[i32]) -> Result<(), StageError> {
+        self.readiness.set(Phase::Restoring);
         let mut restored = crate::sink::restore(
             &self.kafka,
             &self.group,
@@ -52,10 +56,13 @@ impl PartitionHooks for Restorer {
             );
             self.store.install(p, entries);
         }
+        self.readiness.set(Phase::Ready);
         Ok(())
     }
 
     fn revoking(&self, _partitions: &[i32]) {
+        // A rebalance: not ready until the next assignment is restored.
+        self.readiness.set(Phase::Starting);
         self.checkpoints.wake.notify_one();
     }
 

@@ -31,7 +31,7 @@ use crate::infer::{FramePlan, Infer};
 use crate::kafka;
 use crate::sink::{Checkpoints, Emitter, Sink, Topics};
 use crate::source::{self, Record, SourceConfig};
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::{self, Metrics, Phase, Readiness};
 
 /// How often delivered frames' episode state is checkpointed and their offsets stored (the
 /// consumer commits stored offsets every second).
@@ -47,12 +47,15 @@ pub async fn run(
         cfg.camera_labels.then_some(cfg.camera_series_limit),
     ));
 
-    // Schemas and models first: a worker that cannot publish or infer must not join the group.
-    let codecs = load::codecs(&cfg).await?;
+    // Models, brokers and schemas first: a worker that cannot infer or publish must not join
+    // the group. Local checks come before the network's; a wrong CA or password stops the
+    // worker here, naming the cause.
     let (planner, models) = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || load::models(&cfg)).await??
     };
+    kafka::check_connection_async(&cfg.kafka, kafka::CONNECT_TIMEOUT).await?;
+    let codecs = load::codecs(&cfg).await?;
     for m in &models {
         metrics
             .model_info
@@ -65,12 +68,17 @@ pub async fn run(
             .set(1);
     }
 
-    if let Some(addr) = cfg.metrics_addr {
-        let bound = telemetry::serve(metrics.registry.clone(), addr)
-            .await
-            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
-        tracing::info!(addr = %bound, "metrics endpoint listening");
-    }
+    let readiness = Readiness::default();
+    let endpoint = match cfg.metrics_addr {
+        Some(addr) => {
+            let server = telemetry::serve(metrics.registry.clone(), addr, readiness.clone())
+                .await
+                .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+            tracing::info!(addr = %server.addr, "metrics endpoint listening");
+            Some(server)
+        }
+        None => None,
+    };
 
     let producer = cfg
         .kafka
@@ -106,6 +114,7 @@ pub async fn run(
         state_topic: cfg.state_topic.clone(),
         store: store.clone(),
         checkpoints: checkpoints.clone(),
+        readiness: readiness.clone(),
     });
     let mut source = source::start(
         &SourceConfig {
@@ -253,6 +262,7 @@ pub async fn run(
     // Drain: stop reading, then closing the intake's senders lets each stage finish what it
     // holds and end.
     tracing::info!("worker stopping, draining in-flight frames");
+    readiness.set(Phase::Stopping);
     source.stop_reading();
     drop(decode_tx);
     drop(out_tx);
@@ -287,6 +297,9 @@ pub async fn run(
             drop(consumer);
         })
         .await?;
+    }
+    if let Some(server) = endpoint {
+        server.shutdown().await;
     }
     match failure {
         Some(e) => Err(anyhow!(e)),

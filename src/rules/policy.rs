@@ -48,7 +48,9 @@ impl Default for EpisodePolicy {
 }
 
 impl EpisodePolicy {
-    /// Checks the parameters, naming the first bad one.
+    /// Checks the parameters, naming the first bad one. The negated comparisons are
+    /// deliberate: `!(x > 0.0)` refuses NaN too.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     pub fn validate(&self) -> Result<(), String> {
         let p = self;
         if !(p.half_life_secs > 0.0) {

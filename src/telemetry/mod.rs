@@ -1,5 +1,5 @@
-//! What operators see: Prometheus [`metrics`] and the HTTP endpoint that serves them
-//! ([`server`]). Every stage counts through the handles in [`Metrics`]; the catalogue in
+//! What operators see: Prometheus [`metrics`] and the HTTP endpoint that serves them with
+//! health and readiness ([`server`]). Every stage counts through the handles in [`Metrics`]; the catalogue in
 //! `docs/metrics.md` lists them.
 
 pub mod cameras;
@@ -7,4 +7,4 @@ pub mod metrics;
 pub mod server;
 
 pub use metrics::{GatewayMetrics, Metrics};
-pub use server::serve;
+pub use server::{serve, Phase, Readiness};

@@ -284,6 +284,17 @@ impl Worker {
         group: &str,
         extra: &[&str],
     ) -> Result<Worker> {
+        Worker::start_on(wrapper, &brokers(), topics, group, extra)
+    }
+
+    /// Starts a worker against the given brokers (e.g. a TLS listener).
+    pub fn start_on(
+        wrapper: &[&str],
+        brokers: &str,
+        topics: &Topics,
+        group: &str,
+        extra: &[&str],
+    ) -> Result<Worker> {
         let id = unique("worker");
         let log = log_dir().join(format!("{id}.log"));
         let file = std::fs::File::create(&log)?;
@@ -296,7 +307,7 @@ impl Worker {
             }
         };
         let child = cmd
-            .args(["--log-format", "json", "worker", "--brokers", &brokers()])
+            .args(["--log-format", "json", "worker", "--brokers", brokers])
             .args(["--frames-topic", &topics.frames])
             .args(["--observations-topic", &topics.observations])
             .args(["--dlq-topic", &topics.dlq])

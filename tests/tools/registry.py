@@ -10,13 +10,18 @@ confluent-kafka's client use, keeping schemas in memory:
   GET  /subjects/{subject}/versions   -> [1, 2, ...]
   GET  /subjects/{subject}/versions/{version|latest} -> {"subject", "version", "id", "schema"}
 
-It enforces no compatibility rules. Prints "listening PORT" and serves until killed.
+It enforces no compatibility rules. Prints "listening PORT" and serves until killed. With
+--tls CERT KEY it serves HTTPS; with --user-info USER:PASSWORD it requires HTTP basic
+authentication (as a hosted registry does) and answers 401 otherwise.
 
-usage: registry.py [PORT]   (0 or nothing: any free port on 127.0.0.1)
+usage: registry.py [PORT] [--tls CERT KEY] [--user-info USER:PASSWORD]
+       (PORT 0 or nothing: any free port on 127.0.0.1)
 """
+import argparse
+import base64
 import json
+import ssl
 import re
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -25,6 +30,7 @@ LOCK = threading.Lock()
 SCHEMAS = {}  # id -> schema text
 IDS = {}  # canonical schema JSON -> id
 SUBJECTS = {}  # subject -> [id of version 1, id of version 2, ...]
+EXPECTED_AUTH = None  # "Basic ..." when --user-info is given
 
 
 def canonical(text):
@@ -43,7 +49,15 @@ class Handler(BaseHTTPRequestHandler):
     def error(self, status, code, message):
         self.answer(status, {"error_code": code, "message": message})
 
+    def authorised(self):
+        if EXPECTED_AUTH is None or self.headers.get("Authorization") == EXPECTED_AUTH:
+            return True
+        self.error(401, 401, "Unauthorized")
+        return False
+
     def do_POST(self):
+        if not self.authorised():
+            return
         path = urlsplit(self.path).path
         m = re.fullmatch(r"/subjects/([^/]+)/versions", path)
         if not m:
@@ -69,6 +83,8 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(200, {"id": sid})
 
     def do_GET(self):
+        if not self.authorised():
+            return
         path = urlsplit(self.path).path
         with LOCK:
             m = re.fullmatch(r"/schemas/ids/(\d+)", path)
@@ -101,8 +117,19 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    global EXPECTED_AUTH
+    ap = argparse.ArgumentParser()
+    ap.add_argument("port", nargs="?", type=int, default=0)
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    ap.add_argument("--user-info")
+    args = ap.parse_args()
+    if args.user_info:
+        EXPECTED_AUTH = "Basic " + base64.b64encode(args.user_info.encode()).decode()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    if args.tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*args.tls)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print(f"listening {server.server_address[1]}", flush=True)
     server.serve_forever()
 

@@ -1,6 +1,12 @@
-//! Kafka client configuration shared by every subcommand, header conversion and topic
-//! administration. The only other places that touch rdkafka are the worker's source (consumer)
-//! and sink (producer).
+//! Kafka client configuration shared by every subcommand ([`settings`]: properties from a file,
+//! the environment and `-X`), the start-up connection check ([`probe`]), header conversion and
+//! topic administration. The only other places that touch rdkafka are the worker's source
+//! (consumer) and sink (producer).
+
+pub mod probe;
+pub mod settings;
+
+pub use probe::{check_connection, check_connection_async, CONNECT_TIMEOUT};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,15 +22,35 @@ use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 
 /// Connection settings every subcommand takes.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, Default, clap::Args)]
 pub struct KafkaArgs {
     /// Bootstrap brokers, comma-separated HOST:PORT.
     #[arg(long, env = "VIGIL_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
+    /// A librdkafka properties file (`key=value` lines, e.g. `security.protocol=SASL_SSL`),
+    /// applied over vigil's defaults. Environment variables `VIGIL_KAFKA_<PROPERTY>`
+    /// (`VIGIL_KAFKA_SASL_PASSWORD`) come next, then `-X`.
+    #[arg(long, env = "VIGIL_KAFKA_CONFIG", value_name = "FILE")]
+    pub kafka_config: Option<std::path::PathBuf>,
     /// Any librdkafka property, as kcat takes it (`-X security.protocol=SSL`); may repeat.
-    /// Applied last, so it overrides vigil's defaults.
+    /// Applied last, so it overrides vigil's defaults, the properties file and the environment.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
     pub property: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let props: Vec<String> = self
+            .property
+            .iter()
+            .map(|(k, v)| settings::shown(k, v))
+            .collect();
+        f.debug_struct("KafkaArgs")
+            .field("brokers", &self.brokers)
+            .field("kafka_config", &self.kafka_config)
+            .field("property", &props)
+            .finish()
+    }
 }
 
 /// Parses `key=value` for `-X`, naming the problem when it is malformed.
@@ -56,6 +82,10 @@ pub enum ClientError {
     MissingTopic(String),
     #[error("create topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("{0}")]
+    Settings(String),
+    #[error("{0}")]
+    Connect(#[from] probe::ConnectError),
 }
 
 /// Properties vigil sets for its delivery guarantees; overriding them with `-X` is refused.
@@ -70,16 +100,24 @@ impl KafkaArgs {
         for (k, v) in defaults {
             c.set(*k, *v);
         }
-        for (k, v) in &self.property {
+        for (k, v) in self.properties()? {
             if GUARDED.contains(&k.as_str()) {
-                return Err(ClientError::Guarded {
-                    key: k.clone(),
-                    value: v.clone(),
-                });
+                return Err(ClientError::Guarded { key: k, value: v });
             }
             c.set(k, v);
         }
         Ok(c)
+    }
+
+    /// The user's properties in the order they apply: the file, the environment, `-X`.
+    pub fn properties(&self) -> Result<Vec<(String, String)>, ClientError> {
+        let mut out = match &self.kafka_config {
+            Some(path) => settings::read_file(path).map_err(ClientError::Settings)?,
+            None => Vec::new(),
+        };
+        out.extend(settings::from_env(std::env::vars()));
+        out.extend(self.property.iter().cloned());
+        Ok(out)
     }
 
     /// An idempotent producer: retries never duplicate or reorder a partition's records.
@@ -358,6 +396,7 @@ mod tests {
         let k = KafkaArgs {
             brokers: "x:1".into(),
             property: vec![("enable.auto.offset.store".into(), "true".into())],
+            ..Default::default()
         };
         let err = k.config(&[]).unwrap_err().to_string();
         assert!(err.contains("enable.auto.offset.store"), "{err}");
@@ -368,8 +407,48 @@ mod tests {
         let k = KafkaArgs {
             brokers: "x:1".into(),
             property: vec![("linger.ms".into(), "50".into())],
+            ..Default::default()
         };
         let c = k.config(&[("linger.ms", "5")]).unwrap();
         assert_eq!(c.get("linger.ms"), Some("50"));
+    }
+
+    #[test]
+    fn the_properties_file_applies_under_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kafka.properties");
+        std::fs::write(
+            &path,
+            "linger.ms=20\nsocket.timeout.ms=7000\nsasl.password=s3cret\n",
+        )
+        .unwrap();
+        let k = KafkaArgs {
+            brokers: "x:1".into(),
+            kafka_config: Some(path.clone()),
+            property: vec![("linger.ms".into(), "50".into())],
+        };
+        let c = k.config(&[("linger.ms", "5")]).unwrap();
+        assert_eq!(c.get("linger.ms"), Some("50"));
+        assert_eq!(c.get("socket.timeout.ms"), Some("7000"));
+        let shown = format!("{k:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        std::fs::write(&path, "enable.idempotence=false\n").unwrap();
+        assert!(matches!(k.config(&[]), Err(ClientError::Guarded { .. })));
+        std::fs::write(&path, "security.protocol\n").unwrap();
+        let err = k.config(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("line 1") && err.contains("kafka.properties"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_given_with_x_are_not_shown() {
+        let k = KafkaArgs {
+            brokers: "x:1".into(),
+            property: vec![("sasl.password".into(), "hunter2".into())],
+            ..Default::default()
+        };
+        assert!(!format!("{k:?}").contains("hunter2"));
     }
 }
