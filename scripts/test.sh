@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# Runs every test: unit and property tests, golden outputs, start-up refusals, and the
-# integration tests against a real Kafka-protocol broker (started here, stopped on exit).
-# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test pipeline`).
+# Runs every test: formatting and lints (cargo fmt, clippy), unit and property tests, golden
+# outputs, start-up refusals, the integration tests against a real Kafka-protocol broker
+# (started here, stopped on exit; TLS through stunnel), the dependency policy (cargo deny) and
+# the fuzz targets briefly. Extra arguments go to `cargo test` (e.g.
+# `scripts/test.sh --test pipeline`) and skip everything but the tests.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 scripts/bootstrap.sh
+say() { printf 'test: %s\n' "$*" >&2; }
+
+if [ $# -eq 0 ]; then
+  say "cargo fmt --check"
+  cargo fmt --check
+  say "cargo clippy --all-targets -- -D warnings"
+  cargo clippy --locked --all-targets --quiet -- -D warnings
+fi
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/vigil-test.XXXXXX")
 cleanup() { scripts/broker.sh stop "$RUN"; rm -rf "$RUN"; }
@@ -22,6 +32,17 @@ cargo test --locked "$@"
 if [ $# -eq 0 ]; then
   cargo check --locked --benches --quiet
   cargo check --locked --features cuda --quiet
+  # Licences, banned crates and sources of every dependency (deny.toml). cargo-deny is built
+  # once per user, like the broker. The advisories check needs the RustSec database from
+  # GitHub, which these machines cannot reach (README, "Dependencies").
+  DENY_VERSION=0.20.2
+  DENY_HOME=${VIGIL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vigil}/cargo-deny-$DENY_VERSION
+  if [ ! -x "$DENY_HOME/bin/cargo-deny" ]; then
+    say "building cargo-deny $DENY_VERSION into $DENY_HOME (once per user; a few minutes)"
+    cargo install cargo-deny --version "$DENY_VERSION" --locked --root "$DENY_HOME" --quiet
+  fi
+  say "cargo deny check licenses bans sources"
+  "$DENY_HOME/bin/cargo-deny" check licenses bans sources
   # The fuzz targets, briefly each (a longer run: scripts/fuzz.sh 1200).
   scripts/fuzz.sh "${VIGIL_FUZZ_SECS:-45}"
 fi

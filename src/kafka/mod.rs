@@ -84,7 +84,7 @@ pub enum ClientError {
     CreateTopic { topic: String, reason: String },
     #[error("{0}")]
     Settings(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Connect(#[from] probe::ConnectError),
 }
 

@@ -75,13 +75,28 @@ impl ProbeContext {
     }
 }
 
+impl ProbeContext {
+    fn record(&self, report: &str) {
+        if let Ok(mut e) = self.errors.lock() {
+            if e.len() < 16 {
+                e.push(report.to_string());
+            }
+        }
+    }
+}
+
 impl ClientContext for ProbeContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(error = %error, reason, "kafka client error during the connection check");
-        if let Ok(mut e) = self.errors.lock() {
-            if e.len() < 16 {
-                e.push(reason.to_string());
-            }
+        self.record(reason);
+    }
+
+    /// Connection failures (facility `FAIL`) carry the cause; librdkafka reports some of them
+    /// (a reset during the first request) only here.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(?level, fac, message = log_message, "librdkafka during the connection check");
+        if fac == "FAIL" {
+            self.record(log_message);
         }
     }
 }
@@ -89,7 +104,8 @@ impl ClientContext for ProbeContext {
 impl ConsumerContext for ProbeContext {}
 
 /// Names the cause among librdkafka's error reports (`None` when none is recognised).
-pub fn diagnose(reports: &[String]) -> Option<(Cause, String)> {
+/// `plaintext`: the client speaks no TLS (`security.protocol` PLAINTEXT or SASL_PLAINTEXT).
+pub fn diagnose(reports: &[String], plaintext: bool) -> Option<(Cause, String)> {
     let has = |r: &str, words: &[&str]| {
         let l = r.to_ascii_lowercase();
         words.iter().any(|w| l.contains(w))
@@ -134,6 +150,15 @@ pub fn diagnose(reports: &[String]) -> Option<(Cause, String)> {
             return Some((cause, r.clone()));
         }
     }
+    // A TLS listener (or terminator) drops a plaintext client's first request.
+    if plaintext {
+        if let Some(r) = reports
+            .iter()
+            .find(|r| has(r, &["disconnected"]) && has(r, &["state apiversion_query"]))
+        {
+            return Some((Cause::Plaintext, r.clone()));
+        }
+    }
     None
 }
 
@@ -141,13 +166,21 @@ pub fn diagnose(reports: &[String]) -> Option<(Cause, String)> {
 /// passed. Blocking: call it off the async runtime.
 pub fn check_connection(kafka: &KafkaArgs, timeout: Duration) -> Result<(), ClientError> {
     let started = Instant::now();
+    // A consumer that never subscribes: its group id only gives it the queue its error
+    // reports arrive on (served by `poll`).
     let client: BaseConsumer<ProbeContext> = kafka
-        .config(&[])?
+        .config(&[("group.id", "vigil-connection-check")])?
         .create_with_context(ProbeContext::default())
         .map_err(|source| ClientError::Create {
             what: "client",
             source,
         })?;
+    let plaintext = kafka
+        .properties()?
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "security.protocol")
+        .is_none_or(|(_, v)| v.to_ascii_lowercase().ends_with("plaintext"));
     let fail = |cause: Cause, detail: String| {
         ClientError::Connect(ConnectError {
             brokers: kafka.brokers.clone(),
@@ -161,8 +194,10 @@ pub fn check_connection(kafka: &KafkaArgs, timeout: Duration) -> Result<(), Clie
             Ok(_) => return Ok(()),
             Err(e) => e.to_string(),
         };
+        // Serves the error callbacks (no message can come: nothing is subscribed).
+        let _ = client.poll(Duration::from_millis(50));
         let reports = client.context().reports();
-        if let Some((cause, detail)) = diagnose(&reports) {
+        if let Some((cause, detail)) = diagnose(&reports, plaintext) {
             if cause.is_final() {
                 return Err(fail(cause, detail));
             }
@@ -191,7 +226,7 @@ mod tests {
 
     fn d(reports: &[&str]) -> Option<Cause> {
         let r: Vec<String> = reports.iter().map(|s| s.to_string()).collect();
-        diagnose(&r).map(|(c, _)| c)
+        diagnose(&r, true).map(|(c, _)| c)
     }
 
     #[test]
@@ -208,6 +243,12 @@ mod tests {
             d(&["127.0.0.1:9093/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10 (see api.version.request) (after 1ms in state APIVERSION_QUERY)"]),
             Some(Cause::Plaintext)
         );
+        assert_eq!(
+            d(&["127.0.0.1:9093/bootstrap: Disconnected: connection reset by peer (after 3ms in state APIVERSION_QUERY)", "1/1 brokers are down"]),
+            Some(Cause::Plaintext)
+        );
+        let r = vec!["ssl://127.0.0.1:9093/bootstrap: Disconnected (after 3ms in state APIVERSION_QUERY)".to_string()];
+        assert_eq!(diagnose(&r, false), None);
         assert_eq!(
             d(&["ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A00010B:SSL routines::wrong version number (after 0ms in state SSL_HANDSHAKE)"]),
             Some(Cause::Tls)
