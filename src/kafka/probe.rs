@@ -94,7 +94,12 @@ impl ClientContext for ProbeContext {
     /// Connection failures (facility `FAIL`) carry the cause; librdkafka reports some of them
     /// (a reset during the first request) only here.
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        tracing::debug!(?level, fac, message = log_message, "librdkafka during the connection check");
+        tracing::debug!(
+            ?level,
+            fac,
+            message = log_message,
+            "librdkafka during the connection check"
+        );
         if fac == "FAIL" {
             self.record(log_message);
         }
@@ -247,7 +252,10 @@ mod tests {
             d(&["127.0.0.1:9093/bootstrap: Disconnected: connection reset by peer (after 3ms in state APIVERSION_QUERY)", "1/1 brokers are down"]),
             Some(Cause::Plaintext)
         );
-        let r = vec!["ssl://127.0.0.1:9093/bootstrap: Disconnected (after 3ms in state APIVERSION_QUERY)".to_string()];
+        let r = vec![
+            "ssl://127.0.0.1:9093/bootstrap: Disconnected (after 3ms in state APIVERSION_QUERY)"
+                .to_string(),
+        ];
         assert_eq!(diagnose(&r, false), None);
         assert_eq!(
             d(&["ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A00010B:SSL routines::wrong version number (after 0ms in state SSL_HANDSHAKE)"]),
