@@ -141,7 +141,7 @@ pub fn diagnose(reports: &[String], plaintext: bool) -> Option<(Cause, String)> 
                 "unsupported sasl mechanism",
             ],
         ),
-        (Cause::Tls, &["ssl handshake failed", "ssl:"]),
+        (Cause::Tls, &["ssl handshake failed", "ssl routines"]),
         (
             Cause::Plaintext,
             &[
