@@ -18,7 +18,8 @@
 //!             on acknowledgement, state restored on assignment
 //! ─────────
 //! pipeline/   wires the stages with bounded channels and supervises them (`vigil worker`)
-//! commands/   the command line: gateway, worker, topics, tail, alerts
+//! commands/   the command line: gateway, worker, ingest, topics, tail, alerts
+//! ingest/     `vigil ingest`: HTTP(S) uploads from cameras and phones become frames
 //! codec/      Avro, the schema registry client
 //! telemetry/  Prometheus metrics and the /metrics, /healthz, /readyz endpoint (axum)
 //! kafka/      client configuration (file, environment, -X), the start-up connection check,
@@ -56,6 +57,7 @@ pub mod decode;
 pub mod episodes;
 pub mod http;
 pub mod infer;
+pub mod ingest;
 pub mod kafka;
 pub mod pipeline;
 pub mod rules;

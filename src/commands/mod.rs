@@ -1,9 +1,10 @@
 //! The command line: argument parsing (clap, with environment variables and defaults) and
 //! dispatch to the subcommands: [`gateway`], `worker` (the [`pipeline`](crate::pipeline)),
-//! `topics`, [`tail`] and [`alerts`]. `main.rs` only parses and calls [`run`].
+//! [`ingest`], `topics`, [`tail`] and [`alerts`]. `main.rs` only parses and calls [`run`].
 
 pub mod alerts;
 pub mod gateway;
+pub mod ingest;
 pub mod tail;
 pub mod topics;
 
@@ -49,6 +50,8 @@ pub enum Command {
     Gateway(GatewayArgs),
     /// Consume frames, run the model, publish observations (a consumer-group member).
     Worker(WorkerArgs),
+    /// Accept JPEG uploads over HTTP(S) from cameras and phones and publish them as frames.
+    Ingest(ingest::IngestArgs),
     /// Create vigil's topics (idempotent).
     Topics(TopicsArgs),
     /// Print the records of a topic (observations, dead letters) in readable form.
@@ -515,6 +518,17 @@ pub fn run(cli: Cli) -> ExitCode {
                     .map_err(|e| (1, e))
             }
             Command::Topics(args) => topics::run(args).await.map_err(|e| (1, e)),
+            Command::Ingest(a) => match a.action {
+                Some(ingest::IngestAction::HashToken { sites }) => {
+                    ingest::hash_token(&sites).map_err(|e| (2, e))
+                }
+                None => {
+                    let cfg = a.serve.into_config().map_err(|e| (2, anyhow::anyhow!(e)))?;
+                    crate::ingest::run(cfg, shutdown_signal())
+                        .await
+                        .map_err(|e| (1, e))
+                }
+            },
             Command::Alerts(a) => {
                 let webhook = a.webhook().map_err(|e| (2, anyhow::anyhow!(e)))?;
                 let cfg = alerts::AlertsConfig {

@@ -116,6 +116,38 @@ pub fn check_event_time(
     Ok(())
 }
 
+/// Longest site, camera or zone id, in bytes: ids are metric labels, log fields and record
+/// keys, so they stay short.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// A site, camera or zone id: non-empty, at most [`MAX_ID_BYTES`], no control characters (a
+/// newline in an id would forge log lines and break the metrics exposition), no surrounding
+/// spaces.
+pub fn check_id(name: &str, value: &str) -> Result<(), Rejection> {
+    let bad = |why: &str| {
+        Err(Rejection::new(
+            Reason::BadHeader,
+            format!(
+                "`{name}` {:?} {why}",
+                value.chars().take(40).collect::<String>()
+            ),
+        ))
+    };
+    if value.trim().is_empty() {
+        return bad("is empty");
+    }
+    if value.len() > MAX_ID_BYTES {
+        return bad(&format!("is longer than {MAX_ID_BYTES} bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return bad("contains control characters");
+    }
+    if value.trim() != value {
+        return bad("has leading or trailing spaces");
+    }
+    Ok(())
+}
+
 /// Looks a header up by name in a list of (name, raw value) pairs.
 fn find<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
     headers
@@ -183,6 +215,11 @@ pub fn parse_meta(
         ));
     }
     let zone = text_header(headers, header::ZONE)?;
+    check_id(header::CAMERA, &camera)?;
+    check_id(header::SITE, &site)?;
+    if let Some(z) = &zone {
+        check_id(header::ZONE, z)?;
+    }
     match key {
         None => {
             return Err(Rejection::new(

@@ -102,6 +102,70 @@ impl Default for GatewayMetrics {
     }
 }
 
+/// The metrics of `vigil ingest`.
+pub struct IngestMetrics {
+    pub registry: Registry,
+    /// Uploads answered, by HTTP status code.
+    pub uploads: IntCounterVec,
+    /// Image bytes of accepted uploads.
+    pub bytes: IntCounter,
+    /// From the request's arrival to the broker's acknowledgement, for accepted uploads.
+    pub ack_seconds: Histogram,
+}
+
+impl IngestMetrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let m = IngestMetrics {
+            uploads: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vigil_ingest_uploads_total",
+                        "Uploads answered, by HTTP status code.",
+                    ),
+                    &["code"],
+                )
+                .expect("valid"),
+            ),
+            bytes: reg(
+                &r,
+                IntCounter::new(
+                    "vigil_ingest_bytes_total",
+                    "Image bytes of accepted uploads.",
+                )
+                .expect("valid"),
+            ),
+            ack_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "vigil_ingest_ack_seconds",
+                        "Seconds from an upload's arrival to the broker's acknowledgement.",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
+                )
+                .expect("valid"),
+            ),
+            registry: r,
+        };
+        for code in [
+            "202", "400", "401", "403", "408", "413", "415", "429", "503",
+        ] {
+            m.uploads.with_label_values(&[code]);
+        }
+        m
+    }
+}
+
+impl Default for IngestMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The Prometheus text exposition of a registry.
 pub fn encode(registry: &Registry) -> String {
     let mut buf = Vec::new();

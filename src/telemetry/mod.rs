@@ -6,5 +6,5 @@ pub mod cameras;
 pub mod metrics;
 pub mod server;
 
-pub use metrics::{GatewayMetrics, Metrics};
+pub use metrics::{GatewayMetrics, IngestMetrics, Metrics};
 pub use server::{serve, Phase, Readiness};

@@ -5,6 +5,8 @@
 //! parallel without seeing each other's records.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
