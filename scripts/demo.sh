@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: a local broker, one vigil worker, a gateway simulating six cameras on two sites
-# (kitchens judged, dining rooms observed), and an outside producer sending a few corrupt frames.
+# (kitchens judged, dining rooms observed), an outside producer sending a few corrupt frames,
+# and `vigil ingest` taking three uploads over HTTP (a camera's JPEG and a phone's form) with curl.
 # Prints the observations, dead letters and violation episodes that come out, a metrics
 # excerpt, then stops everything.
 set -euo pipefail
@@ -13,7 +14,9 @@ VIGIL="$ROOT/target/release/vigil"
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/vigil-demo.XXXXXX")
 WORKER_PID=""
+INGEST_PID=""
 cleanup() {
+  [ -n "$INGEST_PID" ] && kill "$INGEST_PID" 2>/dev/null && wait "$INGEST_PID" 2>/dev/null || true
   [ -n "$WORKER_PID" ] && kill "$WORKER_PID" 2>/dev/null && wait "$WORKER_PID" 2>/dev/null || true
   cp "$RUN/worker.log" "$ROOT/target/demo-worker.log" 2>/dev/null || true
   scripts/broker.sh stop "$RUN"
@@ -38,8 +41,30 @@ echo "demo: gateway publishing 8 s at 2 fps from 6 cameras (kitchens judged, din
 echo "demo: an outside producer (Python confluent-kafka) sends 10 frames, 7 of them malformed" >&2
 .venv/bin/python tests/tools/outside_producer.py "$VIGIL_BROKERS" vigil.frames $MAX_FRAME >/dev/null
 
-echo; echo "== observations (96 from the gateway + 3 good outside frames) =="
-"$VIGIL" tail --topic vigil.observations --count 99 --idle-secs 60
+echo "demo: vigil ingest on HTTP; a token for site-001 made with \`vigil ingest hash-token\`" >&2
+TOKEN_LINE=$("$VIGIL" ingest hash-token --sites site-001)
+TOKEN=$(printf '%s\n' "$TOKEN_LINE" | sed -n 's/^token[^:]*: //p')
+printf '%s\n' "$TOKEN_LINE" | sed -n 's/^tokens-file line: //p' >"$RUN/tokens"
+"$VIGIL" ingest --addr 127.0.0.1:0 --tokens "$RUN/tokens" --max-frame-bytes $MAX_FRAME \
+  >"$RUN/ingest.out" 2>"$RUN/ingest.log" &
+INGEST_PID=$!
+for _ in $(seq 1 100); do grep -q "listening on" "$RUN/ingest.out" 2>/dev/null && break; sleep 0.1; done
+INGEST=$(sed -n 's/^ingest listening on //p' "$RUN/ingest.out")
+for photo in sample1 sample2; do
+  curl -sS -X POST "http://$INGEST/v1/frames?site=site-001&camera=cam-http-1&zone=kitchen" \
+    -H "Authorization: Bearer $TOKEN" -H "Content-Type: image/jpeg" \
+    --data-binary "@tests/data/faces/$photo.jpg"; echo
+done
+curl -sS "http://$INGEST/v1/frames?site=site-001&camera=phone-manager&zone=kitchen" \
+  -H "Authorization: Bearer $TOKEN" -F "file=@tests/data/faces/sample3.jpg"; echo
+echo "demo: and a token for another site is refused:" >&2
+curl -sS "http://$INGEST/v1/frames?site=site-002&camera=cam-http-1" \
+  -H "Authorization: Bearer $TOKEN" --data-binary "@tests/data/faces/sample1.jpg" \
+  -H "Content-Type: image/jpeg" -w ' (HTTP %{http_code})'; echo
+kill -TERM "$INGEST_PID"; wait "$INGEST_PID" || true; INGEST_PID=""
+
+echo; echo "== observations (96 from the gateway + 3 good outside frames + 3 uploads) =="
+"$VIGIL" tail --topic vigil.observations --count 102 --idle-secs 60
 echo; echo "== dead letters =="
 "$VIGIL" tail --topic vigil.dlq --count 7 --idle-secs 30
 echo; echo "== violation episodes (vigil alerts: Avro events, deduplicated by event_id) =="

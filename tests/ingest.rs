@@ -137,7 +137,12 @@ async fn post(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_uploads_from_twenty_clients_are_each_observed_once() -> Result {
     let topics = create_topics(3).await?;
-    let ingest = Ingest::start(&brokers(), &topics.frames, &["--camera-rate", "1000", "--token-rate", "10000"], None)?;
+    let ingest = Ingest::start(
+        &brokers(),
+        &topics.frames,
+        &["--camera-rate", "1000", "--token-rate", "10000"],
+        None,
+    )?;
     let client = reqwest::Client::new();
     let jpeg = empty_jpeg();
 
