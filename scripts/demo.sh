@@ -43,7 +43,7 @@ echo "demo: an outside producer (Python confluent-kafka) sends 10 frames, 7 of t
 
 echo "demo: vigil ingest on HTTP; a token for site-001 made with \`vigil ingest hash-token\`" >&2
 TOKEN_LINE=$("$VIGIL" ingest hash-token --sites site-001)
-TOKEN=$(printf '%s\n' "$TOKEN_LINE" | sed -n 's/^token[^:]*: //p')
+TOKEN=$(printf '%s\n' "$TOKEN_LINE" | sed -n '1s/^.*: //p')
 printf '%s\n' "$TOKEN_LINE" | sed -n 's/^tokens-file line: //p' >"$RUN/tokens"
 "$VIGIL" ingest --addr 127.0.0.1:0 --tokens "$RUN/tokens" --max-frame-bytes $MAX_FRAME \
   >"$RUN/ingest.out" 2>"$RUN/ingest.log" &
@@ -51,11 +51,11 @@ INGEST_PID=$!
 for _ in $(seq 1 100); do grep -q "listening on" "$RUN/ingest.out" 2>/dev/null && break; sleep 0.1; done
 INGEST=$(sed -n 's/^ingest listening on //p' "$RUN/ingest.out")
 for photo in sample1 sample2; do
-  curl -sS -X POST "http://$INGEST/v1/frames?site=site-001&camera=cam-http-1&zone=kitchen" \
+  curl -sS --fail-with-body -X POST "http://$INGEST/v1/frames?site=site-001&camera=cam-http-1&zone=kitchen" \
     -H "Authorization: Bearer $TOKEN" -H "Content-Type: image/jpeg" \
     --data-binary "@tests/data/faces/$photo.jpg"; echo
 done
-curl -sS "http://$INGEST/v1/frames?site=site-001&camera=phone-manager&zone=kitchen" \
+curl -sS --fail-with-body "http://$INGEST/v1/frames?site=site-001&camera=phone-manager&zone=kitchen" \
   -H "Authorization: Bearer $TOKEN" -F "file=@tests/data/faces/sample3.jpg"; echo
 echo "demo: and a token for another site is refused:" >&2
 curl -sS "http://$INGEST/v1/frames?site=site-002&camera=cam-http-1" \
