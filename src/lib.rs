@@ -14,6 +14,7 @@
 //! decode/     JPEG decoding and model input tensors, off the async runtime, in read order
 //! infer/      rule planning, models and their batchers, the detector → classifier cascade
 //! episodes/   the smoother and episode machine per (camera, rule), its state, judging
+//! evidence/   pictures of openings (faces pixelated, violations outlined) in object storage
 //! sink/       outcomes published (observations, events, state; dead letters), offsets released
 //!             on acknowledgement, state restored on assignment
 //! ─────────
@@ -55,6 +56,7 @@ pub mod commands;
 pub mod contract;
 pub mod decode;
 pub mod episodes;
+pub mod evidence;
 pub mod http;
 pub mod infer;
 pub mod ingest;

@@ -378,6 +378,7 @@ async fn vigil_alerts_survives_an_episode_id_of_any_text() -> Result {
         models: Vec::new(),
         worker: "outside".into(),
         sequence: Some(0),
+        evidence_uri: None,
     };
     let recs: Vec<Rec> = [
         event("e-1", "épisode-ñ-ü-✓-0123456789"),

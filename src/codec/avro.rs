@@ -31,9 +31,10 @@ pub struct RecordType {
 pub static VIOLATION_EVENT: RecordType = RecordType {
     name: "violation_event",
     current: include_str!("../../schemas/violation_event.avsc"),
-    history: &[include_str!(
-        "../../schemas/history/violation_event.v1.avsc"
-    )],
+    history: &[
+        include_str!("../../schemas/history/violation_event.v1.avsc"),
+        include_str!("../../schemas/history/violation_event.v2.avsc"),
+    ],
 };
 
 /// Per-frame results on `vigil.observations`.
@@ -239,7 +240,7 @@ mod tests {
         // Changing a schema changes its fingerprint: this test then fails until the previous
         // version is saved in schemas/history/ and the pinned fingerprint below is updated.
         let pinned = [
-            ("violation_event", "63f77397a5b67592"),
+            ("violation_event", "f77aa5f1610749ee"),
             ("observation", "9ac2e4429d0f4efc"),
         ];
         for rt in RECORD_TYPES {

@@ -341,6 +341,19 @@ pub struct WorkerArgs {
     /// place up. Frames of cameras past the limit are counted, not exported per camera.
     #[arg(long, env = "VIGIL_METRICS_CAMERA_LIMIT", default_value_t = crate::telemetry::cameras::DEFAULT_CAMERA_LIMIT)]
     pub metrics_camera_limit: usize,
+    /// Write an evidence picture (faces pixelated, the violation outlined) when an episode
+    /// opens or its severity rises, to this object store: file:///DIR or s3://BUCKET/PREFIX
+    /// (AWS_* environment variables for credentials). Events carry its URI.
+    #[arg(long, env = "VIGIL_EVIDENCE_URL")]
+    pub evidence_url: Option<String>,
+    /// Faces in evidence pictures: `blur` (pixelated, the default) or `clear` where the site's
+    /// policy allows it.
+    #[arg(long, env = "VIGIL_EVIDENCE_FACES", default_value = "blur")]
+    pub evidence_faces: crate::evidence::Faces,
+    /// Delete evidence pictures older than this many seconds (checked every minute); for a
+    /// local directory; object stores in production use lifecycle rules instead.
+    #[arg(long, env = "VIGIL_EVIDENCE_MAX_AGE_SECS")]
+    pub evidence_max_age_secs: Option<f64>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -432,6 +445,21 @@ impl WorkerArgs {
             camera_labels: self.metrics_camera_labels,
             camera_series_limit: self.metrics_camera_limit,
             schema_registry: self.registry.registry()?,
+            evidence: match self.evidence_url {
+                None => None,
+                Some(url) => {
+                    // Checks the URL (and creates a local directory) now, naming the option.
+                    crate::evidence::EvidenceStore::open(&url, "--evidence-url")?;
+                    Some(crate::evidence::EvidenceConfig {
+                        url,
+                        faces: self.evidence_faces,
+                        max_age: self
+                            .evidence_max_age_secs
+                            .map(|s| secs("--evidence-max-age-secs", s))
+                            .transpose()?,
+                    })
+                }
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -476,6 +504,9 @@ fn init_logging(format: LogFormat) {
 /// Runs the parsed command; the process exit code says how it went (0 ok, 1 failed, 2 bad config).
 pub fn run(cli: Cli) -> ExitCode {
     init_logging(cli.log_format);
+    // One TLS crypto provider for the whole process (rustls serves ingest, reqwest calls the
+    // webhook, the registry and S3).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

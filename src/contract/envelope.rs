@@ -92,4 +92,6 @@ impl Outcome {
 pub struct Observed {
     pub origin: Origin,
     pub obs: Box<Observation>,
+    /// The decoded frame, when it was kept (for crops, or for evidence pictures).
+    pub image: Option<std::sync::Arc<opencv::core::Mat>>,
 }

@@ -28,6 +28,10 @@ pub struct ViolationEvent {
     /// The event's number within its episode (0 for `opened`); `None` when written by schema
     /// version 1, which did not carry it.
     pub sequence: Option<i64>,
+    /// The evidence picture in object storage (schema version 3): set on `opened` and
+    /// severity `updated` events when the worker takes pictures (`--evidence-url`).
+    #[serde(default)]
+    pub evidence_uri: Option<String>,
 }
 
 /// What happened to an episode. Serialised as the Avro enum symbol of the same name.
@@ -140,6 +144,7 @@ pub(crate) mod tests {
             }],
             worker: "w1".into(),
             sequence: Some(0),
+            evidence_uri: Some("file:///var/lib/vigil/evidence/site-001/cam-0001/e1.jpg".into()),
         };
         let updated = ViolationEvent {
             event_id: "e2".into(),
@@ -158,6 +163,7 @@ pub(crate) mod tests {
             zone: None,
             evidence: None,
             sequence: Some(2),
+            evidence_uri: None,
             ..base.clone()
         };
         vec![base, updated, resolved]
@@ -195,7 +201,7 @@ pub(crate) mod tests {
                 Value::Record(f) => f,
                 other => panic!("{other:?}"),
             };
-            fields.retain(|(k, _)| k != "sequence");
+            fields.retain(|(k, _)| k != "sequence" && k != "evidence_uri");
             let datum = to_avro_datum(&v1, Value::Record(fields).resolve(&v1).unwrap()).unwrap();
             let mut bytes = vec![0xC3, 0x01];
             bytes.extend_from_slice(&spec_fingerprint(VIOLATION_EVENT.history[0]));
@@ -205,6 +211,7 @@ pub(crate) mod tests {
                 read,
                 ViolationEvent {
                     sequence: None,
+                    evidence_uri: None,
                     ..e
                 }
             );

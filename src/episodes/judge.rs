@@ -11,6 +11,7 @@ use super::store::{RaisedEvent, StateStore};
 use crate::contract::{
     EvidenceRef, Judged, Observation, Observed, Outcome, StateRecord, ViolationEvent,
 };
+use crate::evidence::Evidence;
 use crate::rules::{EpisodePolicy, RuleSet};
 use crate::telemetry::Metrics;
 
@@ -137,15 +138,31 @@ impl Judge {
             worker: self.worker_id.clone(),
             // `emit` numbered this event, then counted it.
             sequence: Some(i64::from(ep.events) - 1),
+            // Set by the evidence stage when it takes a picture.
+            evidence_uri: None,
         }
     }
 }
 
 /// The stage task: judges observations in the order they arrive and hands each frame's outcome
-/// to the sink. Ends when its input closes.
-pub async fn run(judge: Arc<Judge>, mut rx: mpsc::Receiver<Observed>, out: mpsc::Sender<Outcome>) {
-    while let Some(Observed { origin, obs }) = rx.recv().await {
-        let judged = judge.judge(origin.ticket.partition, origin.ticket.offset, *obs);
+/// to the sink; with `evidence`, an opening or a rise in severity gets its picture first.
+/// Ends when its input closes.
+pub async fn run(
+    judge: Arc<Judge>,
+    evidence: Option<Arc<Evidence>>,
+    mut rx: mpsc::Receiver<Observed>,
+    out: mpsc::Sender<Outcome>,
+) {
+    while let Some(Observed { origin, obs, image }) = rx.recv().await {
+        let mut judged = judge.judge(origin.ticket.partition, origin.ticket.offset, *obs);
+        if let (Some(evidence), Some(image)) = (&evidence, &image) {
+            if judged.events.iter().any(crate::evidence::wants_snapshot) {
+                evidence
+                    .snapshot(&mut judged.events, image, &judged.obs.detections)
+                    .await;
+            }
+        }
+        drop(image);
         if out
             .send(Outcome::Observation(origin, Box::new(judged)))
             .await

@@ -41,6 +41,9 @@ pub(crate) struct InFrame {
     pub(crate) started: Instant,
 }
 
+/// A finished frame waiting for its turn: where it came from, its observation, its image.
+type Finished = (Origin, Box<Observation>, Option<Arc<opencv::core::Mat>>);
+
 /// Routes frames to models, crops detections for classifiers, and emits each frame's
 /// observation in frame order once every model has answered.
 pub(crate) async fn collect(
@@ -52,7 +55,7 @@ pub(crate) async fn collect(
     out_tx: mpsc::Sender<Observed>,
 ) {
     let mut state: HashMap<u64, InFrame> = HashMap::new();
-    let mut done: BTreeMap<u64, (Origin, Box<Observation>)> = BTreeMap::new();
+    let mut done: BTreeMap<u64, Finished> = BTreeMap::new();
     let (mut next_seq, mut next_emit) = (0u64, 0u64);
     let mut open = true;
     while open || !state.is_empty() {
@@ -119,9 +122,9 @@ pub(crate) async fn collect(
                 let origin_obs = finish(&infer, f);
                 done.insert(seq, origin_obs);
             }
-            while let Some((origin, obs)) = done.remove(&next_emit) {
+            while let Some((origin, obs, image)) = done.remove(&next_emit) {
                 next_emit += 1;
-                if out_tx.send(Observed { origin, obs }).await.is_err() {
+                if out_tx.send(Observed { origin, obs, image }).await.is_err() {
                     return;
                 }
             }

@@ -1,5 +1,7 @@
 //! The observation of a frame: rule verdicts from the model outputs the collector gathered.
 
+use std::sync::Arc;
+
 use super::cascade;
 use super::collect::InFrame;
 use super::debug::draw_debug;
@@ -10,7 +12,10 @@ use crate::contract::observation::{
 use crate::contract::{now_ms, Observation, Origin, Verdict};
 
 /// Evaluates the rules and builds the observation.
-pub(crate) fn finish(infer: &Infer, f: InFrame) -> (Origin, Box<Observation>) {
+pub(crate) fn finish(
+    infer: &Infer,
+    f: InFrame,
+) -> (Origin, Box<Observation>, Option<Arc<opencv::core::Mat>>) {
     let mut rules = Vec::new();
     let mut detections = Vec::new();
     for &r in &f.plan.rules {
@@ -112,7 +117,7 @@ pub(crate) fn finish(infer: &Infer, f: InFrame) -> (Origin, Box<Observation>) {
         worker: infer.worker_id.clone(),
         processed_at_ms: now_ms(),
     };
-    if let (Some(debug), Some(image)) = (&infer.debug, f.image) {
+    if let (Some(debug), Some(image)) = (&infer.debug, f.image.clone()) {
         if debug.cameras.contains(&obs.camera) {
             let obs = obs.clone();
             let dir = debug.dir.clone();
@@ -134,5 +139,5 @@ pub(crate) fn finish(infer: &Infer, f: InFrame) -> (Origin, Box<Observation>) {
             });
         }
     }
-    (f.origin, Box::new(obs))
+    (f.origin, Box::new(obs), f.image)
 }

@@ -74,6 +74,23 @@ pub struct FramePlan {
 }
 
 impl Planner {
+    /// Detector models whose detections are faces (a `face` label in their manifest).
+    pub fn face_detectors(&self) -> std::collections::HashSet<String> {
+        self.models
+            .iter()
+            .filter(|m| m.task == Task::Detect && m.labels.iter().any(|l| l == "face"))
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// The label each rule counts as a violation.
+    pub fn violation_labels(&self) -> HashMap<String, String> {
+        self.rules
+            .iter()
+            .map(|r| (r.name.clone(), r.rule.violation_label.clone()))
+            .collect()
+    }
+
     /// Resolves the rules against the loaded models, naming the first inconsistency.
     pub fn new(ruleset: RuleSet, models: Vec<ModelInfo>) -> Result<Planner, PlanError> {
         let find = |name: &str, task: Task, rule: &str, key: &str| -> Result<usize, PlanError> {

@@ -59,6 +59,8 @@ pub struct WorkerConfig {
     /// Confluent-compatible schema registry: Avro in the Confluent wire format when set,
     /// single-object encoding otherwise.
     pub schema_registry: Option<crate::codec::registry::RegistryConfig>,
+    /// Evidence pictures (`--evidence-url`), none when not set.
+    pub evidence: Option<crate::evidence::EvidenceConfig>,
 }
 
 /// A default worker id: host name and process id.

@@ -98,6 +98,18 @@ pub async fn run(
         .producer_batched(64 * 1024 * 1024, dlq_limit)
         .map_err(|e| anyhow!(e))?;
 
+    let evidence = match &cfg.evidence {
+        Some(e) => Some(
+            crate::evidence::Evidence::start(
+                e,
+                planner.face_detectors(),
+                planner.violation_labels(),
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow!(e))?,
+        ),
+        None => None,
+    };
     let store = Arc::new(StateStore::new());
     let judge = Arc::new(Judge::new(
         &planner.ruleset,
@@ -163,7 +175,7 @@ pub async fn run(
     let mut stages = vec![spawn_infallible(
         "episodes",
         fatal_tx.clone(),
-        crate::episodes::judge::run(judge, observed_rx, out_tx.clone()),
+        crate::episodes::judge::run(judge, evidence.clone(), observed_rx, out_tx.clone()),
     )];
     let infer = crate::infer::start(
         Arc::new(Infer {
@@ -247,7 +259,8 @@ pub async fn run(
                     info,
                     raw,
                     inputs: plan.whole_frame.clone(),
-                    keep_image: plan.needs_crops,
+                    // Evidence pictures are drawn on the decoded frame.
+                    keep_image: plan.needs_crops || (evidence.is_some() && !plan.rules.is_empty()),
                     plan,
                 };
                 let decoder = decoder.clone();

@@ -54,6 +54,11 @@ pub struct Metrics {
     pub consumer_errors: IntCounterVec,
     pub offsets_committed: IntCounter,
     pub build_info: IntGaugeVec,
+    /// Evidence pictures by outcome: `written`, `retried` (a failed attempt that will be
+    /// retried), `failed` (not drawn, or not written after the retries), `dropped` (queue full).
+    pub evidence_writes: IntCounterVec,
+    /// Time to draw and encode one evidence picture.
+    pub evidence_render_seconds: Histogram,
 }
 
 /// Metrics of a gateway process (its own registry: a worker never exposes them).
@@ -411,6 +416,28 @@ impl Metrics {
             offsets_committed: counter(
                 "vigil_offset_commits_total",
                 "Successful offset commits to the consumer group.",
+            ),
+            evidence_writes: {
+                let v = reg(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "vigil_evidence_writes_total",
+                            "Evidence pictures by outcome (written, retried, failed, dropped).",
+                        ),
+                        &["outcome"],
+                    )
+                    .expect("valid"),
+                );
+                for outcome in ["written", "retried", "failed", "dropped"] {
+                    v.with_label_values(&[outcome]);
+                }
+                v
+            },
+            evidence_render_seconds: hist(
+                "vigil_evidence_render_seconds",
+                "Time to draw and encode one evidence picture (faces hidden, violations outlined).",
+                STAGE_BUCKETS,
             ),
             build_info: reg(
                 &r,
