@@ -21,7 +21,7 @@ say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # --- Debian packages ---------------------------------------------------------------------
 need=()
-for pkg in libopencv-dev clang libclang-dev pkg-config cmake prometheus libssl-dev stunnel4 openssl curl; do
+for pkg in libopencv-dev clang libclang-dev pkg-config cmake prometheus libssl-dev stunnel4 openssl curl chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -19,7 +19,8 @@
 //!             on acknowledgement, state restored on assignment
 //! ─────────
 //! pipeline/   wires the stages with bounded channels and supervises them (`vigil worker`)
-//! commands/   the command line: gateway, worker, ingest, topics, tail, alerts
+//! commands/   the command line: gateway, worker, ingest, console, topics, tail, alerts
+//! console/    `vigil console`: the page of open violations with their pictures
 //! ingest/     `vigil ingest`: HTTP(S) uploads from cameras and phones become frames
 //! codec/      Avro, the schema registry client
 //! telemetry/  Prometheus metrics and the /metrics, /healthz, /readyz endpoint (axum)
@@ -53,6 +54,7 @@
 
 pub mod codec;
 pub mod commands;
+pub mod console;
 pub mod contract;
 pub mod decode;
 pub mod episodes;

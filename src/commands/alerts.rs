@@ -226,6 +226,39 @@ pub async fn run(
     Ok(())
 }
 
+impl super::AlertsArgs {
+    /// The webhook's settings, checked.
+    pub fn webhook(&self) -> Result<Option<WebhookConfig>, String> {
+        let Some(url) = &self.webhook else {
+            return Ok(None);
+        };
+        let token = crate::http::Secret::from_env_or_file(
+            "VIGIL_WEBHOOK_TOKEN",
+            self.webhook_token_file.as_deref(),
+            "--webhook-token-file",
+        )?;
+        let auth = match (token, &self.webhook_auth_header) {
+            (None, None) => crate::http::Auth::None,
+            (None, Some(_)) => return Err(
+                "--webhook-auth-header needs a token (VIGIL_WEBHOOK_TOKEN or --webhook-token-file)"
+                    .into(),
+            ),
+            (Some(t), None) => crate::http::Auth::Bearer(t),
+            (Some(t), Some(name)) => crate::http::Auth::Header {
+                name: name.clone(),
+                value: t,
+            },
+        };
+        let cfg = WebhookConfig {
+            url: url.clone(),
+            auth,
+            tls: self.registry.tls(),
+        };
+        cfg.endpoint()?;
+        Ok(Some(cfg))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

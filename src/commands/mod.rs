@@ -3,6 +3,7 @@
 //! [`ingest`], `topics`, [`tail`] and [`alerts`]. `main.rs` only parses and calls [`run`].
 
 pub mod alerts;
+pub mod console;
 pub mod gateway;
 pub mod ingest;
 pub mod tail;
@@ -52,6 +53,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Accept JPEG uploads over HTTP(S) from cameras and phones and publish them as frames.
     Ingest(ingest::IngestArgs),
+    /// Serve a page of open violations with their evidence pictures (read-only).
+    Console(console::ConsoleArgs),
     /// Create vigil's topics (idempotent).
     Topics(TopicsArgs),
     /// Print the records of a topic (observations, dead letters) in readable form.
@@ -151,39 +154,6 @@ impl RegistryArgs {
         };
         // Checks the URL and the CA file now, naming the option.
         crate::codec::registry::Registry::new(&cfg)?;
-        Ok(Some(cfg))
-    }
-}
-
-impl AlertsArgs {
-    /// The webhook's settings, checked.
-    pub fn webhook(&self) -> Result<Option<alerts::WebhookConfig>, String> {
-        let Some(url) = &self.webhook else {
-            return Ok(None);
-        };
-        let token = crate::http::Secret::from_env_or_file(
-            "VIGIL_WEBHOOK_TOKEN",
-            self.webhook_token_file.as_deref(),
-            "--webhook-token-file",
-        )?;
-        let auth = match (token, &self.webhook_auth_header) {
-            (None, None) => crate::http::Auth::None,
-            (None, Some(_)) => return Err(
-                "--webhook-auth-header needs a token (VIGIL_WEBHOOK_TOKEN or --webhook-token-file)"
-                    .into(),
-            ),
-            (Some(t), None) => crate::http::Auth::Bearer(t),
-            (Some(t), Some(name)) => crate::http::Auth::Header {
-                name: name.clone(),
-                value: t,
-            },
-        };
-        let cfg = alerts::WebhookConfig {
-            url: url.clone(),
-            auth,
-            tls: self.registry.tls(),
-        };
-        cfg.endpoint()?;
         Ok(Some(cfg))
     }
 }
@@ -549,6 +519,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     .map_err(|e| (1, e))
             }
             Command::Topics(args) => topics::run(args).await.map_err(|e| (1, e)),
+            Command::Console(a) => console::run(a, shutdown_signal()).await,
             Command::Ingest(a) => match a.action {
                 Some(ingest::IngestAction::HashToken { sites }) => {
                     ingest::hash_token(&sites).map_err(|e| (2, e))
