@@ -572,6 +572,23 @@ async fn with_a_schema_registry_records_use_the_confluent_wire_format() -> Resul
         String::from_utf8_lossy(&out.stderr)
     );
     let v1_id: u32 = String::from_utf8(out.stdout)?.trim().parse()?;
+    // And another with version 2 (which has `sequence` but no `evidence_uri`).
+    let mut v2_event = v1_event.clone();
+    v2_event["event_id"] = "old-2".into();
+    v2_event["camera"] = "cam-old2".into();
+    v2_event["sequence"] = 0.into();
+    let out = Command::new(python())
+        .arg(repo().join("tests/tools/confluent_produce.py"))
+        .args([&brokers(), &topics.violations, &registry.url])
+        .arg(repo().join("schemas/history/violation_event.v2.avsc"))
+        .args(["cam-old2", &v2_event.to_string()])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "confluent_produce v2: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v2_id: u32 = String::from_utf8(out.stdout)?.trim().parse()?;
 
     produce(&topics.frames, &violation_then_clear()).await?;
     let rules = rules_file()?;
@@ -596,27 +613,27 @@ async fn with_a_schema_registry_records_use_the_confluent_wire_format() -> Resul
 
     let got = collect(
         &topics.violations,
-        4,
+        5,
         Duration::from_secs(120),
         Duration::from_secs(2),
     )
     .await
     .with_context(|| w.log_text())?;
-    // The worker registered the current schemas under <topic>-value: version 2 of the events'
+    // The worker registered the current schemas under <topic>-value: version 3 of the events'
     // subject, version 1 of the observations'.
     let subject = format!("{}-value", topics.violations);
     let versions = registry
         .get(&format!("/subjects/{subject}/versions"))
         .await?;
     ensure!(
-        versions == serde_json::json!([1, 2]),
+        versions == serde_json::json!([1, 2, 3]),
         "{subject}: {versions}"
     );
     let latest = registry
         .get(&format!("/subjects/{subject}/versions/latest"))
         .await?;
-    let v2_id = latest["id"].as_u64().context("id")? as u32;
-    ensure!(v2_id != v1_id);
+    let v3_id = latest["id"].as_u64().context("id")? as u32;
+    ensure!(v3_id != v1_id && v3_id != v2_id && v1_id != v2_id);
     let registered: serde_json::Value =
         serde_json::from_str(latest["schema"].as_str().context("schema")?)?;
     let committed: serde_json::Value =
@@ -637,20 +654,29 @@ async fn with_a_schema_registry_records_use_the_confluent_wire_format() -> Resul
     // The outside record and the worker's are on different partitions (keys cam-old, cam-x):
     // nothing below depends on the order between them. The worker's are in order (one key).
     ensure!(
-        got.iter().filter(|g| framed(&g.payload, v1_id)).count() == 1,
-        "one version-1 record"
+        got.iter().filter(|g| framed(&g.payload, v1_id)).count() == 1
+            && got.iter().filter(|g| framed(&g.payload, v2_id)).count() == 1,
+        "one version-1 record and one version-2 record"
     );
-    ensure!(got
-        .iter()
-        .all(|g| framed(&g.payload, v1_id) || framed(&g.payload, v2_id)));
+    ensure!(got.iter().all(|g| framed(&g.payload, v1_id)
+        || framed(&g.payload, v2_id)
+        || framed(&g.payload, v3_id)));
     ensure!(observations.iter().all(|g| framed(&g.payload, obs_id)));
 
     // confluent-kafka's deserializer reads every record, old and new, through the registry.
     let payloads: Vec<&[u8]> = got.iter().map(|g| g.payload.as_slice()).collect();
     let outside = decode_outside("registry", &registry.url, &payloads)?;
-    let (old, new): (Vec<_>, Vec<_>) = outside.iter().partition(|d| d["camera"] == "cam-old");
+    let (old, new): (Vec<_>, Vec<_>) = outside
+        .iter()
+        .partition(|d| d["camera"] == "cam-old" || d["camera"] == "cam-old2");
     ensure!(
-        old.len() == 1 && old[0]["event_id"] == "old-1" && old[0].get("sequence").is_none(),
+        old.len() == 2
+            && old
+                .iter()
+                .any(|d| d["event_id"] == "old-1" && d.get("sequence").is_none())
+            && old
+                .iter()
+                .any(|d| d["event_id"] == "old-2" && d.get("evidence_uri").is_none()),
         "{old:?}"
     );
     let kinds: Vec<&str> = new.iter().filter_map(|d| d["kind"].as_str()).collect();
@@ -667,7 +693,8 @@ async fn with_a_schema_registry_records_use_the_confluent_wire_format() -> Resul
         .iter()
         .all(|d| d["camera"] == "cam-x" && d["rules"][0]["rule"] == "mask_required"));
 
-    // `vigil alerts` reads both versions through the registry: the old event with no sequence.
+    // `vigil alerts` reads all three versions through the registry: the v1 event with no
+    // sequence, the v1 and v2 events with no evidence_uri.
     let alerts = |with_registry: bool| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_vigil"));
         c.args([
@@ -691,9 +718,18 @@ async fn with_a_schema_registry_records_use_the_confluent_wire_format() -> Resul
     );
     let lines = json_lines(&out.stdout)?;
     ensure!(lines.len() == got.len(), "{lines:?}");
-    let (old, new): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l["camera"] == "cam-old");
+    let (old, new): (Vec<_>, Vec<_>) = lines
+        .iter()
+        .partition(|l| l["camera"] == "cam-old" || l["camera"] == "cam-old2");
     ensure!(
-        old.len() == 1 && old[0]["event_id"] == "old-1" && old[0]["sequence"].is_null(),
+        old.len() == 2
+            && old
+                .iter()
+                .any(|l| l["event_id"] == "old-1" && l["sequence"].is_null())
+            && old
+                .iter()
+                .any(|l| l["event_id"] == "old-2" && l["sequence"] == 0)
+            && old.iter().all(|l| l["evidence_uri"].is_null()),
         "{old:?}"
     );
     ensure!(

@@ -179,7 +179,9 @@ fn duration(ms: i64) -> String {
     }
 }
 
-fn card(e: &OpenEpisode, now: i64) -> String {
+/// One episode's card. Durations are in event time (capture times), so that replayed footage
+/// reads as it happened.
+fn card(e: &OpenEpisode) -> String {
     let picture = if e.evidence_uri.is_some() {
         format!(
             r#"<img src="/evidence/{id}" alt="evidence for {camera}" data-episode="{id}">"#,
@@ -190,7 +192,7 @@ fn card(e: &OpenEpisode, now: i64) -> String {
         r#"<div class="nopic">no picture</div>"#.to_string()
     };
     format!(
-        r#"<article class="episode {sev}" data-episode="{id}">{picture}<div class="facts"><b>{rule}</b> <span class="sev">{sev}</span><br>camera {camera}{zone}<br>open {open} · {frames} frames · peak {peak:.2}</div></article>"#,
+        r#"<article class="episode {sev}" data-episode="{id}">{picture}<div class="facts"><b>{rule}</b> <span class="sev">{sev}</span><br>camera {camera}{zone}<br>open {open} · last seen {seen} · {frames} frames · peak {peak:.2}</div></article>"#,
         sev = e.severity.as_str(),
         id = esc(&e.episode_id),
         rule = esc(&e.rule),
@@ -200,7 +202,10 @@ fn card(e: &OpenEpisode, now: i64) -> String {
             .as_deref()
             .map(|z| format!(" · zone {}", esc(z)))
             .unwrap_or_default(),
-        open = duration(now - e.opened_at),
+        open = duration(e.last_seen_at - e.opened_at),
+        seen = chrono::DateTime::from_timestamp_millis(e.last_seen_at)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default(),
         frames = e.frames,
         peak = e.peak_level,
     )
@@ -212,7 +217,6 @@ async fn page(State(s): State<Arc<AppState>>) -> Html<String> {
         .read()
         .map(|v| (v.by_site(), v.open_count()))
         .unwrap_or_default();
-    let now = now_ms();
     let mut body = String::new();
     if sites.is_empty() {
         body.push_str(r#"<p class="none">No open violations.</p>"#);
@@ -224,7 +228,7 @@ async fn page(State(s): State<Arc<AppState>>) -> Html<String> {
             n = episodes.len()
         ));
         for e in episodes {
-            body.push_str(&card(e, now));
+            body.push_str(&card(e));
         }
         body.push_str("</div></section>");
     }

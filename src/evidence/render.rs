@@ -125,6 +125,8 @@ pub fn render(image: &Mat, marks: &[Mark], faces: Faces) -> opencv::Result<Vec<u
             1,
             &mut baseline,
         )?;
+        // The label stays inside the picture.
+        let x = r.x.min(w - text.width - 4).max(0);
         let y = if r.y - text.height - 6 >= 0 {
             r.y - 4
         } else {
@@ -132,7 +134,7 @@ pub fn render(image: &Mat, marks: &[Mark], faces: Faces) -> opencv::Result<Vec<u
         };
         imgproc::rectangle(
             &mut img,
-            Rect::new(r.x, y - text.height - 2, text.width + 4, text.height + 6),
+            Rect::new(x, y - text.height - 2, text.width + 4, text.height + 6),
             red,
             -1,
             imgproc::LINE_8,
@@ -141,7 +143,7 @@ pub fn render(image: &Mat, marks: &[Mark], faces: Faces) -> opencv::Result<Vec<u
         imgproc::put_text(
             &mut img,
             &m.label,
-            Point::new(r.x + 2, y),
+            Point::new(x + 2, y),
             imgproc::FONT_HERSHEY_SIMPLEX,
             scale,
             Scalar::new(255.0, 255.0, 255.0, 0.0),
