@@ -31,7 +31,8 @@ METRICS=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0
 # Frames up to 1 MB (the broker's default message limit); a gateway would enforce the same.
 MAX_FRAME=1000000
 "$VIGIL" worker --metrics-addr "$METRICS" --progress-secs 5 --max-frame-bytes $MAX_FRAME \
-  --debug-camera cam-0001 --debug-dir "$ROOT/target/demo-debug" 2>"$RUN/worker.log" &
+  --debug-camera cam-0001 --debug-dir "$ROOT/target/demo-debug" \
+  --evidence-url "file://$ROOT/target/demo-evidence" 2>"$RUN/worker.log" &
 WORKER_PID=$!
 echo "demo: worker started (pid $WORKER_PID, metrics on http://$METRICS/metrics, log $RUN/worker.log)" >&2
 
@@ -81,4 +82,6 @@ echo
 kill -TERM "$WORKER_PID"
 wait "$WORKER_PID" && echo "demo: worker drained, committed and exited 0 on SIGTERM"
 echo "demo: annotated frames of cam-0001 (boxes, labels) are in target/demo-debug/"
+echo "demo: evidence pictures of the openings (faces pixelated) are in target/demo-evidence/;"
+echo "      \`vigil console --evidence-url file://$ROOT/target/demo-evidence\` shows them (with a broker)"
 WORKER_PID=""

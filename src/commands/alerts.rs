@@ -110,9 +110,12 @@ pub fn describe(e: &ViolationEvent) -> String {
     }
     if let Some(ev) = &e.evidence {
         s.push_str(&format!(
-            " evidence={}:{}/{}",
+            " frame={}:{}/{}",
             ev.topic, ev.partition, ev.offset
         ));
+    }
+    if let Some(uri) = &e.evidence_uri {
+        s.push_str(&format!(" evidence={uri}"));
     }
     s.push_str(&format!(" event={}", e.event_id));
     s
