@@ -205,12 +205,8 @@ async fn handle(
             format!("the token may not publish for site `{}`", params.site),
         ),
     })?;
-    if let Err(n) = app.per_token.check_key(&credential) {
-        return Err(
-            Refusal::new(429, "rate_limited", "too many uploads with this credential")
-                .retry_after(wait_secs(n)),
-        );
-    }
+    // The camera's limit first: a camera that floods spends its own quota, not the quota its
+    // token shares with the site's other cameras.
     let camera_key = format!("{}/{}", params.site, params.camera);
     if let Err(n) = app.per_camera.check_key(&camera_key) {
         return Err(Refusal::new(
@@ -219,6 +215,12 @@ async fn handle(
             format!("too many uploads for camera `{}`", params.camera),
         )
         .retry_after(wait_secs(n)));
+    }
+    if let Err(n) = app.per_token.check_key(&credential) {
+        return Err(
+            Refusal::new(429, "rate_limited", "too many uploads with this credential")
+                .retry_after(wait_secs(n)),
+        );
     }
     let max = app.policy.limits.max_frame_bytes;
     let declared = headers
