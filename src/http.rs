@@ -160,9 +160,19 @@ impl Endpoint {
                 "{flag} {url}: expected an http:// or https:// URL with a host"
             ));
         }
-        if let Auth::Header { name, .. } = &auth {
-            HeaderName::try_from(name.as_str())
-                .map_err(|e| format!("{flag}: header name `{name}`: {e}"))?;
+        // Credentials that cannot travel in a header are refused now, not retried later.
+        match &auth {
+            Auth::Header { name, value } => {
+                HeaderName::try_from(name.as_str())
+                    .map_err(|e| format!("{flag}: header name `{name}`: {e}"))?;
+                HeaderValue::from_str(value.expose())
+                    .map_err(|_| format!("{flag}: the token is not a valid header value"))?;
+            }
+            Auth::Bearer(t) => {
+                HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                    .map_err(|_| format!("{flag}: the token is not a valid header value"))?;
+            }
+            Auth::Basic { .. } | Auth::None => {}
         }
         let mut b = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -389,6 +399,32 @@ mod tests {
         let err = Endpoint::new("https://h", "--x", &tls, Auth::None, Duration::from_secs(1))
             .unwrap_err();
         assert!(err.contains("missing.pem"), "{err}");
+    }
+
+    #[test]
+    fn tokens_that_cannot_be_sent_are_refused_at_start() {
+        let with = |auth| {
+            Endpoint::new(
+                "https://h",
+                "--webhook",
+                &TlsSettings::default(),
+                auth,
+                Duration::from_secs(1),
+            )
+        };
+        let err = with(Auth::Bearer(Secret::new("two\nlines"))).unwrap_err();
+        assert!(err.contains("--webhook") && !err.contains("two"), "{err}");
+        assert!(with(Auth::Header {
+            name: "X-Api-Key".into(),
+            value: Secret::new("bad\r\nvalue"),
+        })
+        .is_err());
+        assert!(with(Auth::Header {
+            name: "bad name".into(),
+            value: Secret::new("ok"),
+        })
+        .is_err());
+        assert!(with(Auth::Bearer(Secret::new("fine-token"))).is_ok());
     }
 
     #[test]
