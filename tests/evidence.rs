@@ -41,30 +41,6 @@ rules = ["mask_required"]
 /// Scene start (2026-04-19): a real capture time, in the past.
 const T0: i64 = 1_776_600_000_000;
 
-fn masked(name: &str) -> Vec<u8> {
-    std::fs::read(repo().join("tests/data/masked").join(name)).expect("masked photo")
-}
-
-/// One camera at 2 fps from `start`: 'V' an unmasked face, 'C' a masked one.
-fn scene(camera: &str, start_ms: i64, first_seq: u64, script: &str) -> Vec<Rec> {
-    let (bare, covered) = (face("grace_hopper.jpg"), masked("grace_hopper.jpg"));
-    script
-        .chars()
-        .enumerate()
-        .map(|(i, c)| {
-            let jpeg = if c == 'V' {
-                bare.clone()
-            } else {
-                covered.clone()
-            };
-            let mut r = frame(camera, "site-009", first_seq + i as u64, jpeg);
-            r.headers[2].1 = (start_ms + i as i64 * 500).to_string().into_bytes();
-            r.headers.push(("zone".into(), b"kitchen".to_vec()));
-            r
-        })
-        .collect()
-}
-
 fn events(got: &[Got]) -> Result<Vec<ViolationEvent>> {
     let codec = event_codec();
     got.iter()

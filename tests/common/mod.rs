@@ -484,3 +484,41 @@ pub fn get(addr: &str, path: &str) -> Result<String> {
     }
     Ok(body.to_string())
 }
+
+/// A face photo with a mask drawn on (`tests/data/masked`).
+pub fn masked(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("tests/data/masked").join(name)).expect("masked photo")
+}
+
+/// One camera's scene at 2 fps from `start`: `script` has 'V' (no mask), 'C' (mask) or 'U'
+/// (nobody in view) per frame.
+pub fn scene(camera: &str, start_ms: i64, first_seq: u64, script: &str) -> Vec<Rec> {
+    let (bare, covered) = (face("grace_hopper.jpg"), masked("grace_hopper.jpg"));
+    let empty = {
+        use opencv::core::{Mat, Scalar, CV_8UC3};
+        let img = Mat::new_rows_cols_with_default(
+            480,
+            640,
+            CV_8UC3,
+            Scalar::new(90.0, 120.0, 140.0, 0.0),
+        )
+        .unwrap();
+        vigil::decode::encode_jpeg(&img, 85).unwrap()
+    };
+    script
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let jpeg = match c {
+                'V' => bare.clone(),
+                'C' => covered.clone(),
+                _ => empty.clone(),
+            };
+            let seq = first_seq + i as u64;
+            let mut r = frame(camera, "site-009", seq, jpeg);
+            r.headers[2].1 = (start_ms + i as i64 * 500).to_string().into_bytes();
+            r.headers.push(("zone".into(), b"kitchen".to_vec()));
+            r
+        })
+        .collect()
+}
