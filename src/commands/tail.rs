@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use anyhow::anyhow;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 
 use crate::codec::avro::OBSERVATION;
@@ -125,22 +124,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     kafka::check_connection_async(&cfg.kafka, kafka::CONNECT_TIMEOUT).await?;
-    let group = format!(
-        "vigil-tail-{}-{}",
-        std::process::id(),
-        crate::contract::now_ms()
-    );
-    let consumer: StreamConsumer = cfg
-        .kafka
-        .config(&[
-            ("group.id", &group),
-            ("enable.auto.commit", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("fetch.wait.max.ms", "5"),
-        ])
-        .map_err(|e| anyhow!(e))?
-        .create()?;
-    consumer.subscribe(&[&cfg.topic])?;
+    let consumer = kafka::read_from_start(&cfg.kafka, "vigil-tail", &cfg.topic, 5)?;
     let mut reader: RecordReader<Observation> =
         RecordReader::with_registry(&OBSERVATION, cfg.schema_registry.as_ref())
             .map_err(|e| anyhow!(e))?;

@@ -21,7 +21,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 
 use crate::codec::avro::VIOLATION_EVENT;
@@ -64,18 +63,7 @@ pub async fn run(
         .map_err(|e| anyhow!(e))?;
     kafka::check_connection_async(&cfg.kafka, kafka::CONNECT_TIMEOUT).await?;
     // A group of its own each time: the view is rebuilt from the start of the topic.
-    let group = format!("vigil-console-{}-{}", std::process::id(), now_ms());
-    let consumer: StreamConsumer = cfg
-        .kafka
-        .config(&[
-            ("group.id", &group),
-            ("enable.auto.commit", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("fetch.wait.max.ms", "50"),
-        ])?
-        .create()
-        .context("cannot create the consumer")?;
-    consumer.subscribe(&[&cfg.topic])?;
+    let consumer = kafka::read_from_start(&cfg.kafka, "vigil-console", &cfg.topic, 50)?;
     let mut reader: RecordReader<ViolationEvent> =
         RecordReader::with_registry(&VIOLATION_EVENT, cfg.schema_registry.as_ref())
             .map_err(|e| anyhow!(e))?;

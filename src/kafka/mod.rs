@@ -358,6 +358,42 @@ pub fn partition_counts(
     }
 }
 
+/// A consumer that reads `topic` from its start under a group of its own (`<prefix>-<pid>-<ms>`),
+/// committing nothing: for readers that rebuild their view each time (`tail`, `console`).
+pub fn read_from_start(
+    kafka: &KafkaArgs,
+    prefix: &str,
+    topic: &str,
+    fetch_wait_ms: u32,
+) -> Result<StreamConsumer, ClientError> {
+    use rdkafka::consumer::Consumer;
+    let group = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        crate::contract::now_ms()
+    );
+    let wait = fetch_wait_ms.to_string();
+    let consumer: StreamConsumer = kafka
+        .config(&[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.wait.max.ms", &wait),
+        ])?
+        .create()
+        .map_err(|source| ClientError::Create {
+            what: "consumer",
+            source,
+        })?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(|source| ClientError::Create {
+            what: "subscription",
+            source,
+        })?;
+    Ok(consumer)
+}
+
 /// The next message of a reading subcommand (`tail`, `alerts`): `None` once `shutdown`
 /// resolves, or when nothing arrived for `idle` (if given).
 pub async fn next_message<'c, C: ConsumerContext + 'static>(
