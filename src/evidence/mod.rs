@@ -43,8 +43,8 @@ pub struct Evidence {
     faces: Faces,
     /// Detector models whose detections are faces (their manifest labels say `face`).
     face_detectors: HashSet<String>,
-    /// The label each rule counts as a violation.
-    violation_labels: HashMap<String, String>,
+    /// The labels each rule's violating detections carry.
+    violation_labels: HashMap<String, Vec<String>>,
     writes: mpsc::Sender<(object_store::path::Path, Vec<u8>)>,
     metrics: Arc<Metrics>,
 }
@@ -60,7 +60,7 @@ impl Evidence {
     pub fn start(
         cfg: &EvidenceConfig,
         face_detectors: HashSet<String>,
-        violation_labels: HashMap<String, String>,
+        violation_labels: HashMap<String, Vec<String>>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Evidence>, String> {
         let store = EvidenceStore::open(&cfg.url, "--evidence-url")?;
@@ -101,10 +101,10 @@ impl Evidence {
         detections: &[DetectionResult],
     ) {
         for ev in events.iter_mut().filter(|e| wants_snapshot(e)) {
-            let Some(label) = self.violation_labels.get(&ev.rule).cloned() else {
+            let Some(labels) = self.violation_labels.get(&ev.rule) else {
                 continue;
             };
-            let marks = render::marks(detections, &ev.rule, &label, |d| {
+            let marks = render::marks(detections, &ev.rule, labels, |d| {
                 self.face_detectors.contains(d)
             });
             let (image, faces) = (image.clone(), self.faces);

@@ -43,13 +43,13 @@ pub struct Mark {
 pub fn marks(
     detections: &[DetectionResult],
     rule: &str,
-    violation_label: &str,
+    violation_labels: &[String],
     is_face_detector: impl Fn(&str) -> bool,
 ) -> Vec<Mark> {
     detections
         .iter()
         .map(|d| {
-            let violation = d.rule == rule && d.label == violation_label;
+            let violation = d.rule == rule && violation_labels.contains(&d.label);
             let score = d.scores.get(&d.label).copied().unwrap_or(0.0);
             Mark {
                 bbox: d.bbox,
@@ -230,7 +230,7 @@ mod tests {
                 d("gloves", "palm", "bare_hand"),
             ],
             "mask_required",
-            "no_mask",
+            &["no_mask".to_string(), "mask_incorrect".to_string()],
             |det| det.starts_with("face"),
         );
         assert_eq!(

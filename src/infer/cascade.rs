@@ -1,16 +1,24 @@
-//! The pure parts of the detector → classifier cascade: which detections a rule keeps, where
-//! their crops lie in the decoded frame, and what a rule concludes from the scores.
+//! The pure parts of the rule pipelines: which detections a rule keeps, where their crops lie
+//! in the decoded frame, and what a rule concludes from scores or from the detections alone.
 
 use super::model::Detection;
 use crate::contract::Verdict;
-use crate::rules::Rule;
+use crate::rules::{Rule, ViolationWhen};
 
-/// The detections a rule classifies: score at least `min_detection_score`, shorter side at
-/// least `min_box_px` in the decoded frame, at most `max_detections`, best first.
-pub fn select(rule: &Rule, dets: &[Detection], width: u32, height: u32) -> Vec<Detection> {
+/// The detections a rule keeps: one of its `classes` (any class when `None`), score at least
+/// `min_detection_score`, shorter side at least `min_box_px` in the decoded frame, at most
+/// `max_detections`, best first.
+pub fn select(
+    rule: &Rule,
+    classes: Option<&[u32]>,
+    dets: &[Detection],
+    width: u32,
+    height: u32,
+) -> Vec<Detection> {
     let mut kept: Vec<Detection> = dets
         .iter()
-        .filter(|d| d.class_id == 0 && d.score >= rule.min_detection_score)
+        .filter(|d| classes.is_none_or(|c| c.contains(&d.class_id)))
+        .filter(|d| d.score >= rule.min_detection_score)
         .filter(|d| {
             let w = (d.bbox[2] - d.bbox[0]) * width as f32;
             let h = (d.bbox[3] - d.bbox[1]) * height as f32;
@@ -50,17 +58,28 @@ pub fn argmax(scores: &[f32]) -> usize {
 }
 
 /// A rule's conclusion from its classifier's scores: one vector per crop (detector rules) or
-/// exactly one (whole-frame rules). No scores at all means no evidence: `Unknown`.
-/// Returns the verdict and the level (highest violation-label score).
-pub fn verdict(scores: &[Vec<f32>], violation: usize) -> (Verdict, Option<f32>) {
+/// exactly one (whole-frame rules). A crop is a violation when its violation labels together
+/// outweigh the others (with one violation label among two, the top label decides). No scores
+/// at all means no evidence: `Unknown`.
+/// Returns the verdict and the level: the highest share of violation-label scores.
+pub fn verdict(scores: &[Vec<f32>], violation: &[usize]) -> (Verdict, Option<f32>) {
     if scores.is_empty() {
         return (Verdict::Unknown, None);
     }
-    let level = scores
-        .iter()
-        .map(|s| s.get(violation).copied().unwrap_or(0.0))
-        .fold(f32::MIN, f32::max);
-    let violated = scores.iter().any(|s| argmax(s) == violation);
+    let share = |s: &Vec<f32>| {
+        let bad: f32 = violation
+            .iter()
+            .map(|&v| s.get(v).copied().unwrap_or(0.0))
+            .sum();
+        let total: f32 = s.iter().sum();
+        if total > 0.0 {
+            (bad / total).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    };
+    let level = scores.iter().map(share).fold(f32::MIN, f32::max);
+    let violated = scores.iter().any(|s| share(s) > 0.5);
     (
         if violated {
             Verdict::Violation
@@ -71,13 +90,34 @@ pub fn verdict(scores: &[Vec<f32>], violation: usize) -> (Verdict, Option<f32>) 
     )
 }
 
+/// A presence rule's conclusion from the detections it kept. The detector ran, so there is
+/// always evidence; the level is 1 for a violation and 0 otherwise (the score threshold has
+/// already decided).
+pub fn presence_verdict(kept: usize, when: ViolationWhen) -> (Verdict, Option<f32>) {
+    let violated = match when {
+        ViolationWhen::Present => kept > 0,
+        ViolationWhen::Absent => kept == 0,
+    };
+    if violated {
+        (Verdict::Violation, Some(1.0))
+    } else {
+        (Verdict::Compliant, Some(0.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn rule() -> Rule {
-        crate::rules::RuleSet::load(None).unwrap().rules["mask_required"].clone()
+        crate::rules::RuleSet::parse(
+            "[rules.m]\ndetector='d'\nclassifier='c'\nviolation_label='bad'",
+            "t",
+        )
+        .unwrap()
+        .rules["m"]
+            .clone()
     }
 
     fn det(score: f32, bbox: [f32; 4]) -> Detection {
@@ -86,6 +126,44 @@ mod tests {
             score,
             bbox,
         }
+    }
+
+    #[test]
+    fn selection_keeps_only_the_rule_classes() {
+        let r = rule();
+        let dets = [
+            Detection {
+                class_id: 3,
+                ..det(0.9, [0.1, 0.1, 0.3, 0.3])
+            },
+            Detection {
+                class_id: 7,
+                ..det(0.8, [0.4, 0.1, 0.6, 0.3])
+            },
+            Detection {
+                class_id: 19,
+                ..det(0.7, [0.6, 0.1, 0.9, 0.3])
+            },
+        ];
+        let ids = |k: Vec<Detection>| k.iter().map(|d| d.class_id).collect::<Vec<_>>();
+        assert_eq!(ids(select(&r, Some(&[7, 19]), &dets, 640, 480)), [7, 19]);
+        assert_eq!(ids(select(&r, None, &dets, 640, 480)), [3, 7, 19]);
+        assert!(select(&r, Some(&[1]), &dets, 640, 480).is_empty());
+    }
+
+    #[test]
+    fn presence_verdicts() {
+        use crate::rules::ViolationWhen::*;
+        assert_eq!(
+            presence_verdict(2, Present),
+            (Verdict::Violation, Some(1.0))
+        );
+        assert_eq!(
+            presence_verdict(0, Present),
+            (Verdict::Compliant, Some(0.0))
+        );
+        assert_eq!(presence_verdict(0, Absent), (Verdict::Violation, Some(1.0)));
+        assert_eq!(presence_verdict(1, Absent), (Verdict::Compliant, Some(0.0)));
     }
 
     #[test]
@@ -99,7 +177,7 @@ mod tests {
             det(0.7, [0.4, 0.1, 0.6, 0.3]),
             det(0.6, [0.7, 0.1, 0.9, 0.3]), // over max_detections
         ];
-        let kept = select(&r, &dets, 640, 480);
+        let kept = select(&r, None, &dets, 640, 480);
         assert_eq!(
             kept.iter().map(|d| d.score).collect::<Vec<_>>(),
             vec![0.9, 0.7]
@@ -124,15 +202,22 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        assert_eq!(verdict(&[], 1), (Verdict::Unknown, None));
+        assert_eq!(verdict(&[], &[1]), (Verdict::Unknown, None));
         assert_eq!(
-            verdict(&[vec![0.9, 0.1]], 1),
+            verdict(&[vec![0.9, 0.1]], &[1]),
             (Verdict::Compliant, Some(0.1))
         );
         assert_eq!(
-            verdict(&[vec![0.9, 0.1], vec![0.2, 0.8]], 1),
+            verdict(&[vec![0.9, 0.1], vec![0.2, 0.8]], &[1]),
             (Verdict::Violation, Some(0.8))
         );
+        // Several violation labels: together they must outweigh the rest.
+        let (v, level) = verdict(&[vec![0.5, 0.2, 0.3]], &[1, 2]);
+        assert_eq!(v, Verdict::Compliant);
+        assert!((level.unwrap() - 0.5).abs() < 1e-6);
+        let (v, level) = verdict(&[vec![0.4, 0.35, 0.25]], &[1, 2]);
+        assert_eq!(v, Verdict::Violation, "neither violation label is on top");
+        assert!((level.unwrap() - 0.6).abs() < 1e-6);
     }
 
     proptest! {

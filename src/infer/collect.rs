@@ -27,7 +27,7 @@ pub(crate) struct InFrame {
     pub(crate) image: Option<Arc<Mat>>,
     /// Model replies and crop jobs still to come.
     pub(crate) outstanding: usize,
-    /// Detections each detector rule kept, by rule.
+    /// Detections each detector rule (cascade or presence) kept, by rule.
     pub(crate) kept: HashMap<usize, Vec<Detection>>,
     /// Crop scores by (rule, detection index).
     pub(crate) crop_scores: HashMap<(usize, usize), Vec<f32>>,
@@ -163,14 +163,16 @@ fn schedule_crops(
         if rule.detector != Some(detector) {
             continue;
         }
-        let kept = cascade::select(&rule.rule, dets, w, h);
-        for (i, d) in kept.iter().enumerate() {
-            jobs.push((
-                r,
-                Slot::Crop { rule: r, det: i },
-                d.bbox,
-                rule.rule.crop_margin,
-            ));
+        let kept = cascade::select(&rule.rule, rule.classes.as_deref(), dets, w, h);
+        if let Some(classifier) = rule.classifier {
+            for (i, d) in kept.iter().enumerate() {
+                jobs.push((
+                    classifier,
+                    Slot::Crop { rule: r, det: i },
+                    d.bbox,
+                    rule.rule.crop_margin,
+                ));
+            }
         }
         f.kept.insert(r, kept);
     }
@@ -184,8 +186,7 @@ fn schedule_crops(
         let t = Instant::now();
         let mut items = Vec::with_capacity(jobs.len());
         let mut scratch = Mat::default();
-        for (r, slot, bbox, margin) in jobs {
-            let classifier = infer.planner.rules[r].classifier;
+        for (classifier, slot, bbox, margin) in jobs {
             let (x, y, cw, ch) = cascade::crop_rect(bbox, margin, w, h);
             let mut tensor = Vec::new();
             let ok = Mat::roi(&*image, Rect::new(x, y, cw, ch))

@@ -10,6 +10,7 @@ use crate::contract::observation::{
     Classification, DetectionResult, RuleResult, SourceRef, Timings,
 };
 use crate::contract::{now_ms, Observation, Origin, Verdict};
+use crate::rules::RuleKind;
 
 /// Evaluates the rules and builds the observation.
 pub(crate) fn finish(
@@ -20,10 +21,32 @@ pub(crate) fn finish(
     let mut detections = Vec::new();
     for &r in &f.plan.rules {
         let cr = &infer.planner.rules[r];
-        let classifier = &infer.planner.models[cr.classifier];
-        let (scores, n, reason): (Vec<Vec<f32>>, usize, Option<String>) = match cr.detector {
-            Some(d) => {
-                let kept = f.kept.get(&r).map(Vec::as_slice).unwrap_or_default();
+        let kept = f.kept.get(&r).map(Vec::as_slice).unwrap_or_default();
+        let (verdict, level, n, reason) = match (cr.kind, cr.detector, cr.classifier) {
+            (RuleKind::Presence, Some(d), _) => {
+                let detector = &infer.planner.models[d];
+                for det in kept {
+                    let label = detector
+                        .labels
+                        .get(det.class_id as usize)
+                        .cloned()
+                        .unwrap_or_else(|| format!("class_{}", det.class_id));
+                    detections.push(DetectionResult {
+                        rule: cr.name.clone(),
+                        detector: detector.name.clone(),
+                        score: det.score,
+                        bbox: det.bbox,
+                        classifier: String::new(),
+                        scores: [(label.clone(), det.score)].into_iter().collect(),
+                        label,
+                    });
+                }
+                let when = cr.rule.violation_when.unwrap_or_default();
+                let (v, level) = cascade::presence_verdict(kept.len(), when);
+                (v, level, kept.len(), None)
+            }
+            (_, Some(d), Some(c)) => {
+                let classifier = &infer.planner.models[c];
                 let mut s = Vec::new();
                 for (i, det) in kept.iter().enumerate() {
                     if let Some(cs) = f.crop_scores.get(&(r, i)) {
@@ -44,15 +67,16 @@ pub(crate) fn finish(
                         s.push(cs.clone());
                     }
                 }
-                let n = s.len();
-                (s, n, (n == 0).then(|| "no_detection".to_string()))
+                let (v, level) = cascade::verdict(&s, &cr.violation);
+                (v, level, s.len(), Some("no_detection"))
             }
-            None => match f.whole_scores.get(&cr.classifier) {
-                Some(s) => (vec![s.clone()], 0, None),
-                None => (Vec::new(), 0, Some("not_classified".to_string())),
-            },
+            (_, None, Some(c)) => {
+                let s: Vec<Vec<f32>> = f.whole_scores.get(&c).cloned().into_iter().collect();
+                let (v, level) = cascade::verdict(&s, &cr.violation);
+                (v, level, 0, Some("not_classified"))
+            }
+            _ => (Verdict::Unknown, None, 0, Some("no_model")),
         };
-        let (verdict, level) = cascade::verdict(&scores, cr.violation);
         infer
             .metrics
             .count_verdict(&f.meta.site, &cr.name, verdict.as_str());
@@ -65,7 +89,7 @@ pub(crate) fn finish(
             rule: cr.name.clone(),
             verdict,
             reason: if verdict == Verdict::Unknown {
-                reason
+                reason.map(str::to_string)
             } else {
                 None
             },
@@ -129,7 +153,7 @@ pub(crate) fn finish(
                         .planner
                         .rules
                         .iter()
-                        .any(|r| r.name == d.rule && r.rule.violation_label == d.label)
+                        .any(|r| r.name == d.rule && r.violation_names.contains(&d.label))
                 })
                 .collect();
             tokio::task::spawn_blocking(move || {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::model::{InputSpec, Model, Task};
 use crate::contract::observation::ModelRef;
 use crate::contract::FrameMeta;
-use crate::rules::{Rule, RuleSet};
+use crate::rules::{Rule, RuleKind, RuleSet};
 
 /// Static facts about a loaded model that the stages need.
 #[derive(Debug, Clone)]
@@ -38,11 +38,18 @@ impl ModelInfo {
 pub struct CompiledRule {
     pub name: String,
     pub rule: Rule,
-    /// Index of the detector model, for detector → classifier rules.
+    pub kind: RuleKind,
+    /// Index of the detector model (cascade and presence rules).
     pub detector: Option<usize>,
-    pub classifier: usize,
-    /// Index of the violation label in the classifier's labels.
-    pub violation: usize,
+    /// Index of the classifier model (cascade and whole-frame rules).
+    pub classifier: Option<usize>,
+    /// Indices of the violation labels in the classifier's labels.
+    pub violation: Vec<usize>,
+    /// Detector class ids the rule keeps; `None` keeps every class.
+    pub classes: Option<Vec<u32>>,
+    /// Names of the labels a violating detection carries: the classifier's violation labels,
+    /// or, for a presence rule, the kept classes (evidence pictures outline these).
+    pub violation_names: Vec<String>,
 }
 
 /// A rule that does not fit the loaded models; the worker refuses to start.
@@ -83,11 +90,11 @@ impl Planner {
             .collect()
     }
 
-    /// The label each rule counts as a violation.
-    pub fn violation_labels(&self) -> HashMap<String, String> {
+    /// The labels each rule's violating detections carry.
+    pub fn violation_labels(&self) -> HashMap<String, Vec<String>> {
         self.rules
             .iter()
-            .map(|r| (r.name.clone(), r.rule.violation_label.clone()))
+            .map(|r| (r.name.clone(), r.violation_names.clone()))
             .collect()
     }
 
@@ -113,32 +120,75 @@ impl Planner {
         let mut rules = Vec::new();
         let mut rule_index = HashMap::new();
         for (name, rule) in &ruleset.rules {
+            let err = |message: String| PlanError {
+                rule: name.clone(),
+                message,
+            };
+            let kind = rule
+                .kind()
+                .ok_or_else(|| err("names neither a detector nor a classifier".into()))?;
             let detector = rule
                 .detector
                 .as_deref()
                 .map(|d| find(d, Task::Detect, name, "detector"))
                 .transpose()?;
-            let classifier = find(&rule.classifier, Task::Classify, name, "classifier")?;
-            let violation = models[classifier]
-                .labels
-                .iter()
-                .position(|l| *l == rule.violation_label)
-                .ok_or_else(|| PlanError {
-                    rule: name.clone(),
-                    message: format!(
-                        "violation_label `{}` is not a label of `{}` ({})",
-                        rule.violation_label,
-                        rule.classifier,
-                        models[classifier].labels.join(", ")
-                    ),
-                })?;
+            let classifier = rule
+                .classifier
+                .as_deref()
+                .map(|c| find(c, Task::Classify, name, "classifier"))
+                .transpose()?;
+            let mut violation = Vec::new();
+            if let Some(c) = classifier {
+                let labels = &models[c].labels;
+                for l in rule.violation_labels() {
+                    let i = labels.iter().position(|x| *x == l).ok_or_else(|| {
+                        err(format!(
+                            "violation_label `{l}` is not a label of `{}` ({})",
+                            models[c].name,
+                            labels.join(", ")
+                        ))
+                    })?;
+                    violation.push(i);
+                }
+            }
+            let classes = match (&rule.classes, detector) {
+                (Some(wanted), Some(d)) => {
+                    let labels = &models[d].labels;
+                    let mut ids = Vec::new();
+                    for c in wanted {
+                        let i = labels.iter().position(|x| x == c).ok_or_else(|| {
+                            err(format!(
+                                "class `{c}` is not a label of detector `{}` ({})",
+                                models[d].name,
+                                labels.join(", ")
+                            ))
+                        })?;
+                        ids.push(i as u32);
+                    }
+                    Some(ids)
+                }
+                _ => None,
+            };
+            let violation_names = match (kind, detector) {
+                (RuleKind::Presence, Some(d)) => match &classes {
+                    Some(ids) => ids
+                        .iter()
+                        .map(|&i| models[d].labels[i as usize].clone())
+                        .collect(),
+                    None => models[d].labels.clone(),
+                },
+                _ => rule.violation_labels(),
+            };
             rule_index.insert(name.clone(), rules.len());
             rules.push(CompiledRule {
                 name: name.clone(),
                 rule: rule.clone(),
+                kind,
                 detector,
                 classifier,
                 violation,
+                classes,
+                violation_names,
             });
         }
         Ok(Planner {
@@ -159,12 +209,18 @@ impl Planner {
             .collect();
         let mut whole_frame = Vec::new();
         for &r in &rules {
-            let m = self.rules[r].detector.unwrap_or(self.rules[r].classifier);
+            let m = match (self.rules[r].detector, self.rules[r].classifier) {
+                (Some(d), _) => d,
+                (None, Some(c)) => c,
+                (None, None) => continue,
+            };
             if !whole_frame.contains(&m) {
                 whole_frame.push(m);
             }
         }
-        let needs_crops = rules.iter().any(|&r| self.rules[r].detector.is_some());
+        let needs_crops = rules
+            .iter()
+            .any(|&r| self.rules[r].kind == RuleKind::Cascade);
         FramePlan {
             rules,
             whole_frame,
@@ -184,5 +240,117 @@ impl Planner {
     /// The input spec of every model, by index (what the decode stage builds tensors to).
     pub fn input_specs(&self) -> Vec<InputSpec> {
         self.models.iter().map(|m| m.input.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{ChannelOrder, Layout, Resize};
+
+    fn model(name: &str, task: Task, labels: &[&str]) -> ModelInfo {
+        ModelInfo {
+            name: name.into(),
+            version: "1".into(),
+            provider: "cpu",
+            input: InputSpec {
+                name: "image".into(),
+                width: 64,
+                height: 64,
+                layout: Layout::NCHW,
+                channels: ChannelOrder::RGB,
+                mean: [0.0; 3],
+                std: [1.0; 3],
+                resize: Resize::Stretch,
+            },
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            task,
+        }
+    }
+
+    fn pack() -> Vec<ModelInfo> {
+        vec![
+            model("faces", Task::Detect, &["face"]),
+            model("objects", Task::Detect, &["person", "cat", "dog"]),
+            model(
+                "mask",
+                Task::Classify,
+                &["mask", "no_mask", "mask_incorrect"],
+            ),
+        ]
+    }
+
+    const RULES: &str = r#"
+        [rules.masks]
+        detector = "faces"
+        classifier = "mask"
+        violation_label = ["no_mask", "mask_incorrect"]
+        [rules.animals]
+        detector = "objects"
+        classes = ["cat", "dog"]
+        [rules.people]
+        detector = "objects"
+        classes = ["person"]
+        [[assign]]
+        rules = ["masks", "animals", "people"]
+        [[assign]]
+        zone = "dining"
+        rules = ["people"]
+    "#;
+
+    fn meta(zone: &str) -> FrameMeta {
+        FrameMeta {
+            site: "s".into(),
+            camera: "c".into(),
+            captured_at_ms: 0,
+            seq: 0,
+            zone: Some(zone.into()),
+        }
+    }
+
+    #[test]
+    fn rules_resolve_labels_and_classes() {
+        let p = Planner::new(RuleSet::parse(RULES, "t").unwrap(), pack()).unwrap();
+        let by = |n: &str| p.rules.iter().find(|r| r.name == n).unwrap();
+        assert_eq!(by("masks").violation, [1, 2]);
+        assert_eq!(by("masks").classes, None);
+        assert_eq!(by("animals").classes, Some(vec![1, 2]));
+        assert_eq!(by("animals").violation_names, ["cat", "dog"]);
+        assert_eq!(by("animals").classifier, None);
+        assert_eq!(by("people").classes, Some(vec![0]));
+    }
+
+    #[test]
+    fn rules_sharing_a_detector_run_it_once() {
+        let p = Planner::new(RuleSet::parse(RULES, "t").unwrap(), pack()).unwrap();
+        let kitchen = p.plan(&meta("kitchen"));
+        assert_eq!(kitchen.rules.len(), 3);
+        assert_eq!(kitchen.whole_frame, [0, 1], "faces once, objects once");
+        assert!(kitchen.needs_crops);
+        let dining = p.plan(&meta("dining"));
+        assert_eq!(dining.whole_frame, [1]);
+        assert!(!dining.needs_crops, "a presence rule crops nothing");
+    }
+
+    #[test]
+    fn unknown_classes_and_labels_are_named() {
+        let e = Planner::new(
+            RuleSet::parse("[rules.a]\ndetector='objects'\nclasses=['horse']", "t").unwrap(),
+            pack(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("horse") && e.contains("person, cat, dog"), "{e}");
+        let e = Planner::new(
+            RuleSet::parse(
+                "[rules.a]\ndetector='faces'\nclassifier='mask'\nviolation_label=['no_mask','nose']",
+                "t",
+            )
+            .unwrap(),
+            pack(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`nose`"), "{e}");
     }
 }

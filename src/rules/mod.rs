@@ -1,20 +1,30 @@
 //! Rules: what is checked on which camera.
 //!
-//! A rule names a pipeline, either a detector followed by a classifier on each detection's crop
-//! (`mask_required`: faces → mask classifier → `no_mask` is a violation) or a classifier on the
-//! whole frame (a cleanliness or open/closed classifier). Assignments map sites, zones and
-//! cameras to rules; the most specific matching assignment wins. A camera no assignment covers is
-//! observed but never produces a violation.
+//! A rule is one of three pipelines, told apart by the models it names:
+//! - **detector → classifier** (`detector` and `classifier`): the classifier runs on the crop of
+//!   each detection the rule keeps; a crop whose top label is one of `violation_label` is a
+//!   violation (`mask_required`: faces → mask classifier → `no_mask` or `mask_incorrect`);
+//! - **whole-frame classifier** (`classifier` only): the classifier sees the whole frame (a
+//!   cleanliness or open/closed classifier);
+//! - **detector presence** (`detector` only): a detection of one of `classes` at or above
+//!   `min_detection_score` is the violation (`no_animals`: cats and dogs), or, with
+//!   `violation_when = "absent"`, the lack of one is (a station that must be staffed).
 //!
-//! Configuration (`--rules FILE`, TOML); without a file the built-in default applies:
+//! Detectors may emit several classes (their manifest's labels); `classes` keeps only those a
+//! rule is about. Several rules on one camera share each model's run on a frame.
+//! Assignments map sites, zones and cameras to rules; the most specific matching assignment
+//! wins. A camera no assignment covers is observed but never produces a violation.
+//!
+//! Configuration (`--rules FILE`, TOML); without a file the built-in default applies
+//! ([`DEFAULT_RULES`]):
 //!
 //! ```toml
 //! [rules.mask_required]
-//! detector = "face-blazeface"  # detector model (manifest name)
-//! classifier = "mask"          # classifier run on each detection's crop
-//! violation_label = "no_mask"
+//! detector = "face-yunet"       # detector model (manifest name)
+//! classifier = "mask-v2"        # classifier run on each detection's crop
+//! violation_label = ["no_mask", "mask_incorrect"]  # one label or several
 //! min_detection_score = 0.5
-//! crop_margin = 0.15           # crop grows by this fraction of the box on each side
+//! crop_margin = 0.15            # crop grows by this fraction of the box on each side
 //!
 //! [rules.mask_required.episode] # how verdicts become alerts (see `episodes`); all optional
 //! half_life_secs = 4.0
@@ -24,12 +34,17 @@
 //! clear_secs = 10.0
 //! cooldown_secs = 30.0
 //!
+//! [rules.no_animals]            # presence: no classifier
+//! detector = "objectron"
+//! classes = ["cat", "dog"]
+//! min_detection_score = 0.6
+//!
 //! [rules.counter_clean]
-//! classifier = "cleanliness"   # no detector: the classifier sees the whole frame
+//! classifier = "cleanliness"    # no detector: the classifier sees the whole frame
 //! violation_label = "dirty"
 //!
-//! [[assign]]                   # no selector: every camera
-//! rules = ["mask_required"]
+//! [[assign]]                    # no selector: every camera
+//! rules = ["mask_required", "no_animals"]
 //! [[assign]]
 //! zone = "dining"
 //! rules = []
@@ -45,6 +60,45 @@ use crate::contract::FrameMeta;
 mod policy;
 pub use policy::EpisodePolicy;
 
+/// One label or several (`violation_label = "x"` or `violation_label = ["x", "y"]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Labels {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Labels {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Labels::One(l) => vec![l.clone()],
+            Labels::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// When a presence rule (detector, no classifier) sees a violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViolationWhen {
+    /// A kept detection is the violation (an animal in the kitchen).
+    #[default]
+    Present,
+    /// The lack of any kept detection is the violation (an unstaffed station).
+    Absent,
+}
+
+/// Which of the three pipelines a rule is (from the models it names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    /// Detector, then the classifier on each kept detection's crop.
+    Cascade,
+    /// The classifier on the whole frame.
+    WholeFrame,
+    /// The presence (or absence) of kept detections.
+    Presence,
+}
+
 /// One rule's pipeline and thresholds.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,10 +106,19 @@ pub struct Rule {
     /// Detector model; when absent the classifier runs on the whole frame.
     #[serde(default)]
     pub detector: Option<String>,
-    /// Classifier model: on each detection's crop, or on the whole frame.
-    pub classifier: String,
-    /// Classifier label that means "violation".
-    pub violation_label: String,
+    /// Classifier model: on each detection's crop, or on the whole frame. When absent (and a
+    /// detector is named) the rule judges the presence of detections.
+    #[serde(default)]
+    pub classifier: Option<String>,
+    /// Classifier label(s) that mean "violation" (classifier rules only).
+    #[serde(default, alias = "violation_labels")]
+    pub violation_label: Option<Labels>,
+    /// Detector classes (manifest labels) the rule keeps; all of them when absent.
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+    /// Presence rules: whether a detection or its absence is the violation.
+    #[serde(default)]
+    pub violation_when: Option<ViolationWhen>,
     /// Detections scoring below this are ignored.
     #[serde(default = "default_min_detection_score")]
     pub min_detection_score: f32,
@@ -65,12 +128,32 @@ pub struct Rule {
     /// Detections smaller than this many pixels (shorter side, in the decoded frame) are ignored.
     #[serde(default = "default_min_box_px")]
     pub min_box_px: u32,
-    /// At most this many detections per frame are classified (highest scores first).
+    /// At most this many detections per frame are kept (highest scores first).
     #[serde(default = "default_max_detections")]
     pub max_detections: usize,
     /// How verdicts become episodes (`[rules.<name>.episode]`; defaults otherwise).
     #[serde(default)]
     pub episode: EpisodePolicy,
+}
+
+impl Rule {
+    /// Which pipeline this rule is; `None` when it names neither a detector nor a classifier.
+    pub fn kind(&self) -> Option<RuleKind> {
+        match (&self.detector, &self.classifier) {
+            (Some(_), Some(_)) => Some(RuleKind::Cascade),
+            (None, Some(_)) => Some(RuleKind::WholeFrame),
+            (Some(_), None) => Some(RuleKind::Presence),
+            (None, None) => None,
+        }
+    }
+
+    /// The classifier labels that mean "violation" (empty for presence rules).
+    pub fn violation_labels(&self) -> Vec<String> {
+        self.violation_label
+            .as_ref()
+            .map(Labels::to_vec)
+            .unwrap_or_default()
+    }
 }
 
 fn default_min_detection_score() -> f32 {
@@ -167,6 +250,42 @@ impl RuleSet {
             }
         }
         for (name, r) in &set.rules {
+            let kind = r.kind().ok_or_else(|| {
+                err(format!(
+                    "rules.{name} names neither a detector nor a classifier (it needs one or both)"
+                ))
+            })?;
+            match kind {
+                RuleKind::Cascade | RuleKind::WholeFrame => {
+                    if r.violation_labels().is_empty() {
+                        return Err(err(format!(
+                            "rules.{name}.violation_label is missing: name the classifier label(s) that mean a violation"
+                        )));
+                    }
+                    if r.violation_when.is_some() {
+                        return Err(err(format!(
+                            "rules.{name}.violation_when applies only to presence rules (a detector without a classifier)"
+                        )));
+                    }
+                }
+                RuleKind::Presence => {
+                    if r.violation_label.is_some() {
+                        return Err(err(format!(
+                            "rules.{name}.violation_label needs a classifier; a presence rule's violation is a detection of `classes`"
+                        )));
+                    }
+                }
+            }
+            if kind == RuleKind::WholeFrame && r.classes.is_some() {
+                return Err(err(format!(
+                    "rules.{name}.classes filters a detector's classes, and the rule has no detector"
+                )));
+            }
+            if r.classes.as_ref().is_some_and(Vec::is_empty) {
+                return Err(err(format!(
+                    "rules.{name}.classes is empty: leave it out to keep every class"
+                )));
+            }
             if !(0.0..=1.0).contains(&r.min_detection_score) {
                 return Err(err(format!(
                     "rules.{name}.min_detection_score must be within 0..1"
@@ -209,16 +328,14 @@ impl RuleSet {
     /// Every model name any rule uses, detectors first, each once.
     pub fn models(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for r in self.rules.values() {
-            if let Some(d) = &r.detector {
-                if !out.contains(d) {
-                    out.insert(0, d.clone());
-                }
+        for d in self.rules.values().filter_map(|r| r.detector.as_ref()) {
+            if !out.contains(d) {
+                out.push(d.clone());
             }
         }
-        for r in self.rules.values() {
-            if !out.contains(&r.classifier) {
-                out.push(r.classifier.clone());
+        for c in self.rules.values().filter_map(|r| r.classifier.as_ref()) {
+            if !out.contains(c) {
+                out.push(c.clone());
             }
         }
         out
@@ -284,6 +401,79 @@ mod tests {
             "no match: no rules"
         );
         assert_eq!(r.models(), ["d", "x", "y"]);
+    }
+
+    #[test]
+    fn three_kinds_of_rule() {
+        let r = RuleSet::parse(
+            r#"
+            [rules.masks]
+            detector = "faces"
+            classifier = "mask"
+            violation_label = ["no_mask", "mask_incorrect"]
+            [rules.clean]
+            classifier = "cleanliness"
+            violation_label = "dirty"
+            [rules.animals]
+            detector = "objects"
+            classes = ["cat", "dog"]
+            [rules.staffed]
+            detector = "objects"
+            classes = ["person"]
+            violation_when = "absent"
+            "#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(r.rules["masks"].kind(), Some(RuleKind::Cascade));
+        assert_eq!(
+            r.rules["masks"].violation_labels(),
+            ["no_mask", "mask_incorrect"]
+        );
+        assert_eq!(r.rules["clean"].kind(), Some(RuleKind::WholeFrame));
+        assert_eq!(r.rules["clean"].violation_labels(), ["dirty"]);
+        assert_eq!(r.rules["animals"].kind(), Some(RuleKind::Presence));
+        assert_eq!(
+            r.rules["staffed"].violation_when,
+            Some(ViolationWhen::Absent)
+        );
+        assert_eq!(r.models(), ["objects", "faces", "cleanliness", "mask"]);
+    }
+
+    #[test]
+    fn rule_kind_mistakes_are_named() {
+        let bad = |text: &str, needle: &str| {
+            let e = RuleSet::parse(text, "f.toml").unwrap_err().to_string();
+            assert!(e.contains(needle), "{e} should name {needle}");
+        };
+        bad(
+            "[rules.a]\nmin_detection_score=0.5",
+            "neither a detector nor a classifier",
+        );
+        bad(
+            "[rules.a]\nclassifier='c'",
+            "rules.a.violation_label is missing",
+        );
+        bad(
+            "[rules.a]\ndetector='d'\nviolation_label='x'",
+            "rules.a.violation_label needs a classifier",
+        );
+        bad(
+            "[rules.a]\nclassifier='c'\nviolation_label='x'\nclasses=['cat']",
+            "rules.a.classes",
+        );
+        bad(
+            "[rules.a]\ndetector='d'\nclasses=[]",
+            "rules.a.classes is empty",
+        );
+        bad(
+            "[rules.a]\nclassifier='c'\nviolation_label='x'\nviolation_when='absent'",
+            "rules.a.violation_when",
+        );
+        bad(
+            "[rules.a]\ndetector='d'\nviolation_when='sometimes'",
+            "sometimes",
+        );
     }
 
     #[test]
