@@ -28,7 +28,7 @@ for s in $SETTINGS; do
   t="load.b$b"
   "$VIGIL" topics create --partitions 6 --observations-topic "$t.obs" --dlq-topic "$t.dlq" \
     --violations-topic "$t.vio" --state-topic "$t.state" >/dev/null
-  "$VIGIL" worker --group "$t" --max-batch "$b" --max-delay-ms "$d" --metrics-addr "" \
+  "$VIGIL" worker --group "$t" --max-batch "$b" --max-delay-ms "$d" --metrics-addr "" --max-staleness-secs 0 \
     --observations-topic "$t.obs" --dlq-topic "$t.dlq" --violations-topic "$t.vio" \
     --state-topic "$t.state" 2>"$RUN/$t.log" &
   pid=$!

@@ -218,10 +218,10 @@ pub async fn run(
         if cfg.frames.is_some_and(|n| round >= n) {
             break;
         }
-        tokio::select! {
+        let round_start = tokio::select! {
             _ = &mut shutdown => break,
-            _ = tick.tick() => {}
-        }
+            t = tick.tick() => t,
+        };
         // One frame per camera this round.
         let frames: Vec<Arc<Vec<u8>>> = match &mut source {
             Source::Images(list) => {
@@ -257,9 +257,18 @@ pub async fn run(
                 (0..cfg.cameras).map(|_| frame.clone()).collect()
             }
         };
-        let captured_at = now_ms().to_string();
         let seq = round.to_string();
-        for ((camera, site, zone), frame) in ids.iter().zip(frames) {
+        for (c, ((camera, site, zone), frame)) in ids.iter().zip(frames).enumerate() {
+            // Cameras are not synchronised: each one's frame goes out at its own point of the
+            // round, spread evenly, so the load arrives as a steady stream, not in bursts.
+            if c > 0 {
+                let at = round_start + period.mul_f64(c as f64 / ids.len() as f64);
+                tokio::select! {
+                    _ = &mut shutdown => break 'rounds,
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+            let captured_at = now_ms().to_string();
             if frame.len() > cfg.max_frame_bytes {
                 oversize += 1;
                 metrics.errors.with_label_values(&["oversize"]).inc();

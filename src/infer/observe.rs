@@ -23,6 +23,7 @@ pub(crate) fn finish(
         let cr = &infer.planner.rules[r];
         let kept = f.kept.get(&r).map(Vec::as_slice).unwrap_or_default();
         let (verdict, level, n, reason) = match (cr.kind, cr.detector, cr.classifier) {
+            _ if f.plan.skipped.is_some() => (Verdict::Unknown, None, 0, f.plan.skipped),
             (RuleKind::Presence, Some(d), _) => {
                 let detector = &infer.planner.models[d];
                 for det in kept {

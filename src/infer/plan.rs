@@ -78,6 +78,8 @@ pub struct FramePlan {
     pub whole_frame: Vec<usize>,
     /// Whether detections will be cropped, so the decoded image must be kept.
     pub needs_crops: bool,
+    /// Why the frame is not judged at all (load shedding), if it is not.
+    pub skipped: Option<&'static str>,
 }
 
 impl Planner {
@@ -225,7 +227,17 @@ impl Planner {
             rules,
             whole_frame,
             needs_crops,
+            skipped: None,
         }
+    }
+
+    /// What a frame skipped by load shedding needs: nothing decoded, nothing run; its rules
+    /// are observed `unknown` with `reason`.
+    pub fn skip(mut plan: FramePlan, reason: &'static str) -> FramePlan {
+        plan.whole_frame.clear();
+        plan.needs_crops = false;
+        plan.skipped = Some(reason);
+        plan
     }
 
     /// How observations name model `m`.

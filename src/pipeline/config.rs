@@ -43,6 +43,9 @@ pub struct WorkerConfig {
     pub max_in_flight: usize,
     /// Address of the `/metrics` endpoint, if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// Frames older than this behind real time are thinned per camera (see `source::shed`);
+    /// `None` judges every frame however late.
+    pub max_staleness: Option<Duration>,
     /// Longest wait for in-flight frames at shutdown or revoke; below `session_timeout`.
     pub drain_timeout: Duration,
     /// The consumer group's session timeout (`session.timeout.ms`): a worker silent for longer

@@ -27,7 +27,7 @@ use super::{load, Restorer};
 use crate::contract::{now_ms, DeadLetter, Domain, Observed, Outcome, StageError};
 use crate::decode::{DecodeJob, Decoder, Pending};
 use crate::episodes::{Judge, StateStore};
-use crate::infer::{FramePlan, Infer};
+use crate::infer::{FramePlan, Infer, Planner};
 use crate::kafka;
 use crate::sink::{Checkpoints, Emitter, Sink, Topics};
 use crate::source::{self, Record, SourceConfig};
@@ -210,6 +210,10 @@ pub async fn run(
 
     tracing::info!(group = %cfg.group, topic = %cfg.frames_topic, worker = %cfg.worker_id, "worker started");
     let mut failure: Option<StageError> = None;
+    let mut shedder = source::Shedder::new(
+        cfg.max_staleness
+            .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+    );
     tokio::pin!(shutdown);
     loop {
         let record = tokio::select! {
@@ -252,7 +256,16 @@ pub async fn run(
                 if let Some(c) = &metrics.cameras {
                     c.frame(&meta.site, &meta.camera, meta.captured_at_ms as f64 / 1e3);
                 }
-                let plan = planner.plan(&meta);
+                let mut plan = planner.plan(&meta);
+                if !plan.rules.is_empty()
+                    && !shedder.admit(&meta.site, &meta.camera, meta.captured_at_ms, now_ms())
+                {
+                    metrics
+                        .frames_skipped
+                        .with_label_values(&[source::shed::SKIPPED_STALE])
+                        .inc();
+                    plan = Planner::skip(plan, source::shed::SKIPPED_STALE);
+                }
                 let job = DecodeJob {
                     origin,
                     meta,

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub frames_received: IntCounter,
     pub frames_processed: IntCounter,
     pub frames_dead_lettered: IntCounterVec,
+    /// Frames not judged, by reason (`skipped_stale`: load shedding).
+    pub frames_skipped: IntCounterVec,
     pub decode_seconds: Histogram,
     pub preprocess_seconds: Histogram,
     pub inference_seconds: HistogramVec,
@@ -191,6 +193,12 @@ impl Metrics {
     /// this many cameras at once; `None` exports none.
     pub fn new(camera_limit: Option<usize>) -> Self {
         let r = Registry::new();
+        // process_cpu_seconds_total, process_resident_memory_bytes…: what the load tool reads
+        // to report a worker's CPU use.
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("the process collector registers once");
         let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid"));
         let hist = |name: &str, help: &str, buckets: &[f64]| {
             reg(
@@ -214,6 +222,17 @@ impl Metrics {
                     Opts::new(
                         "vigil_frames_dead_lettered_total",
                         "Frames delivered to the dead-letter topic, by reason code.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid"),
+            ),
+            frames_skipped: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vigil_frames_skipped_total",
+                        "Frames observed without being judged, by reason (skipped_stale: load shedding).",
                     ),
                     &["reason"],
                 )
@@ -456,6 +475,8 @@ impl Metrics {
         for reason in Reason::ALL {
             m.frames_dead_lettered.with_label_values(&[reason.as_str()]);
         }
+        m.frames_skipped
+            .with_label_values(&[crate::source::shed::SKIPPED_STALE]);
         for stage in ["decode", "output"] {
             m.queue_depth.with_label_values(&[stage]);
         }

@@ -1,0 +1,145 @@
+//! Load shedding (pure): when frames arrive later than `--max-staleness` behind real time, each
+//! camera is judged at a lower rate instead of every camera falling further behind.
+//!
+//! A frame whose age (`now − captured_at`) is within the bound is always judged. A stale frame
+//! is judged only when its camera's last judged frame was captured at least `max_staleness`
+//! earlier; the rest are skipped. While the worker lags, every camera therefore keeps one
+//! judged frame per `max_staleness` of its footage, skipping costs next to nothing (no decode,
+//! no inference), and the backlog drains until frames are fresh again. Skipped frames are not
+//! lost: each still yields an observation whose rules say `unknown` (reason `skipped_stale`),
+//! its offset is committed, and the episodes treat it as a gap, not as evidence.
+
+use std::collections::HashMap;
+
+/// Why a frame was not judged (the `reason` label of `vigil_frames_skipped_total`).
+pub const SKIPPED_STALE: &str = "skipped_stale";
+
+/// Most cameras remembered; beyond it the oldest half is forgotten (a forgotten camera's next
+/// stale frame is judged, which errs on the side of judging).
+const MAX_CAMERAS: usize = 100_000;
+
+/// Decides, frame by frame, which stale frames are skipped.
+#[derive(Debug)]
+pub struct Shedder {
+    /// Frames older than this (milliseconds) are stale; `None` disables shedding.
+    max_staleness_ms: Option<i64>,
+    /// `captured_at` of each camera's last judged frame, keyed by (site, camera).
+    last_judged: HashMap<(String, String), i64>,
+}
+
+impl Shedder {
+    pub fn new(max_staleness_ms: Option<i64>) -> Shedder {
+        Shedder {
+            max_staleness_ms: max_staleness_ms.filter(|&m| m > 0),
+            last_judged: HashMap::new(),
+        }
+    }
+
+    /// Whether this frame is judged (`true`) or skipped as stale (`false`).
+    pub fn admit(&mut self, site: &str, camera: &str, captured_at_ms: i64, now_ms: i64) -> bool {
+        let Some(max) = self.max_staleness_ms else {
+            return true;
+        };
+        let fresh = now_ms.saturating_sub(captured_at_ms) <= max;
+        let key = (site.to_string(), camera.to_string());
+        let due = self
+            .last_judged
+            .get(&key)
+            .is_none_or(|&last| captured_at_ms.saturating_sub(last) >= max);
+        if !(fresh || due) {
+            return false;
+        }
+        if self.last_judged.len() >= MAX_CAMERAS && !self.last_judged.contains_key(&key) {
+            self.forget_oldest_half();
+        }
+        let last = self.last_judged.entry(key).or_insert(captured_at_ms);
+        *last = (*last).max(captured_at_ms);
+        true
+    }
+
+    fn forget_oldest_half(&mut self) {
+        let mut times: Vec<i64> = self.last_judged.values().copied().collect();
+        times.sort_unstable();
+        let cut = times[times.len() / 2];
+        self.last_judged.retain(|_, &mut t| t > cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn fresh_frames_are_always_judged() {
+        let mut s = Shedder::new(Some(3_000));
+        for i in 0..100 {
+            assert!(s.admit("s", "c", i * 100, i * 100 + 2_000));
+        }
+    }
+
+    #[test]
+    fn off_means_everything_is_judged() {
+        let mut s = Shedder::new(None);
+        assert!((0..50).all(|i| s.admit("s", "c", i, 1_000_000)));
+        let mut s = Shedder::new(Some(0));
+        assert!((0..50).all(|i| s.admit("s", "c", i, 1_000_000)));
+    }
+
+    #[test]
+    fn stale_frames_are_thinned_per_camera() {
+        let mut s = Shedder::new(Some(3_000));
+        let now = 100_000;
+        // Two cameras, 10 frames/s each for 9 s, all stale: each camera keeps one frame per 3 s.
+        let mut judged = HashMap::<&str, Vec<i64>>::new();
+        for i in 0..90 {
+            for cam in ["a", "b"] {
+                let t = i * 100;
+                if s.admit("s", cam, t, now) {
+                    judged.entry(cam).or_default().push(t);
+                }
+            }
+        }
+        assert_eq!(judged["a"], [0, 3_000, 6_000]);
+        assert_eq!(judged["b"], [0, 3_000, 6_000]);
+    }
+
+    #[test]
+    fn the_same_camera_on_another_site_is_another_camera() {
+        let mut s = Shedder::new(Some(1_000));
+        assert!(s.admit("s1", "c", 0, 10_000));
+        assert!(s.admit("s2", "c", 0, 10_000));
+        assert!(!s.admit("s1", "c", 10, 10_000));
+    }
+
+    proptest! {
+        /// Whatever the arrival order and ages, every camera's first frame is judged, and judged
+        /// stale frames of one camera are at least `max` apart from the camera's latest judged
+        /// frame before them.
+        #[test]
+        fn every_camera_is_judged_and_stale_ones_are_spaced(
+            frames in proptest::collection::vec((0u8..5, 0i64..60_000, 0i64..20_000), 1..300),
+        ) {
+            let max = 2_000;
+            let mut s = Shedder::new(Some(max));
+            let mut seen = std::collections::HashSet::new();
+            let mut last: HashMap<u8, i64> = HashMap::new();
+            for (cam, t, age) in frames {
+                let now = t + age;
+                let ok = s.admit("s", &cam.to_string(), t, now);
+                if seen.insert(cam) {
+                    prop_assert!(ok, "a camera's first frame is judged");
+                }
+                if ok && age > max {
+                    if let Some(&l) = last.get(&cam) {
+                        prop_assert!(t - l >= max);
+                    }
+                }
+                if ok {
+                    let e = last.entry(cam).or_insert(t);
+                    *e = (*e).max(t);
+                }
+            }
+        }
+    }
+}
