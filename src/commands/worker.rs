@@ -73,9 +73,9 @@ pub struct WorkerArgs {
     #[arg(long, env = "VIGIL_MAX_AGE_SECS")]
     pub max_age_secs: Option<f64>,
     /// Load shedding: frames more than this many seconds behind real time (`captured_at`) are
-    /// stale, and each camera then keeps one judged frame per this many seconds of footage; the
-    /// others are skipped (counted, observed as `unknown`, committed). 0 judges every frame,
-    /// for replaying old footage.
+    /// stale; of those, each camera keeps one judged frame per this many seconds of footage, or
+    /// per its lateness if longer, and the others are skipped (counted, observed as `unknown`
+    /// with reason `skipped_stale`, committed). 0 judges every frame, for replaying footage.
     #[arg(long, env = "VIGIL_MAX_STALENESS_SECS", default_value_t = 5.0)]
     pub max_staleness_secs: f64,
     /// Seconds to wait for in-flight frames at shutdown or when partitions are revoked; must be

@@ -13,6 +13,7 @@ use super::cascade;
 use super::model::{Detection, ModelOutput};
 use super::observe::finish;
 use super::plan::FramePlan;
+use super::shed::{Admission, SKIPPED_STALE};
 use super::stage::{ms, Infer, InferItem, Reply, Slot};
 use crate::contract::observation::{FrameSize, StageTiming};
 use crate::contract::{FrameMeta, Observation, Observed, Origin};
@@ -71,9 +72,13 @@ pub(crate) async fn collect(
                         whole_scores: HashMap::new(), stages: Vec::new(), used_models: Vec::new(),
                         decode_ms: d.decode_ms, preprocess_ms: d.preprocess_ms, crop_ms: 0.0, started: Instant::now(),
                     };
+                    let admission = Arc::new(Admission::new(&f.meta.site, &f.meta.camera, f.meta.captured_at_ms));
                     for (m, tensor) in d.tensors {
                         f.used_models.push(m);
-                        let item = InferItem { frame: seq, slot: Slot::Whole, tensor, queued_at: Instant::now() };
+                        let item = InferItem {
+                            frame: seq, slot: Slot::Whole, tensor, queued_at: Instant::now(),
+                            admission: Some(admission.clone()),
+                        };
                         if model_txs[m].send(item).await.is_err() {
                             return;
                         }
@@ -102,13 +107,23 @@ pub(crate) async fn collect(
                     }
                     (f.outstanding == 0).then_some(frame)
                 }
+                Some(Reply::Skipped { frame }) => {
+                    let Some(f) = state.get_mut(&frame) else { continue };
+                    f.outstanding -= 1;
+                    f.used_models.clear();
+                    if f.plan.skipped.is_none() {
+                        f.plan.skipped = Some(SKIPPED_STALE);
+                        infer.metrics.frames_skipped.with_label_values(&[SKIPPED_STALE]).inc();
+                    }
+                    (f.outstanding == 0).then_some(frame)
+                }
                 Some(Reply::Crops { frame, items, crop_ms }) => {
                     let Some(f) = state.get_mut(&frame) else { continue };
                     f.outstanding -= 1;
                     f.crop_ms += crop_ms;
                     f.outstanding += items.len();
                     for (m, slot, tensor) in items {
-                        let item = InferItem { frame, slot, tensor, queued_at: Instant::now() };
+                        let item = InferItem { frame, slot, tensor, queued_at: Instant::now(), admission: None };
                         if model_txs[m].send(item).await.is_err() {
                             return;
                         }

@@ -5,7 +5,8 @@
 //! - [`model`] (loaded through [`runtime`]): manifests and one ONNX Runtime session per model;
 //! - [`batcher`]: when a model's batch is run (size or deadline);
 //! - [`cascade`]: which detections are kept and cropped, and the verdict from their scores;
-//! - [`stage`]: the model tasks; `collect`: routing and crops; `observe`: the observation.
+//! - [`stage`]: the model tasks; `collect`: routing and crops; `observe`: the observation;
+//! - [`shed`] (pure): which stale frames are skipped when the worker falls behind.
 
 pub mod batcher;
 pub mod cascade;
@@ -15,6 +16,7 @@ pub mod model;
 mod observe;
 pub mod plan;
 pub mod runtime;
+pub mod shed;
 pub mod stage;
 
 pub use batcher::{BatchPolicy, Batcher};

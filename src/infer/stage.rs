@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -25,6 +25,7 @@ use super::batcher::{BatchPolicy, Batcher};
 use super::collect::collect;
 use super::model::{Model, ModelOutput};
 use super::plan::{FramePlan, Planner};
+use super::shed::{Admission, Shedder};
 use crate::contract::observation::StageTiming;
 use crate::contract::{Domain, Observed, StageError};
 use crate::decode::Decoded;
@@ -47,6 +48,8 @@ pub struct Infer {
     /// Written into each observation.
     pub worker_id: String,
     pub debug: Option<DebugImages>,
+    /// Load shedding: which stale frames are skipped (shared with the intake).
+    pub shedder: Arc<Mutex<Shedder>>,
 }
 
 /// Which part of a frame a model input is.
@@ -66,6 +69,8 @@ pub(crate) struct InferItem {
     pub(crate) slot: Slot,
     pub(crate) tensor: Vec<f32>,
     pub(crate) queued_at: Instant,
+    /// Whole-frame items: the frame's load-shedding decision, made just before its first run.
+    pub(crate) admission: Option<Arc<Admission>>,
 }
 
 /// What comes back to the collector.
@@ -77,6 +82,8 @@ pub(crate) enum Reply {
         output: ModelOutput,
         timing: StageTiming,
     },
+    /// The frame was skipped by load shedding before this model ran it.
+    Skipped { frame: u64 },
     Crops {
         frame: u64,
         items: Vec<(usize, Slot, Vec<f32>)>,
@@ -195,6 +202,20 @@ async fn run_batch(
     let name = &infer.planner.models[index].name;
     let stage = || format!("model:{name}");
     let started = Instant::now();
+    let now = crate::contract::now_ms();
+    batch.retain(|item| {
+        let admitted = item
+            .admission
+            .as_ref()
+            .is_none_or(|a| a.admitted(&infer.shedder, now));
+        if !admitted {
+            let _ = replies.send(Reply::Skipped { frame: item.frame });
+        }
+        admitted
+    });
+    if batch.is_empty() {
+        return Ok(());
+    }
     let tensors: Vec<Vec<f32>> = batch
         .iter_mut()
         .map(|i| std::mem::take(&mut i.tensor))

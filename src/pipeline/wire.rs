@@ -27,6 +27,7 @@ use super::{load, Restorer};
 use crate::contract::{now_ms, DeadLetter, Domain, Observed, Outcome, StageError};
 use crate::decode::{DecodeJob, Decoder, Pending};
 use crate::episodes::{Judge, StateStore};
+use crate::infer::shed::{Shedder, SKIPPED_STALE};
 use crate::infer::{FramePlan, Infer, Planner};
 use crate::kafka;
 use crate::sink::{Checkpoints, Emitter, Sink, Topics};
@@ -177,8 +178,13 @@ pub async fn run(
         fatal_tx.clone(),
         crate::episodes::judge::run(judge, evidence.clone(), observed_rx, out_tx.clone()),
     )];
+    let shedder = Arc::new(std::sync::Mutex::new(Shedder::new(
+        cfg.max_staleness
+            .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+    )));
     let infer = crate::infer::start(
         Arc::new(Infer {
+            shedder: shedder.clone(),
             planner: planner.clone(),
             metrics: metrics.clone(),
             frames_topic: cfg.frames_topic.clone(),
@@ -210,10 +216,6 @@ pub async fn run(
 
     tracing::info!(group = %cfg.group, topic = %cfg.frames_topic, worker = %cfg.worker_id, "worker started");
     let mut failure: Option<StageError> = None;
-    let mut shedder = source::Shedder::new(
-        cfg.max_staleness
-            .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
-    );
     tokio::pin!(shutdown);
     loop {
         let record = tokio::select! {
@@ -258,13 +260,17 @@ pub async fn run(
                 }
                 let mut plan = planner.plan(&meta);
                 if !plan.rules.is_empty()
-                    && !shedder.admit(&meta.site, &meta.camera, meta.captured_at_ms, now_ms())
+                    && shedder
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .would_skip(&meta.site, &meta.camera, meta.captured_at_ms, now_ms())
                 {
+                    // Hopeless already: not even decoded.
                     metrics
                         .frames_skipped
-                        .with_label_values(&[source::shed::SKIPPED_STALE])
+                        .with_label_values(&[SKIPPED_STALE])
                         .inc();
-                    plan = Planner::skip(plan, source::shed::SKIPPED_STALE);
+                    plan = Planner::skip(plan, SKIPPED_STALE);
                 }
                 let job = DecodeJob {
                     origin,

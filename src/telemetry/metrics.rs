@@ -476,7 +476,7 @@ impl Metrics {
             m.frames_dead_lettered.with_label_values(&[reason.as_str()]);
         }
         m.frames_skipped
-            .with_label_values(&[crate::source::shed::SKIPPED_STALE]);
+            .with_label_values(&[crate::infer::shed::SKIPPED_STALE]);
         for stage in ["decode", "output"] {
             m.queue_depth.with_label_values(&[stage]);
         }

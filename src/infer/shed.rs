@@ -3,13 +3,19 @@
 //!
 //! A frame whose age (`now − captured_at`) is within the bound is always judged. A stale frame
 //! is judged only when its camera's last judged frame was captured at least `max_staleness`
-//! earlier; the rest are skipped. While the worker lags, every camera therefore keeps one
+//! earlier, and at least as long before it as the frame is late; the rest are skipped. The
+//! later the worker runs, the fewer frames per camera it judges, until the judged ones fit its
+//! capacity: with `n` cameras and capacity `c` frames/s the lateness settles near
+//! `max(max_staleness, n / c)`, and every camera is judged once per that interval. The decision is made when the frame's first whole-frame model
+//! is about to run it ([`Admission`]), so time spent queueing inside the worker counts; frames
+//! already hopeless when read ([`Shedder::would_skip`]) are not even decoded. While the worker lags, every camera therefore keeps one
 //! judged frame per `max_staleness` of its footage, skipping costs next to nothing (no decode,
 //! no inference), and the backlog drains until frames are fresh again. Skipped frames are not
 //! lost: each still yields an observation whose rules say `unknown` (reason `skipped_stale`),
 //! its offset is committed, and the episodes treat it as a gap, not as evidence.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 /// Why a frame was not judged (the `reason` label of `vigil_frames_skipped_total`).
 pub const SKIPPED_STALE: &str = "skipped_stale";
@@ -35,17 +41,33 @@ impl Shedder {
         }
     }
 
+    /// Whether `admit` would skip this frame now, without recording anything. A frame skipped
+    /// now would be skipped later too: its age only grows, and so does its camera's last
+    /// judged time.
+    pub fn would_skip(&self, site: &str, camera: &str, captured_at_ms: i64, now_ms: i64) -> bool {
+        let Some(max) = self.max_staleness_ms else {
+            return false;
+        };
+        let age = now_ms.saturating_sub(captured_at_ms);
+        age > max
+            && self
+                .last_judged
+                .get(&(site.to_string(), camera.to_string()))
+                .is_some_and(|&last| captured_at_ms.saturating_sub(last) < max.max(age))
+    }
+
     /// Whether this frame is judged (`true`) or skipped as stale (`false`).
     pub fn admit(&mut self, site: &str, camera: &str, captured_at_ms: i64, now_ms: i64) -> bool {
         let Some(max) = self.max_staleness_ms else {
             return true;
         };
-        let fresh = now_ms.saturating_sub(captured_at_ms) <= max;
+        let age = now_ms.saturating_sub(captured_at_ms);
+        let fresh = age <= max;
         let key = (site.to_string(), camera.to_string());
         let due = self
             .last_judged
             .get(&key)
-            .is_none_or(|&last| captured_at_ms.saturating_sub(last) >= max);
+            .is_none_or(|&last| captured_at_ms.saturating_sub(last) >= max.max(age));
         if !(fresh || due) {
             return false;
         }
@@ -62,6 +84,38 @@ impl Shedder {
         times.sort_unstable();
         let cut = times[times.len() / 2];
         self.last_judged.retain(|_, &mut t| t > cut);
+    }
+}
+
+/// One frame's admission, decided once by whichever of its whole-frame models runs it first.
+#[derive(Debug)]
+pub struct Admission {
+    pub site: String,
+    pub camera: String,
+    pub captured_at_ms: i64,
+    decided: OnceLock<bool>,
+}
+
+impl Admission {
+    pub fn new(site: &str, camera: &str, captured_at_ms: i64) -> Admission {
+        Admission {
+            site: site.to_string(),
+            camera: camera.to_string(),
+            captured_at_ms,
+            decided: OnceLock::new(),
+        }
+    }
+
+    /// Whether the frame is judged; the first call decides (and records) it.
+    pub fn admitted(&self, shedder: &Mutex<Shedder>, now_ms: i64) -> bool {
+        *self.decided.get_or_init(|| {
+            shedder.lock().unwrap_or_else(|e| e.into_inner()).admit(
+                &self.site,
+                &self.camera,
+                self.captured_at_ms,
+                now_ms,
+            )
+        })
     }
 }
 
@@ -89,19 +143,63 @@ mod tests {
     #[test]
     fn stale_frames_are_thinned_per_camera() {
         let mut s = Shedder::new(Some(3_000));
-        let now = 100_000;
-        // Two cameras, 10 frames/s each for 9 s, all stale: each camera keeps one frame per 3 s.
+        // Two cameras, 10 frames/s each for 9 s, all 3.5 s late: each camera keeps one frame
+        // per 3.5 s.
         let mut judged = HashMap::<&str, Vec<i64>>::new();
         for i in 0..90 {
             for cam in ["a", "b"] {
                 let t = i * 100;
-                if s.admit("s", cam, t, now) {
+                if s.admit("s", cam, t, t + 3_500) {
                     judged.entry(cam).or_default().push(t);
                 }
             }
         }
-        assert_eq!(judged["a"], [0, 3_000, 6_000]);
-        assert_eq!(judged["b"], [0, 3_000, 6_000]);
+        assert_eq!(judged["a"], [0, 3_500, 7_000]);
+        assert_eq!(judged["b"], [0, 3_500, 7_000]);
+    }
+
+    #[test]
+    fn the_later_the_fewer() {
+        // 20 s late: one frame per camera per 20 s of footage.
+        let mut s = Shedder::new(Some(3_000));
+        let judged: Vec<i64> = (0..600)
+            .map(|i| i * 100)
+            .filter(|&t| s.admit("s", "c", t, t + 20_000))
+            .collect();
+        assert_eq!(judged, [0, 20_000, 40_000]);
+    }
+
+    #[test]
+    fn would_skip_agrees_with_admit_and_changes_nothing() {
+        let mut s = Shedder::new(Some(1_000));
+        assert!(!s.would_skip("s", "c", 0, 5_000), "first frame of a camera");
+        assert!(s.admit("s", "c", 0, 5_000));
+        assert!(s.would_skip("s", "c", 500, 5_000));
+        assert!(
+            s.would_skip("s", "c", 500, 5_000),
+            "asking twice changes nothing"
+        );
+        assert!(!s.admit("s", "c", 500, 5_000));
+        assert!(!s.would_skip("s", "c", 4_500, 5_000), "fresh");
+        assert!(
+            !s.would_skip("s", "c", 3_000, 5_000),
+            "due: 3 s after the last, 2 s late"
+        );
+        assert!(
+            s.would_skip("s", "c", 1_000, 5_000),
+            "1 s after the last, 4 s late"
+        );
+    }
+
+    #[test]
+    fn a_frame_is_decided_once_for_all_its_models() {
+        let shedder = Mutex::new(Shedder::new(Some(1_000)));
+        let first = Admission::new("s", "c", 0);
+        assert!(first.admitted(&shedder, 5_000));
+        assert!(first.admitted(&shedder, 9_000), "the second model agrees");
+        let second = Admission::new("s", "c", 10);
+        assert!(!second.admitted(&shedder, 5_000));
+        assert!(!second.admitted(&shedder, 5_000));
     }
 
     #[test]
@@ -126,7 +224,9 @@ mod tests {
             let mut last: HashMap<u8, i64> = HashMap::new();
             for (cam, t, age) in frames {
                 let now = t + age;
+                let would_skip = s.would_skip("s", &cam.to_string(), t, now);
                 let ok = s.admit("s", &cam.to_string(), t, now);
+                prop_assert_eq!(would_skip, !ok);
                 if seen.insert(cam) {
                     prop_assert!(ok, "a camera's first frame is judged");
                 }

@@ -1,0 +1,155 @@
+//! Load shedding through a real worker and broker: frames offered far faster than the worker can
+//! judge them, for a minute, with `--max-staleness-secs 2`. Latency of judged frames stays
+//! bounded, every camera keeps being judged, every frame still gets an observation (skipped ones
+//! say so), and the skip counter equals the skipped observations.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use common::*;
+use rdkafka::producer::FutureRecord;
+use vigil::contract::observation::Verdict;
+
+const CAMERAS: usize = 12;
+/// Offered frames per second, all cameras together: several times what a worker limited to one
+/// ONNX Runtime thread judges on a 2-core machine.
+const RATE: f64 = 40.0;
+const SECONDS: f64 = 60.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_fairly_and_visibly() -> Result {
+    let topics = create_topics(2).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let worker = Worker::start(
+        &topics,
+        &unique("g"),
+        &["--max-staleness-secs", "2", "--metrics-addr", &addr],
+    )?;
+    wait_for("worker ready", Duration::from_secs(120), || {
+        get(&addr, "/readyz").is_ok_and(|b| b.contains("ready") && !b.contains("not"))
+    })
+    .await?;
+
+    let photos: Vec<Vec<u8>> = [
+        "grace_hopper.jpg",
+        "sample1.jpg",
+        "sample2.jpg",
+        "sample3.jpg",
+    ]
+    .iter()
+    .map(|n| face(n))
+    .collect();
+    let producer = producer()?;
+    let total = (RATE * SECONDS) as usize;
+    let period = Duration::from_secs_f64(1.0 / RATE);
+    let started = Instant::now();
+    let mut acks = Vec::with_capacity(total);
+    for i in 0..total {
+        tokio::time::sleep_until((started + period.mul_f64(i as f64)).into()).await;
+        let camera = format!("cam-{:02}", i % CAMERAS);
+        let mut rec = frame(
+            &camera,
+            "site-007",
+            (i / CAMERAS) as u64,
+            photos[i % 4].clone(),
+        );
+        rec.headers[2].1 = vigil::contract::now_ms().to_string().into_bytes();
+        rec.headers.push(("zone".into(), b"kitchen".to_vec()));
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in &rec.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let delivery = producer
+            .send_result(
+                FutureRecord::to(&topics.frames)
+                    .key(camera.as_bytes())
+                    .payload(&rec.payload)
+                    .headers(headers),
+            )
+            .map_err(|(e, _)| e)?;
+        acks.push(delivery);
+    }
+    for a in acks {
+        a.await?.map_err(|(e, _)| e)?;
+    }
+    let published = started.elapsed();
+
+    let got = collect(
+        &topics.observations,
+        total,
+        Duration::from_secs(240),
+        Duration::from_secs(1),
+    )
+    .await?;
+    ensure!(got.len() == total, "one observation per frame, no more");
+    sources_once(&got)?;
+    let (mut judged, mut skipped) = (Vec::new(), 0usize);
+    let mut per_camera: HashMap<String, usize> = HashMap::new();
+    for g in &got {
+        let o = g.observation()?;
+        let skip = !o.rules.is_empty()
+            && o.rules.iter().all(|r| {
+                r.verdict == Verdict::Unknown && r.reason.as_deref() == Some("skipped_stale")
+            });
+        if skip {
+            skipped += 1;
+        } else {
+            judged.push((o.processed_at_ms - o.captured_at_ms) as f64 / 1e3);
+            *per_camera.entry(o.camera.clone()).or_default() += 1;
+        }
+    }
+    judged.sort_by(f64::total_cmp);
+    let p = |q: f64| judged[((judged.len() - 1) as f64 * q).round() as usize];
+    let judged_rate = judged.len() as f64 / published.as_secs_f64();
+    eprintln!(
+        "offered {RATE} frames/s for {:.0} s: judged {} ({judged_rate:.1}/s), skipped {skipped}; \
+         latency p50 {:.2} s p90 {:.2} s p99 {:.2} s max {:.2} s; per camera {per_camera:?}",
+        published.as_secs_f64(),
+        judged.len(),
+        p(0.5),
+        p(0.9),
+        p(0.99),
+        p(1.0),
+    );
+    ensure!(
+        skipped * 2 >= total,
+        "the test needs an overload of about twice the worker's capacity or more \
+         (judged {judged_rate:.1}/s of {RATE}/s offered)"
+    );
+    // Without shedding the last frames would wait for the whole backlog (tens of seconds).
+    ensure!(
+        p(0.99) <= 12.0,
+        "p99 latency {:.1} s is not bounded",
+        p(0.99)
+    );
+    ensure!(
+        per_camera.len() == CAMERAS,
+        "every camera is judged: {per_camera:?}"
+    );
+    ensure!(
+        per_camera.values().all(|&n| n >= 5),
+        "every camera keeps being judged: {per_camera:?}"
+    );
+    let scrape = get(&addr, "/metrics")?;
+    let counted: f64 = scrape
+        .lines()
+        .find(|l| l.starts_with("vigil_frames_skipped_total{reason=\"skipped_stale\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0);
+    ensure!(
+        counted as usize == skipped,
+        "skip counter {counted} equals the skipped observations {skipped}"
+    );
+    drop(worker);
+    Ok(())
+}
