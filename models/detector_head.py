@@ -74,3 +74,13 @@ resize = "{resize}"
 [output]
 name = "detections"
 '''
+
+
+def manifest_wh(name, version, file, digest, source, licence, notes, width, height, layout,
+                channels, mean, std, resize="stretch", labels=("face",), default=False,
+                input_name="image"):
+    """Like `manifest`, for a non-square input and a graph input not named `image`."""
+    text = manifest(name, version, file, digest, source, licence, notes, width, layout, channels,
+                    mean, std, resize=resize, labels=labels, default=default)
+    return (text.replace('name = "image"\n', f'name = "{input_name}"\n', 1)
+                .replace(f"height = {width}\n", f"height = {height}\n", 1))

@@ -136,6 +136,9 @@ def main():
     if (a.rate is None) == (a.backlog is None):
         ap.error("give exactly one of --rate or --backlog")
     local = None
+    if a.local and a.backlog:
+        # A backlog measures the most a worker judges: nothing may be shed.
+        a.worker_arg.append("--max-staleness-secs=0")
     if a.local:
         local = Local(a.vigil, a.local, a.worker_arg, a.partitions)
         a.brokers, a.metrics_url = local.brokers, a.metrics_url + local.metrics

@@ -78,6 +78,11 @@ pub struct WorkerArgs {
     /// with reason `skipped_stale`, committed). 0 judges every frame, for replaying footage.
     #[arg(long, env = "VIGIL_MAX_STALENESS_SECS", default_value_t = 5.0)]
     pub max_staleness_secs: f64,
+    /// A detection that stays put (same track, not moved or grown) has its crop classified
+    /// again only every this many frames; in between its last scores are reused. 1 classifies
+    /// every crop of every frame.
+    #[arg(long, env = "VIGIL_RECLASSIFY_EVERY", default_value_t = crate::infer::track::TrackPolicy::default().every)]
+    pub reclassify_every: u32,
     /// Seconds to wait for in-flight frames at shutdown or when partitions are revoked; must be
     /// below the group's session timeout (`-X session.timeout.ms`, 10 s by default).
     #[arg(long, env = "VIGIL_DRAIN_TIMEOUT_SECS", default_value_t = 8.0)]
@@ -166,6 +171,10 @@ impl WorkerArgs {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             max_in_flight: self.max_in_flight.max(1),
             metrics_addr,
+            track: crate::infer::track::TrackPolicy {
+                every: self.reclassify_every.max(1),
+                ..Default::default()
+            },
             max_staleness: Some(secs("--max-staleness-secs", self.max_staleness_secs)?)
                 .filter(|d| !d.is_zero()),
             drain_timeout: secs("--drain-timeout-secs", self.drain_timeout_secs)?,

@@ -15,6 +15,7 @@ use super::observe::finish;
 use super::plan::FramePlan;
 use super::shed::{Admission, SKIPPED_STALE};
 use super::stage::{ms, Infer, InferItem, Reply, Slot};
+use super::track::{CropPlan, Tracker};
 use crate::contract::observation::{FrameSize, StageTiming};
 use crate::contract::{FrameMeta, Observation, Observed, Origin};
 use crate::decode::{preprocess, Decoded, Letterbox, Resize};
@@ -32,6 +33,8 @@ pub(crate) struct InFrame {
     pub(crate) kept: HashMap<usize, Vec<Detection>>,
     /// Crop scores by (rule, detection index).
     pub(crate) crop_scores: HashMap<(usize, usize), Vec<f32>>,
+    /// Track of each crop sent to a classifier, by (rule, detection index).
+    pub(crate) tracks: HashMap<(usize, usize), u64>,
     /// Whole-frame classifier scores by model.
     pub(crate) whole_scores: HashMap<usize, Vec<f32>>,
     pub(crate) stages: Vec<StageTiming>,
@@ -40,6 +43,13 @@ pub(crate) struct InFrame {
     pub(crate) preprocess_ms: f64,
     pub(crate) crop_ms: f64,
     pub(crate) started: Instant,
+}
+
+/// Tracks are per camera and rule.
+type TrackKey = (String, String, usize);
+
+fn track_key(meta: &FrameMeta, rule: usize) -> TrackKey {
+    (meta.site.clone(), meta.camera.clone(), rule)
 }
 
 /// A finished frame waiting for its turn: where it came from, its observation, its image.
@@ -56,6 +66,7 @@ pub(crate) async fn collect(
     out_tx: mpsc::Sender<Observed>,
 ) {
     let mut state: HashMap<u64, InFrame> = HashMap::new();
+    let mut tracker: Tracker<TrackKey> = Tracker::new(infer.track);
     let mut done: BTreeMap<u64, Finished> = BTreeMap::new();
     let (mut next_seq, mut next_emit) = (0u64, 0u64);
     let mut open = true;
@@ -68,7 +79,7 @@ pub(crate) async fn collect(
                     next_seq += 1;
                     let mut f = InFrame {
                         origin: d.origin, meta: d.meta, size: d.size, plan: d.plan, image: d.image,
-                        outstanding: d.tensors.len(), kept: HashMap::new(), crop_scores: HashMap::new(),
+                        outstanding: d.tensors.len(), kept: HashMap::new(), crop_scores: HashMap::new(), tracks: HashMap::new(),
                         whole_scores: HashMap::new(), stages: Vec::new(), used_models: Vec::new(),
                         decode_ms: d.decode_ms, preprocess_ms: d.preprocess_ms, crop_ms: 0.0, started: Instant::now(),
                     };
@@ -96,11 +107,14 @@ pub(crate) async fn collect(
                     f.stages.push(timing);
                     match (slot, output) {
                         (Slot::Whole, ModelOutput::Detections(dets)) => {
-                            schedule_crops(&infer, frame, f, model, &dets, &reply_tx);
+                            schedule_crops(&infer, frame, f, model, &dets, &reply_tx, &mut tracker);
                         }
                         (Slot::Whole, ModelOutput::Scores(s)) => { f.whole_scores.insert(model, s); }
                         (Slot::Crop { rule, det }, ModelOutput::Scores(s)) => {
                             if !f.used_models.contains(&model) { f.used_models.push(model); }
+                            if let Some(&track) = f.tracks.get(&(rule, det)) {
+                                tracker.scored(&track_key(&f.meta, rule), track, &s);
+                            }
                             f.crop_scores.insert((rule, det), s);
                         }
                         (Slot::Crop { .. }, ModelOutput::Detections(_)) => {}
@@ -155,6 +169,7 @@ fn schedule_crops(
     detector: usize,
     dets: &[Detection],
     reply_tx: &mpsc::UnboundedSender<Reply>,
+    tracker: &mut Tracker<TrackKey>,
 ) {
     let (w, h) = (f.size.decoded_width, f.size.decoded_height);
     let input = &infer.planner.models[detector].input;
@@ -180,14 +195,34 @@ fn schedule_crops(
         }
         let kept = cascade::select(&rule.rule, rule.classes.as_deref(), dets, w, h);
         if let Some(classifier) = rule.classifier {
-            for (i, d) in kept.iter().enumerate() {
-                jobs.push((
-                    classifier,
-                    Slot::Crop { rule: r, det: i },
-                    d.bbox,
-                    rule.rule.crop_margin,
-                ));
+            let boxes: Vec<[f32; 4]> = kept.iter().map(|d| d.bbox).collect();
+            let plans = tracker.plan(&track_key(&f.meta, r), f.meta.captured_at_ms, &boxes);
+            let (mut run, mut reused) = (0u64, 0u64);
+            for (i, (d, plan)) in kept.iter().zip(plans).enumerate() {
+                match plan {
+                    CropPlan::Reuse { scores, .. } => {
+                        reused += 1;
+                        f.crop_scores.insert((r, i), scores);
+                    }
+                    CropPlan::Classify { track } => {
+                        run += 1;
+                        f.tracks.insert((r, i), track);
+                        jobs.push((
+                            classifier,
+                            Slot::Crop { rule: r, det: i },
+                            d.bbox,
+                            rule.rule.crop_margin,
+                        ));
+                    }
+                }
             }
+            let counter = &infer.metrics.crops;
+            counter
+                .with_label_values(&[&rule.name, "classified"])
+                .inc_by(run);
+            counter
+                .with_label_values(&[&rule.name, "reused"])
+                .inc_by(reused);
         }
         f.kept.insert(r, kept);
     }

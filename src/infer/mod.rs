@@ -6,7 +6,8 @@
 //! - [`batcher`]: when a model's batch is run (size or deadline);
 //! - [`cascade`]: which detections are kept and cropped, and the verdict from their scores;
 //! - [`stage`]: the model tasks; `collect`: routing and crops; `observe`: the observation;
-//! - [`shed`] (pure): which stale frames are skipped when the worker falls behind.
+//! - [`shed`] (pure): which stale frames are skipped when the worker falls behind;
+//! - [`track`] (pure): which crops need the classifier, and which reuse a track's scores.
 
 pub mod batcher;
 pub mod cascade;
@@ -18,6 +19,7 @@ pub mod plan;
 pub mod runtime;
 pub mod shed;
 pub mod stage;
+pub mod track;
 
 pub use batcher::{BatchPolicy, Batcher};
 pub use plan::{FramePlan, ModelInfo, PlanError, Planner};

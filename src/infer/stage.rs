@@ -26,6 +26,7 @@ use super::collect::collect;
 use super::model::{Model, ModelOutput};
 use super::plan::{FramePlan, Planner};
 use super::shed::{Admission, Shedder};
+use super::track::TrackPolicy;
 use crate::contract::observation::StageTiming;
 use crate::contract::{Domain, Observed, StageError};
 use crate::decode::Decoded;
@@ -50,6 +51,8 @@ pub struct Infer {
     pub debug: Option<DebugImages>,
     /// Load shedding: which stale frames are skipped (shared with the intake).
     pub shedder: Arc<Mutex<Shedder>>,
+    /// When a tracked detection's crop is classified again (`--reclassify-every`).
+    pub track: TrackPolicy,
 }
 
 /// Which part of a frame a model input is.

@@ -46,6 +46,8 @@ pub struct WorkerConfig {
     /// Frames older than this behind real time are thinned per camera (see `source::shed`);
     /// `None` judges every frame however late.
     pub max_staleness: Option<Duration>,
+    /// When a tracked detection's crop is classified again.
+    pub track: crate::infer::track::TrackPolicy,
     /// Longest wait for in-flight frames at shutdown or revoke; below `session_timeout`.
     pub drain_timeout: Duration,
     /// The consumer group's session timeout (`session.timeout.ms`): a worker silent for longer

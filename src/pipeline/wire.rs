@@ -185,6 +185,7 @@ pub async fn run(
     let infer = crate::infer::start(
         Arc::new(Infer {
             shedder: shedder.clone(),
+            track: cfg.track,
             planner: planner.clone(),
             metrics: metrics.clone(),
             frames_topic: cfg.frames_topic.clone(),

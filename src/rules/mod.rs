@@ -216,16 +216,36 @@ pub struct RulesError {
     pub message: String,
 }
 
-/// The default when no `--rules` file is given: every camera checks masks, except cameras in
-/// the `dining` zone, which are observed only.
+/// The default when no `--rules` file is given. Every kitchen camera checks masks (a mask worn
+/// below the nose counts as a violation) and animals; cameras in the `prep` zone also check
+/// gloves; cameras in the `dining` zone are observed only. Thresholds come from the
+/// measurements in `models/README.md`.
 pub const DEFAULT_RULES: &str = r#"
 [rules.mask_required]
-detector = "face-blazeface"
-classifier = "mask"
-violation_label = "no_mask"
+detector = "face-yunet"
+classifier = "mask-v2"
+violation_label = ["no_mask", "mask_incorrect"]
+min_detection_score = 0.5
+crop_margin = 0.15
+
+[rules.gloves_required]
+detector = "hand-palm"
+classifier = "gloves"
+violation_label = "bare_hand"
+min_detection_score = 0.5
+crop_margin = 0.8
+
+[rules.no_animals]
+detector = "objectron"
+classes = ["cat", "dog"]
+min_detection_score = 0.6
 
 [[assign]]
-rules = ["mask_required"]
+rules = ["mask_required", "no_animals"]
+
+[[assign]]
+zone = "prep"
+rules = ["mask_required", "gloves_required", "no_animals"]
 
 [[assign]]
 zone = "dining"
@@ -357,15 +377,29 @@ mod tests {
     }
 
     #[test]
-    fn default_checks_masks_except_in_dining() {
+    fn default_checks_masks_and_animals_gloves_in_prep_nothing_in_dining() {
         let r = RuleSet::load(None).unwrap();
         assert_eq!(
             r.rules_for(&meta("s", "c", Some("kitchen"))),
-            ["mask_required"]
+            ["mask_required", "no_animals"]
         );
-        assert_eq!(r.rules_for(&meta("s", "c", None)), ["mask_required"]);
+        assert_eq!(
+            r.rules_for(&meta("s", "c", None)),
+            ["mask_required", "no_animals"]
+        );
+        assert_eq!(
+            r.rules_for(&meta("s", "c", Some("prep"))),
+            ["mask_required", "gloves_required", "no_animals"]
+        );
         assert!(r.rules_for(&meta("s", "c", Some("dining"))).is_empty());
-        assert_eq!(r.models(), ["face-blazeface", "mask"]);
+        assert_eq!(
+            r.models(),
+            ["hand-palm", "face-yunet", "objectron", "gloves", "mask-v2"]
+        );
+        let pack1 =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/rules/pack1.toml");
+        let old = RuleSet::load(Some(&pack1)).unwrap();
+        assert_eq!(old.models(), ["face-blazeface", "mask"]);
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub frames_dead_lettered: IntCounterVec,
     /// Frames not judged, by reason (`skipped_stale`: load shedding).
     pub frames_skipped: IntCounterVec,
+    /// Detection crops per rule: `classified` (the classifier ran) or `reused` (a still track's
+    /// last scores).
+    pub crops: IntCounterVec,
     pub decode_seconds: Histogram,
     pub preprocess_seconds: Histogram,
     pub inference_seconds: HistogramVec,
@@ -235,6 +238,17 @@ impl Metrics {
                         "Frames observed without being judged, by reason (skipped_stale: load shedding).",
                     ),
                     &["reason"],
+                )
+                .expect("valid"),
+            ),
+            crops: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vigil_crops_total",
+                        "Detection crops per rule: classified, or reused from a still track.",
+                    ),
+                    &["rule", "outcome"],
                 )
                 .expect("valid"),
             ),

@@ -332,6 +332,13 @@ impl Worker {
             } else {
                 &["--max-staleness-secs", "0"][..]
             })
+            // Scenes in the tests swap a bare face for a masked one in place, frame by frame:
+            // classify every crop unless a test is about reuse.
+            .args(if extra.contains(&"--reclassify-every") {
+                &[][..]
+            } else {
+                &["--reclassify-every", "1"][..]
+            })
             .args(["--intra-threads", "1"])
             .args(["--decode-threads", "2", "--drain-timeout-secs", "8"])
             .args(extra)

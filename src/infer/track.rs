@@ -1,0 +1,313 @@
+//! Tracking (pure): not re-judging what has not changed.
+//!
+//! A cook stays at a station for minutes, and the crop classifier is most of a frame's cost. So
+//! each camera's detections (per rule) are linked across frames into tracks by overlap (IoU),
+//! and a track's crop is classified again only when the track is new, has moved or grown since
+//! it was last classified, or every `every` frames (DeepStream's secondary-inference interval);
+//! otherwise the track's last scores are reused. `every = 1` classifies every crop.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+/// When a tracked detection is classified again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrackPolicy {
+    /// Smallest IoU with which a detection continues a track.
+    pub match_iou: f32,
+    /// Classified again when its centre moved more than this fraction of its size since the
+    /// last classification…
+    pub max_shift: f32,
+    /// …or its width or height changed by more than this fraction…
+    pub max_scale: f32,
+    /// …or at least every this many frames (1: every frame, no reuse).
+    pub every: u32,
+    /// Tracks unseen for this long (capture time, ms) are forgotten.
+    pub forget_ms: i64,
+}
+
+impl Default for TrackPolicy {
+    fn default() -> Self {
+        TrackPolicy {
+            match_iou: 0.3,
+            max_shift: 0.15,
+            max_scale: 0.2,
+            every: 5,
+            forget_ms: 2_000,
+        }
+    }
+}
+
+/// What to do with one detection's crop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CropPlan {
+    /// Run the classifier; report its scores for this track with [`Tracker::scored`].
+    Classify { track: u64 },
+    /// Reuse the track's last scores.
+    Reuse { track: u64, scores: Vec<f32> },
+}
+
+#[derive(Debug, Clone)]
+struct Track {
+    id: u64,
+    /// Latest box.
+    bbox: [f32; 4],
+    /// Box at the last classification.
+    classified: [f32; 4],
+    /// Scores of the last classification (`None` while it is running).
+    scores: Option<Vec<f32>>,
+    /// Frames since the last classification was planned.
+    since: u32,
+    last_seen_ms: i64,
+}
+
+/// The tracks of every camera (and rule) a worker judges: keyed by `K`.
+#[derive(Debug)]
+pub struct Tracker<K> {
+    policy: TrackPolicy,
+    tracks: HashMap<K, Vec<Track>>,
+    next_id: u64,
+}
+
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |r: [f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
+/// Whether `now` moved or changed size too much from `then` to reuse a classification.
+fn changed(then: [f32; 4], now: [f32; 4], p: &TrackPolicy) -> bool {
+    let (w0, h0) = ((then[2] - then[0]).max(1e-6), (then[3] - then[1]).max(1e-6));
+    let (w1, h1) = (now[2] - now[0], now[3] - now[1]);
+    let dx = ((now[0] + now[2]) - (then[0] + then[2])).abs() / 2.0 / w0;
+    let dy = ((now[1] + now[3]) - (then[1] + then[3])).abs() / 2.0 / h0;
+    dx > p.max_shift
+        || dy > p.max_shift
+        || (w1 / w0 - 1.0).abs() > p.max_scale
+        || (h1 / h0 - 1.0).abs() > p.max_scale
+}
+
+impl<K: Hash + Eq + Clone> Tracker<K> {
+    pub fn new(policy: TrackPolicy) -> Tracker<K> {
+        Tracker {
+            policy,
+            tracks: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Plans the crops of one frame's kept detections (`boxes`, normalised) for `key`, captured
+    /// at `at_ms`: one [`CropPlan`] per box, in order.
+    pub fn plan(&mut self, key: &K, at_ms: i64, boxes: &[[f32; 4]]) -> Vec<CropPlan> {
+        let p = self.policy;
+        let tracks = self.tracks.entry(key.clone()).or_default();
+        tracks.retain(|t| at_ms.saturating_sub(t.last_seen_ms) <= p.forget_ms);
+        // Greedy matching, best overlap first, each track and box used once.
+        let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+        for (b, &bbox) in boxes.iter().enumerate() {
+            for (t, track) in tracks.iter().enumerate() {
+                let o = iou(bbox, track.bbox);
+                if o >= p.match_iou {
+                    pairs.push((o, b, t));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut of_box: Vec<Option<usize>> = vec![None; boxes.len()];
+        let mut taken = vec![false; tracks.len()];
+        for (_, b, t) in pairs {
+            if of_box[b].is_none() && !taken[t] {
+                of_box[b] = Some(t);
+                taken[t] = true;
+            }
+        }
+        let mut out = Vec::with_capacity(boxes.len());
+        for (b, &bbox) in boxes.iter().enumerate() {
+            match of_box[b] {
+                Some(t) => {
+                    let track = &mut tracks[t];
+                    track.bbox = bbox;
+                    track.last_seen_ms = track.last_seen_ms.max(at_ms);
+                    track.since += 1;
+                    let reuse = match &track.scores {
+                        Some(s)
+                            if track.since < p.every && !changed(track.classified, bbox, &p) =>
+                        {
+                            Some(s.clone())
+                        }
+                        _ => None,
+                    };
+                    out.push(match reuse {
+                        Some(scores) => CropPlan::Reuse {
+                            track: track.id,
+                            scores,
+                        },
+                        None => {
+                            track.since = 0;
+                            track.classified = bbox;
+                            CropPlan::Classify { track: track.id }
+                        }
+                    });
+                }
+                None => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    tracks.push(Track {
+                        id,
+                        bbox,
+                        classified: bbox,
+                        scores: None,
+                        since: 0,
+                        last_seen_ms: at_ms,
+                    });
+                    out.push(CropPlan::Classify { track: id });
+                }
+            }
+        }
+        if tracks.is_empty() {
+            self.tracks.remove(key);
+        }
+        out
+    }
+
+    /// Records a classification's scores for a track (ignored if it was forgotten meanwhile).
+    pub fn scored(&mut self, key: &K, track: u64, scores: &[f32]) {
+        if let Some(t) = self
+            .tracks
+            .get_mut(key)
+            .and_then(|ts| ts.iter_mut().find(|t| t.id == track))
+        {
+            t.scores = Some(scores.to_vec());
+        }
+    }
+
+    /// Keys with live tracks (for tests and gauges).
+    pub fn len(&self) -> usize {
+        self.tracks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tracks.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const A: [f32; 4] = [0.1, 0.1, 0.3, 0.4];
+    const B: [f32; 4] = [0.6, 0.2, 0.8, 0.5];
+
+    fn classify(p: &CropPlan) -> bool {
+        matches!(p, CropPlan::Classify { .. })
+    }
+
+    fn run(t: &mut Tracker<&'static str>, at: i64, boxes: &[[f32; 4]]) -> Vec<bool> {
+        let plans = t.plan(&"cam", at, boxes);
+        for p in &plans {
+            if let CropPlan::Classify { track } = p {
+                t.scored(&"cam", *track, &[0.9, 0.1]);
+            }
+        }
+        plans.iter().map(classify).collect()
+    }
+
+    #[test]
+    fn a_still_face_is_classified_every_n_frames() {
+        let mut t = Tracker::new(TrackPolicy::default());
+        let got: Vec<bool> = (0..11).map(|i| run(&mut t, i * 500, &[A])[0]).collect();
+        assert_eq!(
+            got,
+            [true, false, false, false, false, true, false, false, false, false, true]
+        );
+    }
+
+    #[test]
+    fn moving_or_growing_or_new_means_classify() {
+        let mut t = Tracker::new(TrackPolicy::default());
+        assert_eq!(run(&mut t, 0, &[A]), [true]);
+        assert_eq!(run(&mut t, 500, &[A]), [false]);
+        let moved = [0.14, 0.1, 0.34, 0.4]; // centre moved by 20 % of the width
+        assert_eq!(run(&mut t, 1000, &[moved]), [true]);
+        assert_eq!(run(&mut t, 1500, &[moved]), [false]);
+        let grown = [0.14, 0.1, 0.40, 0.4]; // 30 % wider
+        assert_eq!(
+            run(&mut t, 2000, &[grown, B]),
+            [true, true],
+            "grown, and new"
+        );
+        assert_eq!(run(&mut t, 2500, &[grown, B]), [false, false]);
+    }
+
+    #[test]
+    fn pending_scores_are_not_reused() {
+        let mut t: Tracker<&str> = Tracker::new(TrackPolicy::default());
+        assert!(classify(&t.plan(&"cam", 0, &[A])[0]));
+        // The first classification has not come back yet: classify again.
+        assert!(classify(&t.plan(&"cam", 500, &[A])[0]));
+    }
+
+    #[test]
+    fn cameras_are_apart_and_unseen_tracks_are_forgotten() {
+        let mut t = Tracker::new(TrackPolicy::default());
+        assert_eq!(run(&mut t, 0, &[A]), [true]);
+        let other = t.plan(&"other", 0, &[A]);
+        assert!(classify(&other[0]), "another camera's face is another face");
+        assert_eq!(run(&mut t, 1_000, &[]), Vec::<bool>::new());
+        assert_eq!(
+            run(&mut t, 1_500, &[A]),
+            [false],
+            "a short gap keeps the track"
+        );
+        assert_eq!(run(&mut t, 5_000, &[A]), [true], "a long gap forgets it");
+        t.plan(&"other", 10_000, &[]);
+        assert_eq!(t.len(), 1, "a camera without tracks is dropped");
+    }
+
+    #[test]
+    fn every_one_means_no_reuse() {
+        let mut t = Tracker::new(TrackPolicy {
+            every: 1,
+            ..TrackPolicy::default()
+        });
+        assert!((0..5).all(|i| run(&mut t, i * 500, &[A, B]) == [true, true]));
+    }
+
+    proptest! {
+        /// One plan per box; a reused score is always the last classification's; two boxes of
+        /// one frame never share a track.
+        #[test]
+        fn plans_are_consistent(
+            frames in proptest::collection::vec(
+                proptest::collection::vec((0f32..0.8, 0f32..0.8, 0.05f32..0.2), 0..4), 1..30),
+        ) {
+            let mut t = Tracker::new(TrackPolicy::default());
+            let mut last: HashMap<u64, Vec<f32>> = HashMap::new();
+            for (i, dets) in frames.iter().enumerate() {
+                let boxes: Vec<[f32; 4]> = dets.iter().map(|&(x, y, s)| [x, y, x + s, y + s]).collect();
+                let plans = t.plan(&0u8, i as i64 * 500, &boxes);
+                prop_assert_eq!(plans.len(), boxes.len());
+                let mut ids = std::collections::HashSet::new();
+                for p in &plans {
+                    let id = match p { CropPlan::Classify { track } | CropPlan::Reuse { track, .. } => *track };
+                    prop_assert!(ids.insert(id), "two boxes on one track");
+                    match p {
+                        CropPlan::Reuse { track, scores } => prop_assert_eq!(Some(scores), last.get(track)),
+                        CropPlan::Classify { track } => {
+                            let s = vec![i as f32, 1.0];
+                            t.scored(&0u8, *track, &s);
+                            last.insert(*track, s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
