@@ -71,9 +71,14 @@ class ImageSet:
         self.items, self.floors = items, list(floors)
 
     def frame_truth(self, item, min_px, frame_h):
+        """True/False, or None when the frame's only violating objects are below `min_px`:
+        a frame no camera-sized judgement can get right either way is left out of that row."""
         if item.truth is not None:
             return item.truth
-        return any(b[0] in self.violating and (b[4] - b[2]) * frame_h >= min_px for b in item.boxes)
+        heights = [(b[4] - b[2]) * frame_h for b in item.boxes if b[0] in self.violating]
+        if any(h >= min_px for h in heights):
+            return True
+        return None if heights and min_px > 0 else False
 
 
 def camera_id(prefix, name):
@@ -101,7 +106,7 @@ def load_mask_scenes(args):
             boxes.append((o.find("name").text, x1 / w, y1 / h, x2 / w, y2 / h))
         items.append(Item(camera_id("ms", stem), base / "images" / f"{stem}.jpg", boxes, size=(w, h)))
     return ImageSet("mask-scenes-val", "kitchen", "mask", ["without_mask", "mask_weared_incorrect"],
-                    items, floors=[("", 0), (" (faces >=32 px)", 32)])
+                    items, floors=[("", 0), (" (violating faces >=16 px)", 16), (" (violating faces >=32 px)", 32)])
 
 
 def load_gloves(args):
@@ -283,13 +288,22 @@ def iou(a, b):
     return inter / union if union > 0 else 0.0
 
 
-def matched(truth_boxes, det_boxes):
-    """Indices of truth boxes matched one-to-one (greedy by IoU) at IoU >= IOU_MATCH."""
-    pairs = sorted(((iou(t, d), i, j) for i, t in enumerate(truth_boxes) for j, d in enumerate(det_boxes)),
+def centre_inside(t, d):
+    """1 when the detection's centre lies inside the truth box (a palm box covers half a hand,
+    so IoU with the labelled hand box says little), else 0."""
+    cx, cy = (d[0] + d[2]) / 2, (d[1] + d[3]) / 2
+    return 1.0 if t[0] <= cx <= t[2] and t[1] <= cy <= t[3] else 0.0
+
+
+def matched(truth_boxes, det_boxes, kind="mask"):
+    """Indices of truth boxes matched one-to-one (greedy): faces at IoU >= IOU_MATCH, hands when
+    the palm detection's centre lies inside the hand's box."""
+    overlap, floor = (centre_inside, 1.0) if kind == "gloves" else (iou, IOU_MATCH)
+    pairs = sorted(((overlap(t, d), i, j) for i, t in enumerate(truth_boxes) for j, d in enumerate(det_boxes)),
                    reverse=True)
     used_t, used_d = set(), set()
     for v, i, j in pairs:
-        if v < IOU_MATCH:
+        if v < floor:
             break
         if i not in used_t and j not in used_d:
             used_t.add(i), used_d.add(j)
@@ -305,7 +319,7 @@ def score(s, pack, rule, kind, observations):
     if kind == s.kind:
         for it, o, _ in judged:
             dets = [d["bbox"] for d in o["detections"] if d["rule"] == rule]
-            hit = matched([b[1:] for b in it.boxes], dets)
+            hit = matched([b[1:] for b in it.boxes], dets, kind)
             for i, b in enumerate(it.boxes):
                 px = (b[4] - b[2]) * o["frame"]["height"]
                 name = next(n for n, lo, hi in SIZE_BUCKETS if lo <= px < hi)
@@ -320,10 +334,11 @@ def score(s, pack, rule, kind, observations):
                "detection_recall": {b: (round(m / n, 3) if n else None, n) for b, (m, n) in buckets.items()}
                if kind == s.kind else None}
         if kind == s.kind:
-            truth = [s.frame_truth(it, min_px, o["frame"]["height"]) for it, o, _ in judged]
-            said = [r["verdict"] == "violation" for _, _, r in judged]
-            tp = sum(t and p for t, p in zip(truth, said))
-            row.update(truth_violations=sum(truth), said_violations=sum(said),
+            pairs = [(t, r["verdict"] == "violation") for it, o, r in judged
+                     if (t := s.frame_truth(it, min_px, o["frame"]["height"])) is not None]
+            truth, said = [t for t, _ in pairs], [p for _, p in pairs]
+            tp = sum(t and p for t, p in pairs)
+            row.update(frames=len(pairs), truth_violations=sum(truth), said_violations=sum(said),
                        precision=round(tp / sum(said), 3) if sum(said) else None,
                        recall=round(tp / sum(truth), 3) if sum(truth) else None)
         rows.append(row)
@@ -404,7 +419,9 @@ def main():
                 print(f"  dead letter: {d['headers'].get('camera')}: {d['headers'].get('reason')} "
                       f"({d['headers'].get('reason_detail')})", file=sys.stderr)
             report["frames"][name] = [{"set": s.name, "image": str(it.path), "camera": it.camera,
-                                       "verdicts": {r["rule"]: r["verdict"] for r in obs[it.camera]["rules"]}}
+                                       "verdicts": {r["rule"]: r["verdict"] for r in obs[it.camera]["rules"]},
+                                       "detections": [{k: d[k] for k in ("rule", "score", "bbox", "label", "scores")}
+                                                      for d in obs[it.camera]["detections"]]}
                                       for s in sets for it in s.items if it.camera in obs]
             for s in sets:
                 mismatched = sum(1 for it in s.items if it.size and it.camera in obs and

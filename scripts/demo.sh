@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The demo: a local broker, one vigil worker, a gateway simulating six cameras on two sites
-# (kitchens judged, dining rooms observed), an outside producer sending a few corrupt frames,
+# (kitchens judged for masks and animals, dining rooms observed), a prep-zone camera showing
+# bare hands (gloves rule), a kitchen camera with a cat in view (animals rule), an outside
+# producer sending a few corrupt frames,
 # and `vigil ingest` taking three uploads over HTTP (a camera's JPEG and a phone's form) with curl.
 # Prints the observations, dead letters and violation episodes that come out, a metrics
 # excerpt, then stops everything.
@@ -36,9 +38,19 @@ MAX_FRAME=1000000
 WORKER_PID=$!
 echo "demo: worker started (pid $WORKER_PID, metrics on http://$METRICS/metrics, log $RUN/worker.log)" >&2
 
-echo "demo: gateway publishing 8 s at 2 fps from 6 cameras (kitchens judged, dining rooms observed)" >&2
+echo "demo: gateways publishing 8 s at 2 fps: 6 cameras (kitchens judged, dining rooms observed)," >&2
+echo "      a prep-zone camera on bare hands, and a kitchen camera with a cat in view" >&2
+mkdir -p "$RUN/bare-hands"
+cp tests/data/gloves/bare_hand_*.jpg "$RUN/bare-hands/"
+"$VIGIL" gateway --source "$RUN/bare-hands" --cameras 1 --zones prep --camera-prefix prep- \
+  --fps 2 --frames 16 --loop --max-frame-bytes $MAX_FRAME 2>"$RUN/gateway-prep.log" &
+PREP_GW=$!
+"$VIGIL" gateway --source tests/data/animals --cameras 1 --zones kitchen --camera-prefix pet- \
+  --fps 2 --frames 16 --loop --max-frame-bytes $MAX_FRAME 2>"$RUN/gateway-pet.log" &
+PET_GW=$!
 "$VIGIL" gateway --source tests/data/faces --cameras 6 --sites 2 --zones kitchen,dining \
   --fps 2 --frames 16 --loop --width 1280 --max-frame-bytes $MAX_FRAME
+wait "$PREP_GW" "$PET_GW"
 echo "demo: an outside producer (Python confluent-kafka) sends 10 frames, 7 of them malformed" >&2
 .venv/bin/python tests/tools/outside_producer.py "$VIGIL_BROKERS" vigil.frames $MAX_FRAME >/dev/null
 
@@ -64,12 +76,16 @@ curl -sS "http://$INGEST/v1/frames?site=site-002&camera=cam-http-1" \
   -H "Content-Type: image/jpeg" -w ' (HTTP %{http_code})'; echo
 kill -TERM "$INGEST_PID"; wait "$INGEST_PID" || true; INGEST_PID=""
 
-echo; echo "== observations (96 from the gateway + 3 good outside frames + 3 uploads) =="
-"$VIGIL" tail --topic vigil.observations --count 102 --idle-secs 60
+echo; echo "== observations (128 from the gateways + 3 good outside frames + 3 uploads) =="
+"$VIGIL" tail --topic vigil.observations --count 134 --idle-secs 120
 echo; echo "== dead letters =="
 "$VIGIL" tail --topic vigil.dlq --count 7 --idle-secs 30
 echo; echo "== violation episodes (vigil alerts: Avro events, deduplicated by event_id) =="
-"$VIGIL" alerts --group demo-alerts --idle-secs 8
+"$VIGIL" alerts --group demo-alerts --idle-secs 8 | tee "$RUN/alerts.txt"
+for rule in mask_required gloves_required no_animals; do
+  grep -q "$rule" "$RUN/alerts.txt" || { echo "demo: no $rule episode opened; worker log: $RUN/worker.log" >&2; exit 1; }
+done
+echo "demo: episodes opened for masks, gloves and animals"
 echo; echo "== metrics excerpt =="
 python3 - "$METRICS" <<'PY'
 import sys, urllib.request

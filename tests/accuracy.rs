@@ -223,3 +223,56 @@ async fn gloves_and_animals_are_judged_through_the_worker() -> Result {
     }
     Ok(())
 }
+
+/// A camera whose scene stays still: its faces' crops are classified on the first frame and
+/// every fifth after, and the frames between reuse those scores with the same verdicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn still_faces_reuse_their_scores() -> Result {
+    let recs: Vec<Rec> = (0..10)
+        .map(|i| {
+            let mut r = frame("still", "site-001", i, face("grace_hopper.jpg"));
+            r.headers.push(("zone".into(), b"kitchen".to_vec()));
+            r
+        })
+        .collect();
+    let topics = create_topics(1).await?;
+    produce(&topics.frames, &recs).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let worker = Worker::start(
+        &topics,
+        &unique("g"),
+        &["--reclassify-every", "5", "--metrics-addr", &addr],
+    )?;
+    let got = collect(
+        &topics.observations,
+        recs.len(),
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+    )
+    .await
+    .with_context(|| worker.log_text())?;
+    let first = got[0].observation()?;
+    let faces = first.detections.len();
+    ensure!(faces == 1, "one face in the photo: {:?}", first.detections);
+    for g in &got {
+        let o = g.observation()?;
+        ensure!(o.rules[0].verdict == Verdict::Violation, "{o:?}");
+        ensure!(o.detections.len() == faces && o.detections[0].label == first.detections[0].label);
+    }
+    let scrape = get(&addr, "/metrics")?;
+    let count = |outcome: &str| -> Option<f64> {
+        let prefix = format!("vigil_crops_total{{outcome=\"{outcome}\",rule=\"mask_required\"}}");
+        scrape
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+    };
+    ensure!(
+        count("classified") == Some(2.0) && count("reused") == Some(8.0),
+        "frames 1 and 6 classified, 8 reused: {scrape}"
+    );
+    Ok(())
+}

@@ -67,13 +67,16 @@ pub(crate) async fn collect(
 ) {
     let mut state: HashMap<u64, InFrame> = HashMap::new();
     let mut tracker: Tracker<TrackKey> = Tracker::new(infer.track);
+    // Crops waiting for a classification of their track that another frame is running.
+    let mut waiting: Waiting = HashMap::new();
     let mut done: BTreeMap<u64, Finished> = BTreeMap::new();
     let (mut next_seq, mut next_emit) = (0u64, 0u64);
     let mut open = true;
     while open || !state.is_empty() {
-        let finished: Option<u64> = tokio::select! {
+        let mut finished: Vec<u64> = Vec::new();
+        tokio::select! {
             f = frames.recv(), if open => match f {
-                None => { open = false; None }
+                None => { open = false; }
                 Some(d) => {
                     let seq = next_seq;
                     next_seq += 1;
@@ -94,9 +97,8 @@ pub(crate) async fn collect(
                             return;
                         }
                     }
-                    let empty = f.outstanding == 0;
+                    if f.outstanding == 0 { finished.push(seq); }
                     state.insert(seq, f);
-                    empty.then_some(seq)
                 }
             },
             r = replies.recv() => match r {
@@ -105,21 +107,28 @@ pub(crate) async fn collect(
                     let Some(f) = state.get_mut(&frame) else { continue };
                     f.outstanding -= 1;
                     f.stages.push(timing);
+                    let mut release = None;
                     match (slot, output) {
                         (Slot::Whole, ModelOutput::Detections(dets)) => {
-                            schedule_crops(&infer, frame, f, model, &dets, &reply_tx, &mut tracker);
+                            let mut c = Crops { tracker: &mut tracker, waiting: &mut waiting, reply_tx: &reply_tx };
+                            schedule_crops(&infer, frame, f, model, &dets, &mut c);
                         }
                         (Slot::Whole, ModelOutput::Scores(s)) => { f.whole_scores.insert(model, s); }
                         (Slot::Crop { rule, det }, ModelOutput::Scores(s)) => {
                             if !f.used_models.contains(&model) { f.used_models.push(model); }
                             if let Some(&track) = f.tracks.get(&(rule, det)) {
-                                tracker.scored(&track_key(&f.meta, rule), track, &s);
+                                let key = track_key(&f.meta, rule);
+                                tracker.scored(&key, track, &s);
+                                release = Some(((key, track), s.clone()));
                             }
                             f.crop_scores.insert((rule, det), s);
                         }
                         (Slot::Crop { .. }, ModelOutput::Detections(_)) => {}
                     }
-                    (f.outstanding == 0).then_some(frame)
+                    if f.outstanding == 0 { finished.push(frame); }
+                    if let Some((k, s)) = release {
+                        release_waiters(&mut waiting, &mut state, &k, Some(&s), &mut finished);
+                    }
                 }
                 Some(Reply::Skipped { frame }) => {
                     let Some(f) = state.get_mut(&frame) else { continue };
@@ -129,47 +138,91 @@ pub(crate) async fn collect(
                         f.plan.skipped = Some(SKIPPED_STALE);
                         infer.metrics.frames_skipped.with_label_values(&[SKIPPED_STALE]).inc();
                     }
-                    (f.outstanding == 0).then_some(frame)
+                    if f.outstanding == 0 { finished.push(frame); }
                 }
                 Some(Reply::Crops { frame, items, crop_ms }) => {
                     let Some(f) = state.get_mut(&frame) else { continue };
                     f.outstanding -= 1;
                     f.crop_ms += crop_ms;
                     f.outstanding += items.len();
+                    // A crop that could not be cut never reports: its waiters go on without it.
+                    let lost: Vec<TrackId> = f.tracks.iter()
+                        .filter(|(&(rule, det), _)| !items.iter().any(|(_, s, _)| *s == Slot::Crop { rule, det }))
+                        .map(|(&(rule, _), &track)| (track_key(&f.meta, rule), track))
+                        .collect();
+                    if f.outstanding == 0 { finished.push(frame); }
                     for (m, slot, tensor) in items {
                         let item = InferItem { frame, slot, tensor, queued_at: Instant::now(), admission: None };
                         if model_txs[m].send(item).await.is_err() {
                             return;
                         }
                     }
-                    (f.outstanding == 0).then_some(frame)
+                    for k in lost {
+                        release_waiters(&mut waiting, &mut state, &k, None, &mut finished);
+                    }
                 }
             },
         };
-        if let Some(seq) = finished {
+        for seq in finished {
             if let Some(f) = state.remove(&seq) {
                 let origin_obs = finish(&infer, f);
                 done.insert(seq, origin_obs);
             }
-            while let Some((origin, obs, image)) = done.remove(&next_emit) {
-                next_emit += 1;
-                if out_tx.send(Observed { origin, obs, image }).await.is_err() {
-                    return;
-                }
+        }
+        while let Some((origin, obs, image)) = done.remove(&next_emit) {
+            next_emit += 1;
+            if out_tx.send(Observed { origin, obs, image }).await.is_err() {
+                return;
             }
         }
     }
 }
 
-/// Keeps each detector rule's detections and starts a blocking job cutting their crops.
+/// A track of one camera's rule.
+type TrackId = (TrackKey, u64);
+
+/// Crops waiting for their track's running classification: (frame, rule, detection).
+type Waiting = HashMap<TrackId, Vec<(u64, usize, usize)>>;
+
+/// Gives a track's new scores (or, when its crop was lost, nothing) to the crops waiting for
+/// them; frames with nothing else outstanding are finished.
+fn release_waiters(
+    waiting: &mut Waiting,
+    state: &mut HashMap<u64, InFrame>,
+    track: &TrackId,
+    scores: Option<&Vec<f32>>,
+    finished: &mut Vec<u64>,
+) {
+    for (frame, rule, det) in waiting.remove(track).unwrap_or_default() {
+        let Some(f) = state.get_mut(&frame) else {
+            continue;
+        };
+        if let Some(s) = scores {
+            f.crop_scores.insert((rule, det), s.clone());
+        }
+        f.outstanding -= 1;
+        if f.outstanding == 0 {
+            finished.push(frame);
+        }
+    }
+}
+
+/// What scheduling crops needs besides the frame: the tracks, the waiting crops, the replies.
+struct Crops<'a> {
+    tracker: &'a mut Tracker<TrackKey>,
+    waiting: &'a mut Waiting,
+    reply_tx: &'a mpsc::UnboundedSender<Reply>,
+}
+
+/// Keeps each detector rule's detections and starts a blocking job cutting their crops (those
+/// whose track's scores cannot be reused or awaited).
 fn schedule_crops(
     infer: &Arc<Infer>,
     frame: u64,
     f: &mut InFrame,
     detector: usize,
     dets: &[Detection],
-    reply_tx: &mpsc::UnboundedSender<Reply>,
-    tracker: &mut Tracker<TrackKey>,
+    c: &mut Crops<'_>,
 ) {
     let (w, h) = (f.size.decoded_width, f.size.decoded_height);
     let input = &infer.planner.models[detector].input;
@@ -196,13 +249,22 @@ fn schedule_crops(
         let kept = cascade::select(&rule.rule, rule.classes.as_deref(), dets, w, h);
         if let Some(classifier) = rule.classifier {
             let boxes: Vec<[f32; 4]> = kept.iter().map(|d| d.bbox).collect();
-            let plans = tracker.plan(&track_key(&f.meta, r), f.meta.captured_at_ms, &boxes);
+            let key = track_key(&f.meta, r);
+            let plans = c.tracker.plan(&key, f.meta.captured_at_ms, &boxes);
             let (mut run, mut reused) = (0u64, 0u64);
             for (i, (d, plan)) in kept.iter().zip(plans).enumerate() {
                 match plan {
                     CropPlan::Reuse { scores, .. } => {
                         reused += 1;
                         f.crop_scores.insert((r, i), scores);
+                    }
+                    CropPlan::Await { track } => {
+                        reused += 1;
+                        f.outstanding += 1;
+                        c.waiting
+                            .entry((key.clone(), track))
+                            .or_default()
+                            .push((frame, r, i));
                     }
                     CropPlan::Classify { track } => {
                         run += 1;
@@ -231,7 +293,7 @@ fn schedule_crops(
     };
     f.outstanding += 1;
     let infer = infer.clone();
-    let tx = reply_tx.clone();
+    let tx = c.reply_tx.clone();
     tokio::task::spawn_blocking(move || {
         let t = Instant::now();
         let mut items = Vec::with_capacity(jobs.len());

@@ -4,7 +4,8 @@
 //! each camera's detections (per rule) are linked across frames into tracks by overlap (IoU),
 //! and a track's crop is classified again only when the track is new, has moved or grown since
 //! it was last classified, or every `every` frames (DeepStream's secondary-inference interval);
-//! otherwise the track's last scores are reused. `every = 1` classifies every crop.
+//! otherwise the track's last scores are reused (or, while its first classification is still
+//! running, awaited). `every = 1` classifies every crop.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -44,6 +45,9 @@ pub enum CropPlan {
     Classify { track: u64 },
     /// Reuse the track's last scores.
     Reuse { track: u64, scores: Vec<f32> },
+    /// Wait for the track's first classification, which an earlier frame is running (frames
+    /// of a backlog arrive faster than crops are classified).
+    Await { track: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -135,20 +139,14 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
                     track.bbox = bbox;
                     track.last_seen_ms = track.last_seen_ms.max(at_ms);
                     track.since += 1;
-                    let reuse = match &track.scores {
-                        Some(s)
-                            if track.since < p.every && !changed(track.classified, bbox, &p) =>
-                        {
-                            Some(s.clone())
-                        }
-                        _ => None,
-                    };
-                    out.push(match reuse {
-                        Some(scores) => CropPlan::Reuse {
+                    let still = track.since < p.every && !changed(track.classified, bbox, &p);
+                    out.push(match (&track.scores, still) {
+                        (Some(s), true) => CropPlan::Reuse {
                             track: track.id,
-                            scores,
+                            scores: s.clone(),
                         },
-                        None => {
+                        (None, true) => CropPlan::Await { track: track.id },
+                        (_, false) => {
                             track.since = 0;
                             track.classified = bbox;
                             CropPlan::Classify { track: track.id }
@@ -247,11 +245,19 @@ mod tests {
     }
 
     #[test]
-    fn pending_scores_are_not_reused() {
+    fn a_running_first_classification_is_awaited_for_a_while() {
         let mut t: Tracker<&str> = Tracker::new(TrackPolicy::default());
-        assert!(classify(&t.plan(&"cam", 0, &[A])[0]));
-        // The first classification has not come back yet: classify again.
+        let CropPlan::Classify { track } = t.plan(&"cam", 0, &[A])[0] else {
+            panic!("a new track is classified")
+        };
+        // The first classification has not come back yet: wait for it…
+        for i in 1..5 {
+            assert_eq!(t.plan(&"cam", i * 100, &[A])[0], CropPlan::Await { track });
+        }
+        // …but not for ever (it may have been lost): classify again.
         assert!(classify(&t.plan(&"cam", 500, &[A])[0]));
+        let moved = [0.2, 0.1, 0.4, 0.4];
+        assert!(classify(&t.plan(&"cam", 600, &[moved])[0]), "moved: no waiting");
     }
 
     #[test]
@@ -296,10 +302,13 @@ mod tests {
                 prop_assert_eq!(plans.len(), boxes.len());
                 let mut ids = std::collections::HashSet::new();
                 for p in &plans {
-                    let id = match p { CropPlan::Classify { track } | CropPlan::Reuse { track, .. } => *track };
+                    let id = match p {
+                        CropPlan::Classify { track } | CropPlan::Reuse { track, .. } | CropPlan::Await { track } => *track,
+                    };
                     prop_assert!(ids.insert(id), "two boxes on one track");
                     match p {
                         CropPlan::Reuse { track, scores } => prop_assert_eq!(Some(scores), last.get(track)),
+                        CropPlan::Await { .. } => {}
                         CropPlan::Classify { track } => {
                             let s = vec![i as f32, 1.0];
                             t.scored(&0u8, *track, &s);
