@@ -53,6 +53,7 @@ fn load_model(name: &str, threads: usize) -> Model {
     let exec = ExecutionConfig {
         device: Device::Cpu,
         intra_threads: threads,
+        spinning: false,
     };
     Model::load_named(env, &repo().join("models"), name, exec).unwrap()
 }
@@ -116,6 +117,43 @@ fn bench_models(c: &mut Criterion) {
             g.finish();
         }
     }
+}
+
+/// The cost of each model of both packs per item (one frame for a detector, one crop for a
+/// classifier), one ONNX Runtime thread, batch 1 and 8: `cargo bench --bench pipeline -- pack/`.
+fn bench_pack(c: &mut Criterion) {
+    let frame720 = decode::decode(&frame(1280, 720), 1).unwrap();
+    let mut g = c.benchmark_group("pack");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    for name in [
+        "face-blazeface",
+        "face-yunet",
+        "mask",
+        "mask-v2",
+        "hand-palm",
+        "gloves",
+        "objectron",
+    ] {
+        let mut m = load_model(name, 1);
+        let mut tensor = Vec::new();
+        decode::preprocess(
+            &frame720,
+            &m.manifest.input,
+            &mut Mat::default(),
+            &mut tensor,
+        )
+        .unwrap();
+        for batch in [1usize, 8] {
+            let items: Vec<&[f32]> = (0..batch).map(|_| tensor.as_slice()).collect();
+            g.throughput(Throughput::Elements(batch as u64));
+            g.bench_with_input(BenchmarkId::new(name, batch), &items, |b, items| {
+                b.iter(|| m.infer(black_box(items)).unwrap())
+            });
+        }
+    }
+    g.finish();
 }
 
 fn bench_batcher(c: &mut Criterion) {
@@ -233,6 +271,6 @@ criterion_group! {
     config = Criterion::default()
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    targets = bench_decode, bench_preprocess, bench_models, bench_batcher, bench_records
+    targets = bench_decode, bench_preprocess, bench_models, bench_pack, bench_batcher, bench_records
 }
 criterion_main!(benches);

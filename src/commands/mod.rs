@@ -213,6 +213,10 @@ pub struct GatewayArgs {
     /// Start the source again when it ends.
     #[arg(long = "loop")]
     pub repeat: bool,
+    /// With a directory: each camera keeps showing its own image (a still scene, as a kitchen
+    /// camera mostly sees) instead of stepping through the images.
+    #[arg(long)]
+    pub still: bool,
     /// Stop after this many frames per camera.
     #[arg(long)]
     pub frames: Option<u64>,
@@ -328,6 +332,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     sites: a.sites,
                     zones: a.zones,
                     repeat: a.repeat,
+                    still: a.still,
                     frames: a.frames,
                     width: a.width,
                     max_frame_bytes: a.max_frame_bytes,

@@ -46,6 +46,10 @@ pub struct WorkerArgs {
     /// ONNX Runtime threads per operator (0 = ONNX Runtime's default).
     #[arg(long, env = "VIGIL_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
+    /// Let ONNX Runtime's idle threads spin (busy-wait) for work: faster for one model alone,
+    /// slower when several sessions and the decoder share few cores.
+    #[arg(long, env = "VIGIL_ORT_SPINNING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ort_spinning: bool,
     /// Largest batch per model run.
     #[arg(long, env = "VIGIL_MAX_BATCH", default_value_t = BatchPolicy::default().max_batch)]
     pub max_batch: usize,
@@ -161,6 +165,7 @@ impl WorkerArgs {
             exec: ExecutionConfig {
                 device: self.device,
                 intra_threads: self.intra_threads,
+                spinning: self.ort_spinning,
             },
             batch: BatchPolicy {
                 max_batch: self.max_batch,

@@ -242,6 +242,9 @@ pub struct ExecutionConfig {
     pub device: Device,
     /// Threads ONNX Runtime uses inside one operator (0 = its default).
     pub intra_threads: usize,
+    /// Whether ONNX Runtime's idle pool threads spin waiting for work. Spinning shortens a
+    /// lone model's latency but burns the cores the other sessions and the decoder need.
+    pub spinning: bool,
 }
 
 /// One detected object, as the detector contract defines it.
@@ -297,7 +300,10 @@ impl Model {
             model: name.clone(),
             message: e.to_string(),
         };
-        let mut builder = Session::builder(env).map_err(rt)?;
+        let mut builder = Session::builder(env)
+            .map_err(rt)?
+            .with_intra_op_spinning(exec.spinning)
+            .map_err(|e| rt(e.into()))?;
         if exec.intra_threads > 0 {
             builder = builder
                 .with_intra_threads(exec.intra_threads)

@@ -257,7 +257,10 @@ mod tests {
         // …but not for ever (it may have been lost): classify again.
         assert!(classify(&t.plan(&"cam", 500, &[A])[0]));
         let moved = [0.2, 0.1, 0.4, 0.4];
-        assert!(classify(&t.plan(&"cam", 600, &[moved])[0]), "moved: no waiting");
+        assert!(
+            classify(&t.plan(&"cam", 600, &[moved])[0]),
+            "moved: no waiting"
+        );
     }
 
     #[test]
