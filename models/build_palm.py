@@ -40,7 +40,7 @@ LICENCE_MEMBER = f"mediapipe-{PACKAGE_VERSION}.dist-info/LICENSE"
 SIZE = 192
 # The graph keeps boxes down to 0.1 so that a rule can choose its own min_detection_score.
 KEEP, IOU, MIN_SCORE, CLIP = 100, 0.3, 0.1, 100.0
-GLOVES = "/work/shared/data/gloves"
+GLOVES = os.path.join(os.environ.get("VIGIL_SHARED", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")), "data", "gloves")
 
 
 def anchors():
@@ -67,9 +67,13 @@ def wheel():
 
 
 def canonical_names(model):
-    """Renames initializers `const_<i>` in order of first use and drops unused ones. tf2onnx
-    names its folded constants differently from run to run; this makes the file, and so its
-    sha256, reproducible."""
+    """Renames initializers `const_<i>` in order of first use, drops unused ones, and names
+    tf2onnx's symbolic dimensions (`unk__<counter>`) `N`. tf2onnx's names depend on the run and
+    on what the process converted before; this makes the file, and its sha256, reproducible."""
+    for v in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        for dim in v.type.tensor_type.shape.dim:
+            if dim.dim_param.startswith("unk__"):
+                dim.dim_param = "N"
     inits = {i.name: i for i in model.graph.initializer}
     new, order = {}, []
     for node in model.graph.node:

@@ -6,7 +6,7 @@ softmax output. The backbone is the MobileNetV2 of the mask classifier (PyPI
 crop and a new softmax layer is trained on them (seeded, deterministic).
 
 Data: "Glove Hand and Bare Hand" v3 from Roboflow Universe (CC BY 4.0), as kept in
-/work/shared/data/gloves, TRAIN split of models/splits.py. The worker crops palm-detector boxes
+../shared/data/gloves, TRAIN split of models/splits.py. The worker crops palm-detector boxes
 (models/palm.onnx) grown by the rule's `crop_margin`, so the training crops are cut the same
 way: every image is decoded as the worker would (libjpeg reduction), palm.onnx runs on its
 letterbox, each detection whose centre lies inside a labelled hand box takes that box's label,
@@ -35,7 +35,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DATA = "/work/shared/data/gloves"
+DATA = os.path.join(os.environ.get("VIGIL_SHARED", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")), "data", "gloves")
 LABELS = ["bare_hand", "gloved_hand"]
 PALM_SIZE = 192
 MIN_BOX_PX = 16
@@ -573,8 +573,12 @@ def write_measurements(results, train, val, n_crops, per_class, worst, ms):
     t = REC_SCORE
     for m in MARGINS:
         r = results[(t, m)]
+        c = r["crops"]
         m_rows.append(f"| {m} | {pct(r['bare_flagged'], r['bare_imgs'])} | "
-                      f"{pct(r['gloved_clear'], r['gloved_imgs'])} | {pct(r['flag_right'], r['flagged'])} |")
+                      f"{pct(r['gloved_clear'], r['gloved_imgs'])} | {pct(r['flag_right'], r['flagged'])} | "
+                      f"{pct(c['bare_hand'][0], sum(c['bare_hand']))} | "
+                      f"{pct(c['gloved_hand'][1], sum(c['gloved_hand']))} | "
+                      f"{c['no hand box'][0]}/{sum(c['no hand box'])} |")
     for t in SCORES:
         r = results[(t, REC_MARGIN)]
         n_crops_kept = sum(sum(v) for v in r["crops"].values())
@@ -611,7 +615,7 @@ between runs; the result is the same with or without it.
 
 ## Data
 
-"Glove Hand and Bare Hand" v3 from Roboflow Universe, CC BY 4.0 (`/work/shared/data/gloves`,
+"Glove Hand and Bare Hand" v3 from Roboflow Universe, CC BY 4.0 (`../shared/data/gloves`,
 640×640, YOLO boxes). Split by source photo with `models/splits.py` (the exporter stored each
 photo three times with random flips, so each source lands wholly on one side):
 
@@ -645,13 +649,14 @@ Speed: {ms:.1f} ms per crop, batch 1, one ONNX Runtime thread on this shared mac
 
 ## Crop margin (score ≥ {REC_SCORE})
 
-| crop_margin | bare-hand images flagged | gloved-only images not flagged | flag precision |
-|---|---|---|---|
+| crop_margin | bare-hand images flagged | gloved-only images not flagged | flag precision | bare-hand crops called bare | gloved-hand crops called gloved | crops on no labelled hand called bare |
+|---|---|---|---|---|---|---|
 {chr(10).join(m_rows)}
 
 The palm box is about half the hand's width and height (median {ratio[0]:.2f} × {ratio[1]:.2f} at score ≥ {REC_SCORE}), so
 small margins show the classifier only the palm; at {REC_MARGIN} the crop is 2.6× the palm box,
-about the whole hand with its surroundings.
+about the whole hand with its surroundings. Choose the margin by the crop columns: an image
+can also be flagged by a crop that lies on no labelled hand, which is luck rather than skill.
 
 ## Detection threshold (crop_margin {REC_MARGIN})
 
@@ -711,9 +716,13 @@ def write_test_images(val, head, feats, images):
         if ok:
             print(f"  candidate {r['name']}: " + ", ".join(
                 f"score {d[0]:.3f} bare {q[0]:.3f}" for (_, d), q in zip(kept, p)))
-            cands[0 if bare else 1].append((-conf, -kept[0][1][0], r["name"]))
+            # Rounded, so that ties go to the best detection score, then the name.
+            cands[0 if bare else 1].append((-round(conf, 3), -round(kept[0][1][0], 3), r["name"]))
     out = os.path.join(ROOT, "tests", "data", "gloves")
     os.makedirs(out, exist_ok=True)
+    for old in os.listdir(out):
+        if old.endswith(".jpg"):
+            os.remove(os.path.join(out, old))
     chosen = []
     for k in (0, 1):
         seen = set()
