@@ -41,7 +41,6 @@ DATA = Path(os.environ.get("VIGIL_SHARED", os.path.join(os.path.dirname(os.path.
 
 # Rule packs measured when no --pack is given: name -> a rules file, or None for the worker's
 # built-in default rules (model pack 2: YuNet faces + mask-v2, palm + gloves, Objectron animals).
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PACKS = {
     "pack1": ROOT / "models" / "rules" / "pack1.toml",  # BlazeFace + the close-up classifier
     "pack2": None,
@@ -145,19 +144,18 @@ def rule_kind(name, rule, overrides):
     """Which truth a rule is scored against, guessed from its names unless --rule-kind says."""
     if name in overrides:
         return overrides[name]
-    text = " ".join([name, rule.get("classifier", ""), rule.get("violation_label", "")]).lower()
+    text = " ".join([name, rule.get("classifier", ""), str(rule.get("violation_label", ""))]).lower()
     return "gloves" if ("glove" in text or "hand" in text) else "mask" if "mask" in text else None
 
 
 def jpeg_bytes(path):
-    """The file as it is if it is a JPEG; other images are re-encoded with OpenCV from the
-    models venv (the worker takes JPEG only)."""
+    """The file as it is if it is a JPEG; other images are re-encoded as JPEG (quality 95) with
+    OpenCV (`opencv-python-headless`, in .venv), since the worker takes JPEG only."""
     data = Path(path).read_bytes()
     if data[:2] == b"\xff\xd8":
         return data
-    py = ROOT / ".venv-models" / "bin" / "python"
-    code = "import cv2,sys; sys.stdout.buffer.write(cv2.imencode('.jpg', cv2.imread(sys.argv[1]))[1].tobytes())"
-    return subprocess.run([str(py), "-c", code, str(path)], check=True, capture_output=True).stdout
+    import cv2
+    return cv2.imencode(".jpg", cv2.imread(str(path)), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
 
 
 # ---------------------------------------------------------------- processes: broker, worker, tail

@@ -215,6 +215,29 @@ def run(a):
         return {"frames": len(v), **{f"p{q}": percentile(v, q) for q in (50, 90, 99)},
                 "max": max(v) if v else None}
 
+    def breakdown(xs):
+        """Where a judged frame's time goes, medians in ms: before the worker's stages (broker,
+        consumer, intake queue), decode and preprocess, and per model the wait for its batch
+        (queue) and the run's cost per item (compute)."""
+        med = lambda v: round(percentile(v, 50), 2) if v else None
+        t = [o["timings"] for o in xs]
+        out = {
+            "capture_to_observation": med([o["processed_at_ms"] - o["captured_at_ms"] for o in xs]),
+            "before_stages": med([o["processed_at_ms"] - o["captured_at_ms"] - x["total_ms"]
+                                  for o, x in zip(xs, t)]),
+            "in_stages": med([x["total_ms"] for x in t]),
+            "decode": med([x["decode_ms"] for x in t]),
+            "preprocess": med([x["preprocess_ms"] for x in t]),
+            "crops": med([x["crop_ms"] for x in t]),
+        }
+        models = sorted({s["model"] for x in t for s in x["stages"]})
+        for m in models:
+            st = [s for x in t for s in x["stages"] if s["model"] == m]
+            out[f"{m}: batch wait"] = med([s["batch_wait_ms"] for s in st])
+            out[f"{m}: compute per item"] = med([s["inference_ms"] / max(1, s["batch_size"]) for s in st])
+            out[f"{m}: batch size"] = med([s["batch_size"] for s in st])
+        return out
+
     first = min((o["processed_at_ms"] for o in obs), default=0) / 1000.0
     last = max((o["processed_at_ms"] for o in obs), default=0) / 1000.0
     cameras_judged = len({o["camera"] for o in judged})
@@ -233,6 +256,7 @@ def run(a):
         "skipped_stale": len(skipped),
         "cameras_judged": cameras_judged,
         "worker_cpu_cores": cpu,
+        "breakdown_ms": breakdown(judged),
     }
 
 

@@ -73,10 +73,12 @@ async fn frames_in_observations_out() -> Result {
         ensure!(o
             .models
             .iter()
-            .any(|m| m.name == "face-blazeface" && m.provider == "CPUExecutionProvider"));
+            .any(|m| m.name == "face-yunet" && m.provider == "CPUExecutionProvider"));
         ensure!(
-            o.rules.len() == 1 && o.rules[0].rule == "mask_required",
-            "default rules: masks checked"
+            o.rules.len() == 2
+                && o.rules[0].rule == "mask_required"
+                && o.rules[1].rule == "no_animals",
+            "default rules: masks and animals checked"
         );
         ensure!(
             !o.detections.is_empty(),
@@ -86,8 +88,8 @@ async fn frames_in_observations_out() -> Result {
         );
         for d in &o.detections {
             ensure!(
-                d.label == "no_mask",
-                "nobody in these photos wears a mask: {d:?}"
+                ["mask", "no_mask", "mask_incorrect"].contains(&d.label.as_str()),
+                "a mask-v2 label: {d:?}"
             );
             let total: f32 = d.scores.values().sum();
             ensure!(
@@ -100,9 +102,29 @@ async fn frames_in_observations_out() -> Result {
                     && d.bbox.iter().all(|v| (0.0..=1.0).contains(v))
             );
         }
-        ensure!(o.rules[0].verdict == vigil::contract::observation::Verdict::Violation);
         ensure!(
-            o.frame.decoded_width < o.frame.width || o.frame.width < 600,
+            o.rules[0].verdict == vigil::contract::observation::Verdict::Violation,
+            "nobody in these photos wears a mask"
+        );
+        ensure!(
+            o.rules[1].verdict == vigil::contract::observation::Verdict::Compliant,
+            "no animal in these photos"
+        );
+        // Decoded as small as libjpeg allows while covering YuNet's 640×384 input.
+        ensure!(
+            (o.frame.decoded_width >= 640 && o.frame.decoded_height >= 384)
+                || o.frame.decoded_width == o.frame.width,
+            "decoded size {}x{} of {}x{}",
+            o.frame.decoded_width,
+            o.frame.decoded_height,
+            o.frame.width,
+            o.frame.height
+        );
+        ensure!(
+            o.frame.decoded_width * 2 < 640
+                || o.frame.decoded_height * 2 < 384
+                || o.frame.decoded_width < o.frame.width / 2 + 1
+                || o.frame.width < 1280,
             "large frames decode reduced"
         );
         ensure!(o.worker == worker.id);

@@ -82,7 +82,10 @@ fn catalogue() -> Result<BTreeMap<String, String>> {
     // The worker's table ends where the next (sub)section starts (### Gateway: its own process).
     let section = section.split("\n#").next().unwrap_or(section);
     let mut out = BTreeMap::new();
-    for line in section.lines().filter(|l| l.starts_with("| `vigil_")) {
+    for line in section
+        .lines()
+        .filter(|l| l.starts_with("| `vigil_") || l.starts_with("| `process_"))
+    {
         let cols: Vec<&str> = line.split('|').map(str::trim).collect();
         out.insert(cols[1].trim_matches('`').to_string(), cols[2].to_string());
     }

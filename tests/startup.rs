@@ -35,7 +35,7 @@ fn pack_copy() -> Result<tempfile::TempDir> {
 #[test]
 fn a_model_whose_hash_differs_is_refused() -> Result {
     let d = pack_copy()?;
-    let onnx = d.path().join("mask_classifier.onnx");
+    let onnx = d.path().join("mask_v2.onnx");
     let mut bytes = std::fs::read(&onnx)?;
     let n = bytes.len();
     bytes[n - 10] ^= 0xFF;
@@ -48,7 +48,7 @@ fn a_model_whose_hash_differs_is_refused() -> Result {
     ])?;
     ensure!(code == 1, "exit code {code}: {err}");
     ensure!(
-        err.contains("sha256") && err.contains("mask_classifier.onnx"),
+        err.contains("sha256") && err.contains("mask_v2.onnx"),
         "{err}"
     );
     Ok(())
@@ -57,7 +57,7 @@ fn a_model_whose_hash_differs_is_refused() -> Result {
 #[test]
 fn a_missing_model_file_is_refused() -> Result {
     let d = pack_copy()?;
-    std::fs::remove_file(d.path().join("mask_classifier.onnx"))?;
+    std::fs::remove_file(d.path().join("mask_v2.onnx"))?;
     let (code, err) = worker(&[
         "--model-dir",
         d.path().to_str().unwrap(),
@@ -71,7 +71,7 @@ fn a_missing_model_file_is_refused() -> Result {
 #[test]
 fn a_manifest_that_disagrees_with_the_graph_is_refused() -> Result {
     let d = pack_copy()?;
-    let m = d.path().join("mask_classifier.toml");
+    let m = d.path().join("mask_v2.toml");
     let text = std::fs::read_to_string(&m)?.replace("width = 224", "width = 256");
     std::fs::write(&m, text)?;
     let (code, err) = worker(&[

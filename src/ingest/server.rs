@@ -142,7 +142,13 @@ async fn frames(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let result = handle(&app, query.as_deref(), &headers, body).await;
+    let mut body = Some(body);
+    let result = handle(&app, query.as_deref(), &headers, &mut body).await;
+    if let (Err(r), Some(unread)) = (&result, body.take()) {
+        if r.status != 413 {
+            drain(unread, &app, &headers).await;
+        }
+    }
     let (status, response) = match result {
         Ok(accepted) => {
             app.metrics
@@ -166,6 +172,32 @@ async fn frames(
     response
 }
 
+/// Reads and drops the body of an upload refused before its body was read (credentials, rate,
+/// type), so that a client still sending it reads the refusal instead of a broken pipe. Bodies
+/// declared over the limit (413) are never read; others are read up to the limit, within the
+/// read timeout.
+async fn drain(body: Body, app: &App, headers: &HeaderMap) {
+    let cap = app.policy.limits.max_frame_bytes + 64 * 1024;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap as u64) {
+        return;
+    }
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(app.policy.read_timeout, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > cap {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Seconds until a rate limiter lets the key through again.
 fn wait_secs(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> u64 {
     not_until
@@ -178,7 +210,7 @@ async fn handle(
     app: &App,
     query: Option<&str>,
     headers: &HeaderMap,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> Result<serde_json::Value, Refusal> {
     let _slot = app.slots.try_acquire().map_err(|_| {
         Refusal::new(
@@ -247,6 +279,7 @@ async fn handle(
     if let Some(n) = declared.filter(|&n| n > cap as u64) {
         return Err(too_big(format!("{n} bytes")));
     }
+    let body = body.take().unwrap_or_default();
     let payload = tokio::time::timeout(app.policy.read_timeout, read_image(body, &kind, max))
         .await
         .map_err(|_| {

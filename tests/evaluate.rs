@@ -1,0 +1,63 @@
+//! Accuracy of the default rules on held-out images, through the pipeline: `models/evaluate.py`
+//! publishes the validation splits of `../shared/data` (never used in training) as frames to
+//! the test broker, a real worker judges them, and the observations are scored. The floors sit
+//! just under the figures in `models/README.md`, so a regression in a model, a threshold or
+//! the worker's cropping fails here.
+
+mod common;
+
+use anyhow::{ensure, Context};
+use common::*;
+
+/// (set, rule, precision floor, recall floor): frame-level, `violation` vs the labels.
+const FLOORS: &[(&str, &str, f64, f64)] = &[
+    ("mask-scenes-val", "mask_required", 0.80, 0.80),
+    (
+        "mask-scenes-val (violating faces >=16 px)",
+        "mask_required",
+        0.80,
+        0.88,
+    ),
+    ("gloves-val", "gloves_required", 0.95, 0.93),
+    ("closeups", "mask_required", 0.75, 0.95),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_rules_on_held_out_images() -> Result {
+    let shared = repo().join("../shared/data");
+    ensure!(
+        shared.join("mask-scenes").is_dir() && shared.join("gloves").is_dir(),
+        "the held-out images are read from {} (../shared beside the repository)",
+        shared.display()
+    );
+    let out = log_dir().join("evaluate.json");
+    let status = std::process::Command::new(python())
+        .arg(repo().join("models/evaluate.py"))
+        .args(["--vigil", env!("CARGO_BIN_EXE_vigil")])
+        .args(["--brokers", &brokers()])
+        .args(["--sets", "mask-scenes-val,gloves-val,closeups"])
+        .args(["--pack", "pack2="])
+        .arg("--json")
+        .arg(&out)
+        .status()
+        .context("run models/evaluate.py")?;
+    ensure!(status.success(), "models/evaluate.py failed: {status}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    let rows = report["rows"].as_array().context("rows")?;
+    for &(set, rule, p_floor, r_floor) in FLOORS {
+        let row = rows
+            .iter()
+            .find(|r| r["set"] == set && r["rule"] == rule)
+            .with_context(|| format!("no row for {set} / {rule}"))?;
+        let (p, r) = (
+            row["precision"].as_f64().unwrap_or(0.0),
+            row["recall"].as_f64().unwrap_or(0.0),
+        );
+        eprintln!("{set} / {rule}: precision {p:.3}, recall {r:.3}");
+        ensure!(
+            p >= p_floor && r >= r_floor,
+            "{set} / {rule}: precision {p:.3} (floor {p_floor}), recall {r:.3} (floor {r_floor})"
+        );
+    }
+    Ok(())
+}
