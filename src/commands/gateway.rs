@@ -304,10 +304,11 @@ pub async fn run(
                     .map(|_| ())
                     .map_err(|(e, _)| e)
             });
-        }
-        // Settle what has been acknowledged without waiting on the rest.
-        while let Some(Some(r)) = futures_util::FutureExt::now_or_never(pending.next()) {
-            settle(&metrics, r);
+            // Polling hands the new record to librdkafka now (a send future does nothing until
+            // polled), and settles what has been acknowledged without waiting on the rest.
+            while let Some(Some(r)) = futures_util::FutureExt::now_or_never(pending.next()) {
+                settle(&metrics, r);
+            }
         }
         round += 1;
         if last_progress.elapsed() >= cfg.progress_interval {
