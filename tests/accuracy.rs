@@ -237,10 +237,7 @@ async fn still_faces_reuse_their_scores() -> Result {
         .collect();
     let topics = create_topics(1).await?;
     produce(&topics.frames, &recs).await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr()?;
     let worker = Worker::start(
         &topics,
         &unique("g"),
@@ -263,12 +260,11 @@ async fn still_faces_reuse_their_scores() -> Result {
         ensure!(o.detections.len() == faces && o.detections[0].label == first.detections[0].label);
     }
     let scrape = get(&addr, "/metrics")?;
-    let count = |outcome: &str| -> Option<f64> {
-        let prefix = format!("vigil_crops_total{{outcome=\"{outcome}\",rule=\"mask_required\"}}");
-        scrape
-            .lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+    let count = |outcome: &str| {
+        scraped(
+            &scrape,
+            &format!("vigil_crops_total{{outcome=\"{outcome}\",rule=\"mask_required\"}}"),
+        )
     };
     ensure!(
         count("classified") == Some(2.0) && count("reused") == Some(8.0),

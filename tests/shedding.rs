@@ -22,10 +22,7 @@ const SECONDS: f64 = 60.0;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_fairly_and_visibly() -> Result {
     let topics = create_topics(2).await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr()?;
     let worker = Worker::start(
         &topics,
         &unique("g"),
@@ -140,12 +137,11 @@ async fn overload_is_shed_fairly_and_visibly() -> Result {
         "every camera keeps being judged: {per_camera:?}"
     );
     let scrape = get(&addr, "/metrics")?;
-    let counted: f64 = scrape
-        .lines()
-        .find(|l| l.starts_with("vigil_frames_skipped_total{reason=\"skipped_stale\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1.0);
+    let counted = scraped(
+        &scrape,
+        "vigil_frames_skipped_total{reason=\"skipped_stale\"}",
+    )
+    .unwrap_or(-1.0);
     ensure!(
         counted as usize == skipped,
         "skip counter {counted} equals the skipped observations {skipped}"

@@ -242,8 +242,7 @@ pub struct ExecutionConfig {
     pub device: Device,
     /// Threads ONNX Runtime uses inside one operator (0 = its default).
     pub intra_threads: usize,
-    /// Whether ONNX Runtime's idle pool threads spin waiting for work. Spinning shortens a
-    /// lone model's latency but burns the cores the other sessions and the decoder need.
+    /// Whether idle ONNX Runtime threads spin (burning cores other sessions need).
     pub spinning: bool,
 }
 

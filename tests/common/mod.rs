@@ -536,3 +536,19 @@ pub fn scene(camera: &str, start_ms: i64, first_seq: u64, script: &str) -> Vec<R
         })
         .collect()
 }
+
+/// A free loopback address for a worker's `--metrics-addr`.
+pub fn free_addr() -> Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("127.0.0.1:{port}"))
+}
+
+/// The value of the first series in a Prometheus text scrape whose line starts with `series`.
+pub fn scraped(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+}
