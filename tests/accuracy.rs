@@ -91,17 +91,34 @@ async fn faces_are_found_and_masks_decided_through_the_worker() -> Result {
             "the default detector ran"
         );
         let rule = &o.rules[0];
-        let any_violation = o
+        // The default rule: a crop whose `unclear` score outweighs the rest is not judged; of
+        // the others, one whose no_mask + mask_incorrect outweigh the rest is a violation.
+        let share = |d: &vigil::contract::observation::DetectionResult, labels: &[&str]| {
+            let total: f32 = d.scores.values().sum();
+            labels.iter().filter_map(|l| d.scores.get(*l)).sum::<f32>() / total
+        };
+        let judged: Vec<_> = o
             .detections
             .iter()
-            .any(|d| d.label == "no_mask" || d.label == "mask_incorrect");
-        let expected = if o.detections.is_empty() {
+            .filter(|d| share(d, &["unclear"]) <= 0.5)
+            .collect();
+        let expected = if judged.is_empty() {
             Verdict::Unknown
-        } else if any_violation {
+        } else if judged
+            .iter()
+            .any(|d| share(d, &["no_mask", "mask_incorrect"]) > 0.5)
+        {
             Verdict::Violation
         } else {
             Verdict::Compliant
         };
+        if set == "masked" {
+            ensure!(
+                expected != Verdict::Violation,
+                "{}: a masked photo judged a violation",
+                o.camera
+            );
+        }
         ensure!(
             rule.verdict == expected,
             "{}: verdict {:?}, expected {expected:?}",
@@ -109,7 +126,12 @@ async fn faces_are_found_and_masks_decided_through_the_worker() -> Result {
             rule.verdict
         );
         if expected == Verdict::Unknown {
-            ensure!(rule.reason.as_deref() == Some("no_detection") && rule.level.is_none());
+            let why = if o.detections.is_empty() {
+                "no_detection"
+            } else {
+                "not_judgeable"
+            };
+            ensure!(rule.reason.as_deref() == Some(why) && rule.level.is_none());
         }
     }
     eprintln!(
@@ -138,8 +160,10 @@ async fn faces_are_found_and_masks_decided_through_the_worker() -> Result {
         "recall on masked faces: {}/24",
         found["masked"]
     );
+    // The drawn masks are flat shapes; a few are `unclear` (not judged), none may be a violation
+    // (checked per photo above).
     ensure!(
-        right["masked"] * 20 >= found["masked"] * 17,
+        right["masked"] * 5 >= found["masked"] * 4,
         "masked faces called mask: {}/{}",
         right["masked"],
         found["masked"]

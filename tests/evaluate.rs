@@ -11,15 +11,15 @@ use common::*;
 
 /// (set, rule, precision floor, recall floor): frame-level, `violation` vs the labels.
 const FLOORS: &[(&str, &str, f64, f64)] = &[
-    ("mask-scenes-val", "mask_required", 0.80, 0.80),
+    ("mask-scenes-val", "mask_required", 0.95, 0.69),
     (
         "mask-scenes-val (violating faces >=16 px)",
         "mask_required",
-        0.80,
-        0.88,
+        0.95,
+        0.77,
     ),
     ("gloves-val", "gloves_required", 0.95, 0.93),
-    ("closeups", "mask_required", 0.75, 0.95),
+    ("closeups", "mask_required", 0.95, 0.95),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,36 +58,54 @@ pub fn argmax(scores: &[f32]) -> usize {
 }
 
 /// A rule's conclusion from its classifier's scores: one vector per crop (detector rules) or
-/// exactly one (whole-frame rules). A crop is a violation when its violation labels together
-/// outweigh the others (with one violation label among two, the top label decides). No scores
-/// at all means no evidence: `Unknown`.
-/// Returns the verdict and the level: the highest share of violation-label scores.
-pub fn verdict(scores: &[Vec<f32>], violation: &[usize]) -> (Verdict, Option<f32>) {
-    if scores.is_empty() {
-        return (Verdict::Unknown, None);
-    }
-    let share = |s: &Vec<f32>| {
-        let bad: f32 = violation
+/// exactly one (whole-frame rules). A crop whose `unjudged` labels together outweigh the others
+/// (a face turned away or hidden) is left out; of the rest, a crop is a violation when its
+/// violation labels together outweigh the others (with one violation label among two, the top
+/// label decides). No scores left means no evidence: `Unknown`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    /// The highest share of violation-label scores among the judged crops.
+    pub level: Option<f32>,
+    /// Crops that were judged (not left out as unjudged).
+    pub judged: usize,
+}
+
+pub fn verdict(scores: &[Vec<f32>], violation: &[usize], unjudged: &[usize]) -> Judgement {
+    let share = |s: &Vec<f32>, labels: &[usize]| {
+        let part: f32 = labels
             .iter()
             .map(|&v| s.get(v).copied().unwrap_or(0.0))
             .sum();
         let total: f32 = s.iter().sum();
         if total > 0.0 {
-            (bad / total).clamp(0.0, 1.0)
+            (part / total).clamp(0.0, 1.0)
         } else {
             0.0
         }
     };
-    let level = scores.iter().map(share).fold(f32::MIN, f32::max);
-    let violated = scores.iter().any(|s| share(s) > 0.5);
-    (
-        if violated {
+    let judged: Vec<f32> = scores
+        .iter()
+        .filter(|s| share(s, unjudged) <= 0.5)
+        .map(|s| share(s, violation))
+        .collect();
+    if judged.is_empty() {
+        return Judgement {
+            verdict: Verdict::Unknown,
+            level: None,
+            judged: 0,
+        };
+    }
+    let level = judged.iter().copied().fold(f32::MIN, f32::max);
+    Judgement {
+        verdict: if level > 0.5 {
             Verdict::Violation
         } else {
             Verdict::Compliant
         },
-        Some(level),
-    )
+        level: Some(level),
+        judged: judged.len(),
+    }
 }
 
 /// A presence rule's conclusion from the detections it kept. The detector ran, so there is
@@ -200,24 +218,54 @@ mod tests {
         );
     }
 
+    fn v(scores: &[Vec<f32>], violation: &[usize], unjudged: &[usize]) -> (Verdict, Option<f32>) {
+        let j = verdict(scores, violation, unjudged);
+        (j.verdict, j.level)
+    }
+
     #[test]
     fn verdicts() {
-        assert_eq!(verdict(&[], &[1]), (Verdict::Unknown, None));
+        assert_eq!(v(&[], &[1], &[]), (Verdict::Unknown, None));
         assert_eq!(
-            verdict(&[vec![0.9, 0.1]], &[1]),
+            v(&[vec![0.9, 0.1]], &[1], &[]),
             (Verdict::Compliant, Some(0.1))
         );
         assert_eq!(
-            verdict(&[vec![0.9, 0.1], vec![0.2, 0.8]], &[1]),
+            v(&[vec![0.9, 0.1], vec![0.2, 0.8]], &[1], &[]),
             (Verdict::Violation, Some(0.8))
         );
         // Several violation labels: together they must outweigh the rest.
-        let (v, level) = verdict(&[vec![0.5, 0.2, 0.3]], &[1, 2]);
-        assert_eq!(v, Verdict::Compliant);
+        let (verdict_, level) = v(&[vec![0.5, 0.2, 0.3]], &[1, 2], &[]);
+        assert_eq!(verdict_, Verdict::Compliant);
         assert!((level.unwrap() - 0.5).abs() < 1e-6);
-        let (v, level) = verdict(&[vec![0.4, 0.35, 0.25]], &[1, 2]);
-        assert_eq!(v, Verdict::Violation, "neither violation label is on top");
+        let (verdict_, level) = v(&[vec![0.4, 0.35, 0.25]], &[1, 2], &[]);
+        assert_eq!(
+            verdict_,
+            Verdict::Violation,
+            "neither violation label is on top"
+        );
         assert!((level.unwrap() - 0.6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn unjudged_crops_count_neither_way() {
+        // Labels: mask, no_mask, unclear. A hidden face that looks unmasked is left out.
+        let hidden = vec![0.05, 0.4, 0.55];
+        let masked = vec![0.9, 0.05, 0.05];
+        let bare = vec![0.1, 0.8, 0.1];
+        let j = verdict(std::slice::from_ref(&hidden), &[1], &[2]);
+        assert_eq!((j.verdict, j.level, j.judged), (Verdict::Unknown, None, 0));
+        let j = verdict(&[hidden.clone(), masked.clone()], &[1], &[2]);
+        assert_eq!((j.verdict, j.judged), (Verdict::Compliant, 1));
+        assert!((j.level.unwrap() - 0.05).abs() < 1e-6);
+        let j = verdict(&[hidden.clone(), masked, bare], &[1], &[2]);
+        assert_eq!((j.verdict, j.judged), (Verdict::Violation, 2));
+        // Without unjudged labels the same crop is a violation.
+        assert_eq!(verdict(&[hidden], &[1], &[]).verdict, Verdict::Compliant);
+        assert_eq!(
+            verdict(&[vec![0.05, 0.6, 0.35]], &[1], &[]).verdict,
+            Verdict::Violation
+        );
     }
 
     proptest! {

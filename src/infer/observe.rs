@@ -68,13 +68,23 @@ pub(crate) fn finish(
                         s.push(cs.clone());
                     }
                 }
-                let (v, level) = cascade::verdict(&s, &cr.violation);
-                (v, level, s.len(), Some("no_detection"))
+                let j = cascade::verdict(&s, &cr.violation, &cr.unjudged);
+                let why = if s.is_empty() {
+                    "no_detection"
+                } else {
+                    "not_judgeable"
+                };
+                (j.verdict, j.level, s.len(), Some(why))
             }
             (_, None, Some(c)) => {
                 let s: Vec<Vec<f32>> = f.whole_scores.get(&c).cloned().into_iter().collect();
-                let (v, level) = cascade::verdict(&s, &cr.violation);
-                (v, level, 0, Some("not_classified"))
+                let j = cascade::verdict(&s, &cr.violation, &cr.unjudged);
+                let why = if s.is_empty() {
+                    "not_classified"
+                } else {
+                    "not_judgeable"
+                };
+                (j.verdict, j.level, 0, Some(why))
             }
             _ => (Verdict::Unknown, None, 0, Some("no_model")),
         };

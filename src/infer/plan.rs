@@ -45,6 +45,8 @@ pub struct CompiledRule {
     pub classifier: Option<usize>,
     /// Indices of the violation labels in the classifier's labels.
     pub violation: Vec<usize>,
+    /// Indices of the labels meaning "cannot be judged" in the classifier's labels.
+    pub unjudged: Vec<usize>,
     /// Detector class ids the rule keeps; `None` keeps every class.
     pub classes: Option<Vec<u32>>,
     /// Names of the labels a violating detection carries: the classifier's violation labels,
@@ -139,18 +141,23 @@ impl Planner {
                 .as_deref()
                 .map(|c| find(c, Task::Classify, name, "classifier"))
                 .transpose()?;
-            let mut violation = Vec::new();
+            let (mut violation, mut unjudged) = (Vec::new(), Vec::new());
             if let Some(c) = classifier {
                 let labels = &models[c].labels;
-                for l in rule.violation_labels() {
-                    let i = labels.iter().position(|x| *x == l).ok_or_else(|| {
-                        err(format!(
-                            "violation_label `{l}` is not a label of `{}` ({})",
-                            models[c].name,
-                            labels.join(", ")
-                        ))
-                    })?;
-                    violation.push(i);
+                for (key, names, out) in [
+                    ("violation_label", rule.violation_labels(), &mut violation),
+                    ("unjudged_label", rule.unjudged_labels(), &mut unjudged),
+                ] {
+                    for l in names {
+                        let i = labels.iter().position(|x| *x == l).ok_or_else(|| {
+                            err(format!(
+                                "{key} `{l}` is not a label of `{}` ({})",
+                                models[c].name,
+                                labels.join(", ")
+                            ))
+                        })?;
+                        out.push(i);
+                    }
                 }
             }
             let classes = match (&rule.classes, detector) {
@@ -189,6 +196,7 @@ impl Planner {
                 detector,
                 classifier,
                 violation,
+                unjudged,
                 classes,
                 violation_names,
             });
@@ -287,7 +295,7 @@ mod tests {
             model(
                 "mask",
                 Task::Classify,
-                &["mask", "no_mask", "mask_incorrect"],
+                &["mask", "no_mask", "mask_incorrect", "unclear"],
             ),
         ]
     }
@@ -297,6 +305,7 @@ mod tests {
         detector = "faces"
         classifier = "mask"
         violation_label = ["no_mask", "mask_incorrect"]
+        unjudged_label = "unclear"
         [rules.animals]
         detector = "objects"
         classes = ["cat", "dog"]
@@ -325,6 +334,8 @@ mod tests {
         let p = Planner::new(RuleSet::parse(RULES, "t").unwrap(), pack()).unwrap();
         let by = |n: &str| p.rules.iter().find(|r| r.name == n).unwrap();
         assert_eq!(by("masks").violation, [1, 2]);
+        assert_eq!(by("masks").unjudged, [3]);
+        assert!(by("animals").unjudged.is_empty());
         assert_eq!(by("masks").classes, None);
         assert_eq!(by("animals").classes, Some(vec![1, 2]));
         assert_eq!(by("animals").violation_names, ["cat", "dog"]);
@@ -364,5 +375,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("`nose`"), "{e}");
+        let e = Planner::new(
+            RuleSet::parse(
+                "[rules.a]\ndetector='faces'\nclassifier='mask'\nviolation_label='no_mask'\nunjudged_label='blurry'",
+                "t",
+            )
+            .unwrap(),
+            pack(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("unjudged_label `blurry`") && e.contains("unclear"),
+            "{e}"
+        );
     }
 }

@@ -113,6 +113,11 @@ pub struct Rule {
     /// Classifier label(s) that mean "violation" (classifier rules only).
     #[serde(default, alias = "violation_labels")]
     pub violation_label: Option<Labels>,
+    /// Classifier label(s) meaning the crop cannot be judged (a face turned away, hidden or
+    /// blurred): a crop whose unjudged labels outweigh the rest counts neither way, and a frame
+    /// whose every crop is unjudged is `unknown` (`not_judgeable`). Classifier rules only.
+    #[serde(default, alias = "unjudged_labels")]
+    pub unjudged_label: Option<Labels>,
     /// Detector classes (manifest labels) the rule keeps; all of them when absent.
     #[serde(default)]
     pub classes: Option<Vec<String>>,
@@ -145,6 +150,14 @@ impl Rule {
             (Some(_), None) => Some(RuleKind::Presence),
             (None, None) => None,
         }
+    }
+
+    /// The classifier labels that mean "cannot be judged".
+    pub fn unjudged_labels(&self) -> Vec<String> {
+        self.unjudged_label
+            .as_ref()
+            .map(Labels::to_vec)
+            .unwrap_or_default()
     }
 
     /// The classifier labels that mean "violation" (empty for presence rules).
@@ -225,6 +238,7 @@ pub const DEFAULT_RULES: &str = r#"
 detector = "face-yunet"
 classifier = "mask-v2"
 violation_label = ["no_mask", "mask_incorrect"]
+unjudged_label = "unclear"
 min_detection_score = 0.5
 crop_margin = 0.15
 
@@ -289,12 +303,26 @@ impl RuleSet {
                     }
                 }
                 RuleKind::Presence => {
+                    if r.unjudged_label.is_some() {
+                        return Err(err(format!(
+                            "rules.{name}.unjudged_label needs a classifier; a presence rule has none"
+                        )));
+                    }
                     if r.violation_label.is_some() {
                         return Err(err(format!(
                             "rules.{name}.violation_label needs a classifier; a presence rule's violation is a detection of `classes`"
                         )));
                     }
                 }
+            }
+            if let Some(l) = r
+                .unjudged_labels()
+                .into_iter()
+                .find(|l| r.violation_labels().contains(l))
+            {
+                return Err(err(format!(
+                    "rules.{name}: `{l}` is both a violation_label and an unjudged_label"
+                )));
             }
             if kind == RuleKind::WholeFrame && r.classes.is_some() {
                 return Err(err(format!(
@@ -499,6 +527,14 @@ mod tests {
         bad(
             "[rules.a]\ndetector='d'\nclasses=[]",
             "rules.a.classes is empty",
+        );
+        bad(
+            "[rules.a]\ndetector='d'\nunjudged_label='unclear'",
+            "rules.a.unjudged_label needs a classifier",
+        );
+        bad(
+            "[rules.a]\ndetector='d'\nclassifier='c'\nviolation_label=['x','y']\nunjudged_label='y'",
+            "`y` is both a violation_label and an unjudged_label",
         );
         bad(
             "[rules.a]\nclassifier='c'\nviolation_label='x'\nviolation_when='absent'",
