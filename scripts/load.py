@@ -8,20 +8,32 @@ judged, reads the observations back with `vigil tail --json`, and reports:
 - throughput: observations per second between the first and the last observation;
 - latency from each frame's `captured_at` to its observation (`processed_at`), p50/p90/p99/max,
   for judged frames and for all (frames skipped by load shedding are reported apart);
-- CPU use of the workers, from their `/metrics` (`process_cpu_seconds_total`), in cores.
+- CPU use of the workers, from their `/metrics` (`process_cpu_seconds_total`), in cores, and
+  the crops they classified or reused (`vigil_crops_total`);
+- at a steady rate, latency again without the frames captured in the first `--warmup-secs`;
+- where a judged frame's time goes: medians per stage, and the same for the slowest 1 %.
 
 Point it at any deployment (`--brokers`, topics, `-X` properties through VIGIL_KAFKA_* env);
 or give `--local N` to start a broker and N release-build workers itself, with `--worker-arg`
 passed to each. Each run's cameras carry a run-unique id prefix, so earlier records in the
 topics are ignored.
 
+`--local-python N` starts N reference Python pipelines (scripts/pipeline.py, the same job with
+the same models, run with .venv's Python; `--python-arg` passed to each) instead of workers.
+`--compare` measures both on one broker, vigil's `--local` workers first, then as many Python
+pipelines (or `--local-python`) on a frames topic of their own, and reports both and the ratios.
+With `--backlog`, `--steady-fraction F` then measures each one's latency at F times its own
+measured maximum for `--seconds`.
+
     scripts/load.py --local 1 --backlog 400 --cameras 50          # maximum: drain a backlog
     scripts/load.py --local 1 --rate 12 --seconds 60 --cameras 50  # latency at a steady rate
     scripts/load.py --brokers HOST:9092 --metrics-url http://w1:9100/metrics --rate 20
+    scripts/load.py --local 1 --compare --backlog 400 --steady-fraction 0.8 --seconds 60
 
 Uses only the standard library (run it with any Python 3.9+).
 """
 import argparse
+import copy
 import json
 import os
 import re
@@ -44,15 +56,24 @@ def percentile(xs, q):
     return xs[i]
 
 
-def cpu_seconds(url):
-    """process_cpu_seconds_total of one worker, or None when unreachable."""
+def scrape(url):
+    """A worker's /metrics: (process_cpu_seconds_total or None, {crop outcome: count}), or
+    (None, {}) when unreachable."""
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             text = r.read().decode()
     except OSError:
-        return None
+        return None, {}
     m = re.search(r"^process_cpu_seconds_total\s+(\S+)", text, re.M)
-    return float(m.group(1)) if m else None
+    crops = {}
+    for outcome, v in re.findall(r'^vigil_crops_total\{[^}]*outcome="(\w+)"[^}]*\}\s+(\S+)', text, re.M):
+        crops[outcome] = crops.get(outcome, 0) + float(v)
+    return (float(m.group(1)) if m else None), crops
+
+
+def cpu_seconds(url):
+    """process_cpu_seconds_total of one worker, or None when unreachable."""
+    return scrape(url)[0]
 
 
 def free_port():
@@ -65,32 +86,46 @@ def free_port():
 
 
 class Local:
-    """A broker and N workers on this machine, stopped on exit."""
+    """A broker on this machine, and the workers (or Python pipelines) started on it, stopped on
+    exit."""
 
-    def __init__(self, vigil, workers, worker_args, partitions):
+    def __init__(self, partitions):
         self.dir = tempfile.mkdtemp(prefix="vigil-load.")
         out = subprocess.run([os.path.join(ROOT, "scripts/broker.sh"), "start", self.dir,
                               str(partitions)], check=True, capture_output=True, text=True).stdout
         self.brokers = re.search(r"VIGIL_BROKERS=(\S+)", out).group(1).strip("'\"")
         self.procs, self.metrics = [], []
-        for i in range(workers):
+
+    def start(self, n, command, name="worker"):
+        """Starts n processes, `command(port)` each (port: its /metrics and /readyz), and waits
+        until all are ready."""
+        for i in range(n):
             port = free_port()
             self.metrics.append(f"http://127.0.0.1:{port}/metrics")
-            log = open(os.path.join(self.dir, f"worker{i}.log"), "w")
-            self.procs.append(subprocess.Popen(
-                [vigil, "worker", "--brokers", self.brokers, "--group", "load",
-                 "--metrics-addr", f"127.0.0.1:{port}", *worker_args],
-                stdout=log, stderr=log))
+            log = open(os.path.join(self.dir, f"{name}{i}.log"), "w")
+            self.procs.append(subprocess.Popen(command(port), stdout=log, stderr=log))
         deadline = time.time() + 120
         while time.time() < deadline:
             if all(ready(u.replace("/metrics", "/readyz")) for u in self.metrics):
                 return
             if any(p.poll() is not None for p in self.procs):
-                raise SystemExit(f"load: a worker exited; see {self.dir}/worker*.log")
+                raise SystemExit(f"load: a {name} exited; see {self.dir}/{name}*.log")
             time.sleep(0.5)
-        raise SystemExit("load: workers not ready within 120 s")
+        raise SystemExit(f"load: {name}s not ready within 120 s")
 
-    def close(self):
+    def workers(self, vigil, n, worker_args):
+        self.start(n, lambda port: [vigil, "worker", "--brokers", self.brokers, "--group", "load",
+                                    "--metrics-addr", f"127.0.0.1:{port}", *worker_args])
+
+    def pipelines(self, python, n, frames_topic, observations_topic, python_args):
+        self.start(n, lambda port: [python, os.path.join(ROOT, "scripts/pipeline.py"),
+                                    "--brokers", self.brokers, "--group", "load-python",
+                                    "--metrics-port", str(port), "--frames-topic", frames_topic,
+                                    "--observations-topic", observations_topic, *python_args],
+                   name="pipeline")
+
+    def stop(self):
+        """Stops the workers or pipelines (SIGTERM: they drain, commit and leave the group)."""
         for p in self.procs:
             p.send_signal(signal.SIGTERM)
         for p in self.procs:
@@ -98,6 +133,10 @@ class Local:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        self.procs, self.metrics = [], []
+
+    def close(self):
+        self.stop()
         subprocess.run([os.path.join(ROOT, "scripts/broker.sh"), "stop", self.dir],
                        capture_output=True)
 
@@ -133,28 +172,130 @@ def main():
     ap.add_argument("--moving", action="store_true",
                     help="cameras step through the images (default: each shows one still scene)")
     ap.add_argument("--idle-secs", type=float, default=60)
+    ap.add_argument("--warmup-secs", type=float, default=10,
+                    help="at a steady rate, also report latency without the frames captured in the "
+                         "first this many seconds (every face is new to the worker then)")
     ap.add_argument("--json", help="write the report here too")
+    ap.add_argument("--local-python", type=int, metavar="N",
+                    help="start a broker and N reference Python pipelines (scripts/pipeline.py) here "
+                         "instead of workers; with --compare, how many (default: as many as --local)")
+    ap.add_argument("--python-arg", action="append", default=[],
+                    help="extra argument for the Python pipelines (repeat)")
+    ap.add_argument("--python", default=os.path.join(ROOT, ".venv/bin/python"),
+                    help="the Python that runs scripts/pipeline.py (with its packages)")
+    ap.add_argument("--python-observations-topic", default="vigil.observations.py")
+    ap.add_argument("--compare", action="store_true",
+                    help="with --local N: measure the workers, then the Python pipelines on the same "
+                         "broker (frames topic: --frames-topic + '.py'); report both and the ratios")
+    ap.add_argument("--steady-fraction", type=float, metavar="F",
+                    help="with --backlog: then measure latency at F times the maximum just measured "
+                         "(each system its own), for --seconds")
     a = ap.parse_args()
     if (a.rate is None) == (a.backlog is None):
         ap.error("give exactly one of --rate or --backlog")
-    local = None
+    if a.compare and not a.local:
+        ap.error("--compare needs --local N")
+    if a.local and a.local_python and not a.compare:
+        ap.error("--local and --local-python together need --compare")
+    if a.steady_fraction is not None and not (a.backlog and 0 < a.steady_fraction):
+        ap.error("--steady-fraction needs --backlog and a positive fraction")
     if a.local and a.backlog:
         # A backlog measures the most a worker judges: nothing may be shed.
         a.worker_arg.append("--max-staleness-secs=0")
-    if a.local:
-        local = Local(a.vigil, a.local, a.worker_arg, a.partitions)
-        a.brokers, a.metrics_url = local.brokers, a.metrics_url + local.metrics
-    if not a.brokers:
-        ap.error("--brokers (or VIGIL_BROKERS) is required without --local")
+    legs = ["vigil"] if a.local else []
+    legs += ["python"] if a.local_python or a.compare else []
+    local = None
     try:
-        report = run(a)
+        if legs:
+            local = Local(a.partitions)
+            a.brokers = local.brokers
+        if not a.brokers:
+            ap.error("--brokers (or VIGIL_BROKERS) is required without --local")
+        reports = {}
+        for leg in legs or [None]:
+            b = copy.copy(a)
+            if leg == "vigil":
+                local.workers(a.vigil, a.local, a.worker_arg)
+            elif leg == "python":
+                b.observations_topic = a.python_observations_topic
+                if a.compare:
+                    # A frames topic of its own, so that the first leg's frames are not read again.
+                    b.frames_topic = a.frames_topic + ".py"
+                    subprocess.run([a.vigil, "topics", "create", "--frames-topic", b.frames_topic,
+                                    "--observations-topic", b.observations_topic,
+                                    "--partitions", str(a.partitions)],
+                                   env=dict(os.environ, VIGIL_BROKERS=a.brokers), check=True,
+                                   capture_output=True)
+                local.pipelines(a.python, a.local_python or a.local, b.frames_topic,
+                                b.observations_topic, a.python_arg)
+            if local:
+                b.metrics_url = a.metrics_url + local.metrics
+            if leg and len(legs) > 1:
+                sys.stderr.write(f"load: measuring {leg}\n")
+            reports[leg] = measure(b)
+            if local:
+                local.stop()
     finally:
         if local:
             local.close()
+    if len(reports) == 1:
+        report = reports[legs[0] if legs else None]
+    else:
+        report = {**reports, "comparison": compare(reports["vigil"], reports["python"])}
     print(json.dumps(report, indent=2))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=2)
+
+
+def measure(a):
+    """One measurement, and with --steady-fraction the latency at that fraction of its result."""
+    report = run(a)
+    if a.steady_fraction is None:
+        return report
+    rate = report["throughput_frames_per_s"]
+    steady = None
+    if rate:
+        s = copy.copy(a)
+        s.backlog, s.rate = None, round(a.steady_fraction * rate, 2)
+        sys.stderr.write(f"load: now {s.rate} frames/s ({a.steady_fraction:g} of {rate})\n")
+        steady = run(s)
+    return {"maximum": report, "steady": steady}
+
+
+def compare(vigil, python):
+    """Side by side: the maximum's throughput and CPU, and latency (judged frames)."""
+    out = {}
+    both = {"vigil": vigil, "python": python}
+    maxima = {k: r.get("maximum", r) for k, r in both.items()}
+
+    def ratio(x, y):
+        return round(x / y, 2) if x and y else None
+
+    tp = {k: r["throughput_frames_per_s"] for k, r in maxima.items()}
+    cpu = {k: round(sum(c for c in r["worker_cpu_cores"] if c is not None), 2)
+           for k, r in maxima.items()}
+    out["throughput_frames_per_s"] = tp
+    out["throughput_ratio_vigil_over_python"] = ratio(tp["vigil"], tp["python"])
+    out["cpu_cores"] = cpu
+    per_cpu = {k: ratio(tp[k], cpu[k]) for k in tp}
+    out["frames_per_cpu_second"] = per_cpu
+    out["frames_per_cpu_second_ratio_vigil_over_python"] = ratio(per_cpu["vigil"], per_cpu["python"])
+    lat = {k: {q: r["latency_s_judged"][q] for q in ("p50", "p99")} for k, r in maxima.items()}
+    out["latency_s_judged" + ("_at_maximum" if "maximum" in vigil else "")] = lat
+    if "steady" in vigil:
+        st = {k: r["steady"] for k, r in both.items()}
+        out["steady"] = {k: None if r is None else {
+            "offered_frames_per_s": r["offered_frames_per_s"],
+            "throughput_frames_per_s": r["throughput_frames_per_s"],
+            "p50": r["latency_s_judged"]["p50"], "p99": r["latency_s_judged"]["p99"],
+            **{f"p99_{name[len('latency_s_judged_'):]}": (v or {}).get("p99")
+               for name, v in r.items() if name.startswith("latency_s_judged_after_")}}
+            for k, r in st.items()}
+        if all(st.values()):
+            out["steady_p99_ratio_python_over_vigil"] = ratio(
+                st["python"]["latency_s_judged"]["p99"], st["vigil"]["latency_s_judged"]["p99"])
+    return out
 
 
 def run(a):
@@ -189,6 +330,7 @@ def run(a):
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    crops0 = [scrape(u)[1] for u in a.metrics_url]
     cpu0 = [cpu_seconds(u) for u in a.metrics_url]
     t0 = time.time()
     gateway = [a.vigil, "gateway", "--frames-topic", a.frames_topic, "--source", a.source,
@@ -203,6 +345,10 @@ def run(a):
     tail.wait()
     t1 = time.time()
     cpu1 = [cpu_seconds(u) for u in a.metrics_url]
+    crops = {}
+    for c0, (_, c1) in zip(crops0, [scrape(u) for u in a.metrics_url]):
+        for k, v in c1.items():
+            crops[k] = int(crops.get(k, 0) + v - c0.get(k, 0))
     if len(obs) < expected:
         sys.stderr.write(f"load: only {len(obs)} of {expected} observations arrived\n")
     skipped = [o for o in obs
@@ -253,10 +399,20 @@ def run(a):
         "throughput_frames_per_s": round((len(obs) - 1) / (last - first), 2) if last > first else None,
         "latency_s_judged": summary(judged),
         "latency_s_all": summary(obs),
+        # A steady rate: judged frames captured after the first --warmup-secs, when a worker
+        # meets every camera's faces for the first time and classifies them all at once.
+        f"latency_s_judged_after_{a.warmup_secs:g}s": summary(
+            [o for o in judged if o["captured_at_ms"] >= t0 * 1000 + a.warmup_secs * 1000])
+        if a.rate else None,
         "skipped_stale": len(skipped),
         "cameras_judged": cameras_judged,
         "worker_cpu_cores": cpu,
+        # Detection crops classified or reusing a still track's scores (vigil_crops_total).
+        "crops": crops,
         "breakdown_ms": breakdown(judged),
+        # The same for the slowest 1 % of judged frames (at least 5): what the tail waits on.
+        "breakdown_ms_slowest": breakdown(sorted(
+            judged, key=lambda o: o["processed_at_ms"] - o["captured_at_ms"])[-max(5, len(judged) // 100):]),
     }
 
 

@@ -11,18 +11,6 @@ use anyhow::{ensure, Context};
 use common::*;
 use vigil::contract::observation::Verdict;
 
-fn jpeg_of(path: &std::path::Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path)?;
-    if bytes.starts_with(&[0xFF, 0xD8]) {
-        return Ok(bytes);
-    }
-    let img = opencv::imgcodecs::imdecode(
-        &opencv::core::Mat::from_slice(&bytes)?,
-        opencv::imgcodecs::IMREAD_COLOR,
-    )?;
-    Ok(vigil::decode::encode_jpeg(&img, 95)?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faces_are_found_and_masks_decided_through_the_worker() -> Result {
     let counts: HashMap<String, usize> =

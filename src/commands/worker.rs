@@ -43,8 +43,11 @@ pub struct WorkerArgs {
     /// Execution provider.
     #[arg(long, env = "VIGIL_DEVICE", default_value = "cpu")]
     pub device: Device,
-    /// ONNX Runtime threads per operator (0 = ONNX Runtime's default).
-    #[arg(long, env = "VIGIL_INTRA_THREADS", default_value_t = 0)]
+    /// ONNX Runtime threads per operator (0 = ONNX Runtime's default, one per core). The
+    /// default, 1, lets the models' sessions run side by side on separate cores instead of each
+    /// spreading over all of them: on two cores it cut the p99 latency at a steady rate and drained
+    /// a backlog at least as fast (BENCHMARKS.md, "Under load").
+    #[arg(long, env = "VIGIL_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
     /// Let ONNX Runtime's idle threads spin (busy-wait) for work: faster for one model alone,
     /// slower when several sessions and the decoder share few cores.
@@ -53,10 +56,17 @@ pub struct WorkerArgs {
     /// Largest batch per model run.
     #[arg(long, env = "VIGIL_MAX_BATCH", default_value_t = BatchPolicy::default().max_batch)]
     pub max_batch: usize,
-    /// Longest wait, in milliseconds, for a batch to fill.
+    /// Longest wait, in milliseconds from when its first item was queued, for a batch to fill
+    /// (0: whatever is queued runs as soon as the model is free).
     #[arg(long, env = "VIGIL_MAX_DELAY_MS", default_value_t = BatchPolicy::default().max_delay.as_millis() as u64)]
     pub max_delay_ms: u64,
-    /// Frames decoded concurrently (default: number of CPUs).
+    /// Model runs at once across all models (0: no limit, each model's session runs when its
+    /// batch is ready). One at a time halves each run's time on two cores but leaves cores idle
+    /// between runs: 0 drained 1.2–1.3× as many frames (BENCHMARKS.md, "Under load").
+    #[arg(long, env = "VIGIL_CONCURRENT_RUNS", default_value_t = 0)]
+    pub concurrent_runs: usize,
+    /// Frames decoded concurrently (default: half the CPUs, at least one; the models' sessions
+    /// need the rest).
     #[arg(long, env = "VIGIL_DECODE_THREADS")]
     pub decode_threads: Option<usize>,
     /// Frames read but not yet delivered, at most.
@@ -171,9 +181,10 @@ impl WorkerArgs {
                 max_batch: self.max_batch,
                 max_delay: Duration::from_millis(self.max_delay_ms),
             },
-            decode_threads: self
-                .decode_threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            decode_threads: self.decode_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+            }),
+            concurrent_runs: self.concurrent_runs,
             max_in_flight: self.max_in_flight.max(1),
             metrics_addr,
             track: crate::infer::track::TrackPolicy {

@@ -53,6 +53,9 @@ pub struct Infer {
     pub shedder: Arc<Mutex<Shedder>>,
     /// When a tracked detection's crop is classified again (`--reclassify-every`).
     pub track: TrackPolicy,
+    /// Permits for model runs at once across the models (`--concurrent-runs`); `None`: no
+    /// limit.
+    pub run_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Which part of a frame a model input is.
@@ -166,18 +169,30 @@ async fn model_task(
     let mut batcher: Batcher<InferItem> = Batcher::new(policy);
     let mut model = Some(model);
     loop {
-        let batch = match batcher.deadline() {
+        let item = match batcher.deadline() {
             Some(deadline) => tokio::select! {
-                item = rx.recv() => match item {
-                    Some(item) => batcher.push(item, Instant::now()).or_else(|| batcher.poll(Instant::now())),
-                    None => Some(batcher.drain()),
-                },
-                _ = tokio::time::sleep_until(deadline.into()) => batcher.poll(Instant::now()),
+                item = rx.recv() => Some(item),
+                _ = tokio::time::sleep_until(deadline.into()) => None,
             },
-            None => match rx.recv().await {
-                Some(item) => batcher.push(item, Instant::now()),
-                None => Some(batcher.drain()),
-            },
+            None => Some(rx.recv().await),
+        };
+        let batch = match item {
+            // A closed queue: run what is left.
+            Some(None) => Some(batcher.drain()),
+            Some(Some(item)) => {
+                // Everything already queued joins at once (what arrived while the last batch ran
+                // is a batch by itself); each item's wait counts from when it was queued, so a
+                // busy model never makes an item wait twice.
+                let mut full = push_queued(&mut batcher, item);
+                while full.is_none() {
+                    match rx.try_recv() {
+                        Ok(item) => full = push_queued(&mut batcher, item),
+                        Err(_) => break,
+                    }
+                }
+                full.or_else(|| batcher.poll(Instant::now()))
+            }
+            None => batcher.poll(Instant::now()),
         };
         depth.set((rx.len() + batcher.len()) as i64);
         let closed = rx.is_closed() && rx.is_empty() && batcher.is_empty();
@@ -195,6 +210,11 @@ async fn model_task(
     }
 }
 
+fn push_queued(batcher: &mut Batcher<InferItem>, item: InferItem) -> Option<Vec<InferItem>> {
+    let queued_at = item.queued_at;
+    batcher.push(item, queued_at)
+}
+
 async fn run_batch(
     infer: &Infer,
     index: usize,
@@ -204,7 +224,6 @@ async fn run_batch(
 ) -> Result<(), StageError> {
     let name = &infer.planner.models[index].name;
     let stage = || format!("model:{name}");
-    let started = Instant::now();
     let now = crate::contract::now_ms();
     batch.retain(|item| {
         let admitted = item
@@ -230,7 +249,19 @@ async fn run_batch(
             "model lost after an earlier failure",
         )
     })?;
+    // Waiting for a run slot counts as the batch's wait, not its compute.
+    let slot = match &infer.run_slots {
+        Some(s) => Some(
+            s.clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| StageError::stop(stage(), Domain::Internal, "run slots closed"))?,
+        ),
+        None => None,
+    };
+    let started = Instant::now();
     let (m, result, elapsed) = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut m = m;
         let refs: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
         let t = Instant::now();

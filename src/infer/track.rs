@@ -20,9 +20,14 @@ pub struct TrackPolicy {
     pub max_shift: f32,
     /// …or its width or height changed by more than this fraction…
     pub max_scale: f32,
-    /// …or at least every this many frames (1: every frame, no reuse).
+    /// …or at least every this many frames (1: every frame, no reuse)…
     pub every: u32,
-    /// Tracks unseen for this long (capture time, ms) are forgotten.
+    /// …or when its last classification is older than this (capture time, ms), however few
+    /// frames a slow camera has sent since.
+    pub max_age_ms: i64,
+    /// Tracks unseen for this long (capture time, ms) are forgotten. Longer than a slow
+    /// camera's frame interval (cameras sending a frame every 2 s are common), or such a
+    /// camera's faces would be new in every frame.
     pub forget_ms: i64,
 }
 
@@ -33,7 +38,8 @@ impl Default for TrackPolicy {
             max_shift: 0.15,
             max_scale: 0.2,
             every: 5,
-            forget_ms: 2_000,
+            max_age_ms: 10_000,
+            forget_ms: 10_000,
         }
     }
 }
@@ -57,6 +63,8 @@ struct Track {
     bbox: [f32; 4],
     /// Box at the last classification.
     classified: [f32; 4],
+    /// Capture time of the frame of the last classification.
+    classified_ms: i64,
     /// Scores of the last classification (`None` while it is running).
     scores: Option<Vec<f32>>,
     /// Frames since the last classification was planned.
@@ -139,7 +147,9 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
                     track.bbox = bbox;
                     track.last_seen_ms = track.last_seen_ms.max(at_ms);
                     track.since += 1;
-                    let still = track.since < p.every && !changed(track.classified, bbox, &p);
+                    let still = track.since < p.every
+                        && at_ms.saturating_sub(track.classified_ms) < p.max_age_ms
+                        && !changed(track.classified, bbox, &p);
                     out.push(match (&track.scores, still) {
                         (Some(s), true) => CropPlan::Reuse {
                             track: track.id,
@@ -149,6 +159,7 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
                         (_, false) => {
                             track.since = 0;
                             track.classified = bbox;
+                            track.classified_ms = at_ms;
                             CropPlan::Classify { track: track.id }
                         }
                     });
@@ -160,6 +171,7 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
                         id,
                         bbox,
                         classified: bbox,
+                        classified_ms: at_ms,
                         scores: None,
                         since: 0,
                         last_seen_ms: at_ms,
@@ -275,9 +287,21 @@ mod tests {
             [false],
             "a short gap keeps the track"
         );
-        assert_eq!(run(&mut t, 5_000, &[A]), [true], "a long gap forgets it");
-        t.plan(&"other", 10_000, &[]);
+        assert_eq!(run(&mut t, 12_000, &[A]), [true], "a long gap forgets it");
+        t.plan(&"other", 30_000, &[]);
         assert_eq!(t.len(), 1, "a camera without tracks is dropped");
+    }
+
+    #[test]
+    fn a_slow_camera_keeps_its_tracks_and_scores_age_in_time() {
+        let mut t = Tracker::new(TrackPolicy::default());
+        // A frame every 2 s: reused for 4 frames, classified on the 5th.
+        let got: Vec<bool> = (0..7).map(|i| run(&mut t, i * 2_000, &[A])[0]).collect();
+        assert_eq!(got, [true, false, false, false, false, true, false]);
+        // A frame every 4 s: the scores are never reused past 10 s.
+        let mut t = Tracker::new(TrackPolicy::default());
+        let got: Vec<bool> = (0..7).map(|i| run(&mut t, i * 4_000, &[A])[0]).collect();
+        assert_eq!(got, [true, false, false, true, false, false, true]);
     }
 
     #[test]

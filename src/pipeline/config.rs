@@ -39,6 +39,8 @@ pub struct WorkerConfig {
     pub batch: BatchPolicy,
     /// Frames decoded concurrently.
     pub decode_threads: usize,
+    /// Model runs at once, across every model's session (0: no limit, one per model).
+    pub concurrent_runs: usize,
     /// Frames read but not yet delivered, at most.
     pub max_in_flight: usize,
     /// Address of the `/metrics` endpoint, if any.

@@ -186,6 +186,8 @@ pub async fn run(
         Arc::new(Infer {
             shedder: shedder.clone(),
             track: cfg.track,
+            run_slots: (cfg.concurrent_runs > 0)
+                .then(|| Arc::new(tokio::sync::Semaphore::new(cfg.concurrent_runs))),
             planner: planner.clone(),
             metrics: metrics.clone(),
             frames_topic: cfg.frames_topic.clone(),

@@ -552,3 +552,16 @@ pub fn scraped(scrape: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series))
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
 }
+
+/// A photo as JPEG bytes: JPEGs as they are, other formats (PNG) decoded and re-encoded.
+pub fn jpeg_of(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path)?;
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        return Ok(bytes);
+    }
+    let img = opencv::imgcodecs::imdecode(
+        &opencv::core::Mat::from_slice(&bytes)?,
+        opencv::imgcodecs::IMREAD_COLOR,
+    )?;
+    Ok(vigil::decode::encode_jpeg(&img, 95)?)
+}
