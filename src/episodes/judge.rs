@@ -1,5 +1,5 @@
-//! The episodes stage: each observation, in frame order, applied to its camera's episodes; the
-//! events it raises and the state it changed travel with it to the sink.
+//! The episodes stage: each observation, in its partition's frame order, applied to its
+//! camera's episodes; the events it raises and the state it changed travel with it to the sink.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,7 +1,10 @@
 //! The collector: routes each decoded frame to its models, crops detections for the
-//! classifiers, and emits each frame's observation in frame order once every model answered.
+//! classifiers, and emits each frame's observation once every model answered, in frame order
+//! within its partition. Partitions do not wait for each other: a frame whose faces queue for
+//! the classifier holds back only the later frames of its own partition (and so of its own
+//! cameras), which is the order episodes and offset commits need.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -56,7 +59,7 @@ fn track_key(meta: &FrameMeta, rule: usize) -> TrackKey {
 type Finished = (Origin, Box<Observation>, Option<Arc<opencv::core::Mat>>);
 
 /// Routes frames to models, crops detections for classifiers, and emits each frame's
-/// observation in frame order once every model has answered.
+/// observation once every model has answered, in frame order within its partition.
 pub(crate) async fn collect(
     infer: Arc<Infer>,
     mut frames: mpsc::Receiver<Decoded<FramePlan>>,
@@ -69,8 +72,10 @@ pub(crate) async fn collect(
     let mut tracker: Tracker<TrackKey> = Tracker::new(infer.track);
     // Crops waiting for a classification of their track that another frame is running.
     let mut waiting: Waiting = HashMap::new();
-    let mut done: BTreeMap<u64, Finished> = BTreeMap::new();
-    let (mut next_seq, mut next_emit) = (0u64, 0u64);
+    let mut done: HashMap<u64, Finished> = HashMap::new();
+    // Per partition, its frames in arrival order; each leaves when it and all before it are done.
+    let mut order: HashMap<i32, VecDeque<u64>> = HashMap::new();
+    let mut next_seq = 0u64;
     let mut open = true;
     while open || !state.is_empty() {
         let mut finished: Vec<u64> = Vec::new();
@@ -98,6 +103,7 @@ pub(crate) async fn collect(
                         }
                     }
                     if f.outstanding == 0 { finished.push(seq); }
+                    order.entry(f.origin.ticket.partition).or_default().push_back(seq);
                     state.insert(seq, f);
                 }
             },
@@ -163,16 +169,28 @@ pub(crate) async fn collect(
                 }
             },
         };
+        let mut touched = Vec::new();
         for seq in finished {
             if let Some(f) = state.remove(&seq) {
+                touched.push(f.origin.ticket.partition);
                 let origin_obs = finish(&infer, f);
                 done.insert(seq, origin_obs);
             }
         }
-        while let Some((origin, obs, image)) = done.remove(&next_emit) {
-            next_emit += 1;
-            if out_tx.send(Observed { origin, obs, image }).await.is_err() {
-                return;
+        touched.sort_unstable();
+        touched.dedup();
+        for partition in touched {
+            let Some(queue) = order.get_mut(&partition) else {
+                continue;
+            };
+            while let Some((origin, obs, image)) = queue.front().and_then(|s| done.remove(s)) {
+                queue.pop_front();
+                if out_tx.send(Observed { origin, obs, image }).await.is_err() {
+                    return;
+                }
+            }
+            if queue.is_empty() {
+                order.remove(&partition);
             }
         }
     }

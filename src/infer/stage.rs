@@ -5,7 +5,7 @@
 //!  decoded frame ──► collector ──► model task per model (batcher → ONNX Runtime, blocking)
 //!                      ▲  │              │ replies (detections, scores)
 //!                      │  └─ crops ◄─────┘ (blocking: cut each kept detection, preprocess)
-//!                      └─► observation, in frame order ──► episodes stage
+//!                      └─► observation, in frame order per partition ──► episodes stage
 //! ```
 //!
 //! One ONNX Runtime session per model, fed by its own batcher, so a batch mixes frames (or crops)
@@ -111,7 +111,7 @@ pub struct InferStage {
 }
 
 /// Builds one model task per model and the collector; observations leave on `out_tx` in the
-/// order frames arrived.
+/// order frames arrived within each partition.
 pub fn start(
     infer: Arc<Infer>,
     models: Vec<Model>,
