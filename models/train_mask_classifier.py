@@ -127,14 +127,6 @@ def faces(data, stem):
     return img, out
 
 
-def iou(a, b):
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 class Unlabelled:
     """YuNet (models/yunet.onnx, fed as the worker feeds it) on a scene: its detections that
     overlap no labelled face (IoU < UNMATCHED_IOU with every box, however small). The
@@ -147,8 +139,9 @@ class Unlabelled:
 
         sys.path.insert(0, HERE)
         import build_yunet
+        import measure_yunet
 
-        self.letterbox = build_yunet.letterbox
+        self.letterbox, self.iou = build_yunet.letterbox, measure_yunet.iou
         self.w, self.h = build_yunet.WIDTH, build_yunet.HEIGHT
         o = ort.SessionOptions()
         o.intra_op_num_threads = 2
@@ -167,7 +160,7 @@ class Unlabelled:
                                     (b[2] * self.w - ox) / rw, (b[3] * self.h - oy) / rh], np.float32), 0, 1)
             if min((box[2] - box[0]) * w, (box[3] - box[1]) * h) < MIN_BOX:
                 continue
-            if all(iou(box, t) < UNMATCHED_IOU for t in labelled):
+            if not labelled or self.iou(box[None], np.array(labelled)).max() < UNMATCHED_IOU:
                 out.append(box)
         return out
 
