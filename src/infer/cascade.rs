@@ -84,27 +84,21 @@ pub fn verdict(scores: &[Vec<f32>], violation: &[usize], unjudged: &[usize]) -> 
             0.0
         }
     };
-    let judged: Vec<f32> = scores
+    let (judged, level) = scores
         .iter()
         .filter(|s| share(s, unjudged) <= 0.5)
-        .map(|s| share(s, violation))
-        .collect();
-    if judged.is_empty() {
-        return Judgement {
-            verdict: Verdict::Unknown,
-            level: None,
-            judged: 0,
-        };
-    }
-    let level = judged.iter().copied().fold(f32::MIN, f32::max);
+        .fold((0, f32::MIN), |(n, top), s| {
+            (n + 1, top.max(share(s, violation)))
+        });
+    let verdict = match judged {
+        0 => Verdict::Unknown,
+        _ if level > 0.5 => Verdict::Violation,
+        _ => Verdict::Compliant,
+    };
     Judgement {
-        verdict: if level > 0.5 {
-            Verdict::Violation
-        } else {
-            Verdict::Compliant
-        },
-        level: Some(level),
-        judged: judged.len(),
+        verdict,
+        level: (judged > 0).then_some(level),
+        judged,
     }
 }
 

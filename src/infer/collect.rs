@@ -169,17 +169,14 @@ pub(crate) async fn collect(
                 }
             },
         };
-        let mut touched = Vec::new();
         for seq in finished {
-            if let Some(f) = state.remove(&seq) {
-                touched.push(f.origin.ticket.partition);
-                let origin_obs = finish(&infer, f);
-                done.insert(seq, origin_obs);
-            }
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        for partition in touched {
+            let Some(f) = state.remove(&seq) else {
+                continue;
+            };
+            let partition = f.origin.ticket.partition;
+            done.insert(seq, finish(&infer, f));
+            // Emit what this frame completed: its partition's finished frames up to the first
+            // one still open.
             let Some(queue) = order.get_mut(&partition) else {
                 continue;
             };
