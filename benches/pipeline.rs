@@ -93,6 +93,23 @@ fn bench_preprocess(c: &mut Criterion) {
         });
     }
     g.finish();
+    // The default pack's per-frame inputs from a full 720p decode, each into a fresh buffer as
+    // the decoder makes them (the tensor leaves with the frame).
+    let img = decode::decode(&frame(1280, 720), 1).unwrap();
+    let mut g = c.benchmark_group("preprocess_720p_fresh");
+    for name in ["face-yunet", "objectron"] {
+        let m = load_model(name, 1);
+        let mut scratch = Mat::default();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut out = Vec::new();
+                decode::preprocess(black_box(&img), &m.manifest.input, &mut scratch, &mut out)
+                    .unwrap();
+                out
+            })
+        });
+    }
+    g.finish();
 }
 
 /// Throughput per item at batch sizes 1–32, for each model at 1 and 2 ONNX Runtime threads.

@@ -120,28 +120,50 @@ pub fn preprocess(
     };
     let scale = [1.0 / spec.std[0], 1.0 / spec.std[1], 1.0 / spec.std[2]];
     let plane = w * h;
+    let (rw, rh) = (fit.width as usize, fit.height as usize);
+    let (x0, y0) = (fit.x as usize, fit.y as usize);
+    // Padding is black (pixel value 0) after normalisation; the image rows overwrite the rest.
+    let pad = |c: usize| -spec.mean[c] * scale[c];
+    let ([s0, s1, s2], [m0, m1, m2], [k0, k1, k2]) = (src, spec.mean, scale);
     out.clear();
-    out.resize(3 * plane, 0.0);
-    if fit.width as usize != w || fit.height as usize != h {
-        // Padding is black (pixel value 0) after normalisation.
-        for c in 0..3 {
-            let v = -spec.mean[c] * scale[c];
-            for i in 0..plane {
-                match spec.layout {
-                    Layout::NCHW => out[c * plane + i] = v,
-                    Layout::NHWC => out[i * 3 + c] = v,
+    out.reserve_exact(3 * plane);
+    // Row by row, with the layout decided once: this loop runs over every pixel of every frame.
+    match spec.layout {
+        Layout::NCHW => {
+            for c in 0..3 {
+                out.extend(std::iter::repeat_n(pad(c), plane));
+            }
+            // One pass over each row, writing the three planes together.
+            let (p0, rest) = out.split_at_mut(plane);
+            let (p1, p2) = rest.split_at_mut(plane);
+            for (y, row) in data.chunks_exact(rw * 3).take(rh).enumerate() {
+                let at = (y0 + y) * w + x0;
+                let dst = p0[at..at + rw]
+                    .iter_mut()
+                    .zip(&mut p1[at..at + rw])
+                    .zip(&mut p2[at..at + rw]);
+                for (((d0, d1), d2), px) in dst.zip(row.chunks_exact(3)) {
+                    *d0 = (px[s0] as f32 - m0) * k0;
+                    *d1 = (px[s1] as f32 - m1) * k1;
+                    *d2 = (px[s2] as f32 - m2) * k2;
                 }
             }
         }
-    }
-    let rw = fit.width as usize;
-    for (k, px) in data.chunks_exact(3).enumerate() {
-        let i = (fit.y as usize + k / rw) * w + fit.x as usize + k % rw;
-        for c in 0..3 {
-            let v = (px[src[c]] as f32 - spec.mean[c]) * scale[c];
-            match spec.layout {
-                Layout::NCHW => out[c * plane + i] = v,
-                Layout::NHWC => out[i * 3 + c] = v,
+        Layout::NHWC => {
+            let fill = [pad(0), pad(1), pad(2)];
+            for _ in 0..plane {
+                out.extend_from_slice(&fill);
+            }
+            for (y, row) in data.chunks_exact(rw * 3).take(rh).enumerate() {
+                let at = ((y0 + y) * w + x0) * 3;
+                for (d, px) in out[at..at + rw * 3]
+                    .chunks_exact_mut(3)
+                    .zip(row.chunks_exact(3))
+                {
+                    d[0] = (px[s0] as f32 - m0) * k0;
+                    d[1] = (px[s1] as f32 - m1) * k1;
+                    d[2] = (px[s2] as f32 - m2) * k2;
+                }
             }
         }
     }
@@ -205,6 +227,64 @@ mod tests {
         let mut out = Vec::new();
         preprocess(&img, &s, &mut Mat::default(), &mut out)?;
         assert_eq!(&out[0..4], &[9.0, 39.0, -1.0, -1.0]);
+        Ok(())
+    }
+
+    /// The per-pixel definition the row loops must match: every model pixel is the
+    /// normalised image pixel under it, or normalised black where the letterbox pads.
+    fn naive(data: &[u8], rw: usize, fit: Letterbox, s: &InputSpec) -> Vec<f32> {
+        let (w, h) = (s.width as usize, s.height as usize);
+        let src = match s.channels {
+            ChannelOrder::RGB => [2, 1, 0],
+            ChannelOrder::BGR => [0, 1, 2],
+        };
+        let mut out = vec![0.0; 3 * w * h];
+        for y in 0..h {
+            for x in 0..w {
+                let (ix, iy) = (x as i64 - fit.x as i64, y as i64 - fit.y as i64);
+                let inside = ix >= 0 && iy >= 0 && ix < rw as i64 && iy < fit.height as i64;
+                for c in 0..3 {
+                    let p = if inside {
+                        data[(iy as usize * rw + ix as usize) * 3 + src[c]] as f32
+                    } else {
+                        0.0
+                    };
+                    let v = (p - s.mean[c]) / s.std[c];
+                    match s.layout {
+                        Layout::NCHW => out[c * w * h + y * w + x] = v,
+                        Layout::NHWC => out[(y * w + x) * 3 + c] = v,
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn row_loops_match_the_per_pixel_definition() -> opencv::Result<()> {
+        // A 4x2 image (no resize needed into a 4-wide input) letterboxed into 4x5, and
+        // stretched into 4x2, in both layouts and channel orders.
+        let data: Vec<u8> = (0..24u8).map(|v| v * 7 + 3).collect();
+        let img = Mat::from_bytes::<opencv::core::Vec3b>(&data)?
+            .reshape(0, 2)?
+            .try_clone()?;
+        for layout in [Layout::NCHW, Layout::NHWC] {
+            for channels in [ChannelOrder::RGB, ChannelOrder::BGR] {
+                for (height, resize) in [(5, Resize::Letterbox), (2, Resize::Stretch)] {
+                    let mut s = spec(layout, channels);
+                    (s.width, s.height, s.resize) = (4, height, resize);
+                    (s.mean, s.std) = ([1.0, 2.0, 3.0], [2.0, 4.0, 0.5]);
+                    let fit = Letterbox::fit(4, 2, 4, height);
+                    let mut out = vec![9.0; 3];
+                    preprocess(&img, &s, &mut Mat::default(), &mut out)?;
+                    assert_eq!(
+                        out,
+                        naive(&data, 4, fit, &s),
+                        "{layout:?} {channels:?} {resize:?}"
+                    );
+                }
+            }
+        }
         Ok(())
     }
 

@@ -411,7 +411,6 @@ impl Model {
             Layout::NCHW => [n, 3, h, w],
             Layout::NHWC => [n, h, w, 3],
         };
-        self.input.clear();
         for item in items {
             if item.len() != self.item_len() {
                 return Err(ModelError::Contract {
@@ -423,14 +422,24 @@ impl Model {
                     ),
                 });
             }
-            self.input.extend_from_slice(item);
         }
+        // A batch of one (the usual case at a steady rate) is run from the item itself: copying
+        // a 640x384 frame's tensor into the batch buffer cost 4 % of the worker's CPU under load.
+        let input: &[f32] = if let [item] = items {
+            item
+        } else {
+            self.input.clear();
+            for item in items {
+                self.input.extend_from_slice(item);
+            }
+            &self.input
+        };
         let name = self.manifest.name.clone();
         let rt = |e: ort::Error| ModelError::Runtime {
             model: name.clone(),
             message: e.to_string(),
         };
-        let tensor = TensorRef::from_array_view((shape, self.input.as_slice())).map_err(rt)?;
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(rt)?;
         let outputs = self
             .session
             .run(ort::inputs![self.manifest.input.name.as_str() => tensor])
