@@ -134,10 +134,19 @@ def changed(then, now):
 class Tracker:
     """src/infer/track.rs: per camera and rule, detections linked into tracks by IoU; a track's
     crop is classified when new, moved or grown, or every `every` frames; otherwise its last
-    scores are reused (or awaited while its first classification is pending)."""
+    scores are reused (or awaited while its first classification is pending). A track's first
+    cycle is shortened by (id - 1) % every frames once its first scores arrive (`scored`, as the worker's),
+    so tracks that began together are re-classified apart."""
 
     def __init__(self, every):
-        self.every, self.tracks = every, {}
+        self.every, self.tracks, self.next_id = every, {}, 1
+
+    def scored(self, t, scores):
+        if t["scores"] is None:
+            head = (t["id"] - 1) % self.every
+            t["since"] = max(t["since"], head)
+            t["classified_ms"] -= head * MAX_AGE_MS // self.every
+        t["scores"] = scores
 
     def plan(self, key, at_ms, boxes):
         tracks = [t for t in self.tracks.get(key, []) if at_ms - t["seen"] <= FORGET_MS]
@@ -151,7 +160,9 @@ class Tracker:
         out = []
         for bi, b in enumerate(boxes):
             if of_box[bi] is None:
-                tracks.append(dict(bbox=b, classified=b, classified_ms=at_ms, scores=None, since=0, seen=at_ms))
+                tracks.append(dict(id=self.next_id, bbox=b, classified=b, classified_ms=at_ms,
+                                   scores=None, since=0, seen=at_ms))
+                self.next_id += 1
                 out.append(("classify", tracks[-1]))
                 continue
             t = tracks[of_box[bi]]
@@ -373,7 +384,8 @@ class Pipeline:
             out = self.models[name].run([it[4] for it in items]).astype(F32)
             ms = (time.perf_counter() - start) * 1e3
             for (f, r, i, t, _, queued), s in zip(items, out):
-                t["scores"] = f["scores"][(r, i)] = [float(v) for v in s]
+                f["scores"][(r, i)] = [float(v) for v in s]
+                self.tracker.scored(t, f["scores"][(r, i)])
                 f["used"] += [] if name in f["used"] else [name]
                 f["stages"].append(dict(model=name, inference_ms=ms, batch_size=len(items),
                                         batch_wait_ms=max(0.0, (start - queued) * 1e3)))

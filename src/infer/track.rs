@@ -6,6 +6,13 @@
 //! it was last classified, or every `every` frames (DeepStream's secondary-inference interval);
 //! otherwise the track's last scores are reused (or, while its first classification is still
 //! running, awaited). `every = 1` classifies every crop.
+//!
+//! Tracks that begin together (every camera's faces after a start, a restart or a rebalance)
+//! would otherwise be re-classified together for ever: one frame in `every` of each camera would
+//! carry all its crops, and with cameras started in step the classifier would get its whole
+//! load in bursts. So a track's first cycle is shortened by a part of the interval that depends
+//! on its id, which spreads the cycles; a track is still never reused for longer than the policy
+//! allows.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -91,6 +98,12 @@ pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     } else {
         0.0
     }
+}
+
+/// How many of `every` frames a track's first cycle is shortened by: 0 for the first track, then
+/// 1, 2, … in turn, so tracks created together are re-classified in different frames.
+fn stagger(id: u64, every: u32) -> u32 {
+    (id.saturating_sub(1) % u64::from(every.max(1))) as u32
 }
 
 /// Whether `now` moved or changed size too much from `then` to reuse a classification.
@@ -188,11 +201,18 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
 
     /// Records a classification's scores for a track (ignored if it was forgotten meanwhile).
     pub fn scored(&mut self, key: &K, track: u64, scores: &[f32]) {
+        let p = self.policy;
         if let Some(t) = self
             .tracks
             .get_mut(key)
             .and_then(|ts| ts.iter_mut().find(|t| t.id == track))
         {
+            if t.scores.is_none() {
+                // The first scores: start the cycle part-way through (never later than due).
+                let head = stagger(t.id, p.every);
+                t.since = t.since.max(head);
+                t.classified_ms -= i64::from(head) * p.max_age_ms / i64::from(p.every.max(1));
+            }
             t.scores = Some(scores.to_vec());
         }
     }
@@ -302,6 +322,43 @@ mod tests {
         let mut t = Tracker::new(TrackPolicy::default());
         let got: Vec<bool> = (0..7).map(|i| run(&mut t, i * 4_000, &[A])[0]).collect();
         assert_eq!(got, [true, false, false, true, false, false, true]);
+    }
+
+    #[test]
+    fn tracks_that_begin_together_are_reclassified_apart() {
+        // 20 cameras, one still face each, all first seen in the same round, a frame each
+        // every 2 s: without the stagger all 20 would be re-classified in every fifth round.
+        let p = TrackPolicy::default();
+        let mut t: Tracker<u32> = Tracker::new(p);
+        let mut last = vec![0i64; 20];
+        let mut per_round = Vec::new();
+        for round in 0..30i64 {
+            let mut n = 0;
+            for cam in 0..20u32 {
+                let at = round * 2_000 + i64::from(cam) * 100;
+                if let CropPlan::Classify { track } = t.plan(&cam, at, &[A])[0] {
+                    t.scored(&cam, track, &[0.9, 0.1]);
+                    last[cam as usize] = round;
+                    n += 1;
+                } else {
+                    // Never reused past the policy's frame count.
+                    assert!(
+                        round - last[cam as usize] < i64::from(p.every),
+                        "camera {cam}"
+                    );
+                }
+            }
+            per_round.push(n);
+        }
+        assert_eq!(per_round[0], 20, "all new");
+        assert!(
+            per_round[1..].iter().all(|&n| n <= 8),
+            "re-classifications per round: {per_round:?}"
+        );
+        assert!(
+            per_round[1..].iter().sum::<i32>() >= 20 * 29 / 5,
+            "{per_round:?}"
+        );
     }
 
     #[test]
