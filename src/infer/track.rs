@@ -330,7 +330,7 @@ mod tests {
         // every 2 s: without the stagger all 20 would be re-classified in every fifth round.
         let p = TrackPolicy::default();
         let mut t: Tracker<u32> = Tracker::new(p);
-        let mut last = vec![0i64; 20];
+        let mut last = [0i64; 20];
         let mut per_round = Vec::new();
         for round in 0..30i64 {
             let mut n = 0;
