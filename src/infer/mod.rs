@@ -2,7 +2,8 @@
 //! detector → classifier cascade over each detection's crop.
 //!
 //! - [`plan`]: the rules compiled against the loaded models; per frame, which rules and models;
-//! - [`model`] (loaded through [`runtime`]): manifests and one ONNX Runtime session per model;
+//! - [`model`] (loaded through [`runtime`]): manifests and one ONNX Runtime session per model,
+//!   on the execution provider `provider` picks (CPU, or CUDA / TensorRT with `--features cuda`);
 //! - [`batcher`]: when a model's batch is run (size or deadline);
 //! - [`cascade`]: which detections are kept and cropped, and the verdict from their scores;
 //! - [`stage`]: the model tasks; `collect`: routing and crops; `observe`: the observation;
@@ -16,6 +17,7 @@ mod debug;
 pub mod model;
 mod observe;
 pub mod plan;
+mod provider;
 pub mod runtime;
 pub mod shed;
 pub mod stage;

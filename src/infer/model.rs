@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-use ort::ep::ExecutionProvider;
 use ort::session::Session;
 use ort::value::{TensorRef, ValueType};
 use serde::Deserialize;
@@ -308,7 +307,7 @@ impl Model {
                 .with_intra_threads(exec.intra_threads)
                 .map_err(|e| rt(e.into()))?;
         }
-        let provider = register_provider(&mut builder, exec.device, &name)?;
+        let provider = super::provider::register(&mut builder, exec.device, &name)?;
         let session = builder.commit_from_memory(&bytes).map_err(rt)?;
         check_contract(&session, &manifest)?;
         Ok(Model {
@@ -448,75 +447,6 @@ impl Model {
             .try_extract_tensor::<f32>()
             .map_err(rt)?;
         Ok((out_shape.iter().copied().collect(), data.to_vec()))
-    }
-}
-
-/// Registers the execution provider for `device` and returns the name of the one that will run.
-fn register_provider(
-    builder: &mut ort::session::builder::SessionBuilder,
-    device: Device,
-    model: &str,
-) -> Result<&'static str, ModelError> {
-    let unavailable = |message: String| ModelError::Device {
-        model: model.to_string(),
-        device,
-        message,
-    };
-    match device {
-        Device::Cpu => Ok("CPUExecutionProvider"),
-        #[cfg(feature = "cuda")]
-        Device::Cuda | Device::Tensorrt | Device::Auto => {
-            let _ = &unavailable;
-            gpu::register(builder, device, model)
-        }
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda | Device::Tensorrt => {
-            let _ = builder;
-            Err(unavailable(
-                "this vigil binary was built without GPU support; rebuild with `--features cuda` \
-                 and load the onnxruntime-gpu library"
-                    .into(),
-            ))
-        }
-        #[cfg(not(feature = "cuda"))]
-        Device::Auto => {
-            let _ = ort::ep::CPU::is_available();
-            Ok("CPUExecutionProvider")
-        }
-    }
-}
-
-#[cfg(feature = "cuda")]
-mod gpu {
-    use super::*;
-
-    pub(super) fn register(
-        builder: &mut ort::session::builder::SessionBuilder,
-        device: Device,
-        model: &str,
-    ) -> Result<&'static str, ModelError> {
-        let unavailable = |message: String| ModelError::Device {
-            model: model.to_string(),
-            device,
-            message,
-        };
-        if matches!(device, Device::Tensorrt | Device::Auto) {
-            let trt = ort::ep::TensorRT::default();
-            match trt.register(builder) {
-                Ok(()) => return Ok("TensorrtExecutionProvider"),
-                Err(e) if device == Device::Tensorrt => return Err(unavailable(e.to_string())),
-                Err(e) => tracing::info!(model, error = %e, "tensorrt unavailable, trying cuda"),
-            }
-        }
-        let cuda = ort::ep::CUDA::default();
-        match cuda.register(builder) {
-            Ok(()) => Ok("CUDAExecutionProvider"),
-            Err(e) if device == Device::Auto => {
-                tracing::warn!(model, error = %e, "cuda unavailable, running on cpu");
-                Ok("CPUExecutionProvider")
-            }
-            Err(e) => Err(unavailable(e.to_string())),
-        }
     }
 }
 
