@@ -134,9 +134,9 @@ def changed(then, now):
 class Tracker:
     """src/infer/track.rs: per camera and rule, detections linked into tracks by IoU; a track's
     crop is classified when new, moved or grown, or every `every` frames; otherwise its last
-    scores are reused (or awaited while its first classification is pending). A track's first
-    cycle is shortened by (id - 1) % every frames once its first scores arrive (`scored`, as the worker's),
-    so tracks that began together are re-classified apart."""
+    scores are reused (or awaited while its first classification is pending). As in the
+    worker, a track's first cycle is shortened by (id - 1) % every frames once its first scores
+    arrive (`scored`), so tracks that began together are re-classified apart."""
 
     def __init__(self, every):
         self.every, self.tracks, self.next_id = every, {}, 1
