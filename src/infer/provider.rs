@@ -12,22 +12,16 @@ pub(crate) fn register(
     device: Device,
     model: &str,
 ) -> Result<&'static str, ModelError> {
-    let unavailable = |message: String| ModelError::Device {
-        model: model.to_string(),
-        device,
-        message,
-    };
     match device {
         Device::Cpu => Ok("CPUExecutionProvider"),
         #[cfg(feature = "cuda")]
-        Device::Cuda | Device::Tensorrt | Device::Auto => {
-            let _ = &unavailable;
-            gpu::register(builder, device, model)
-        }
+        Device::Cuda | Device::Tensorrt | Device::Auto => gpu::register(builder, device, model),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda | Device::Tensorrt => {
             let _ = builder;
             Err(unavailable(
+                model,
+                device,
                 "this vigil binary was built without GPU support; rebuild with `--features cuda` \
                  and load the onnxruntime-gpu library"
                     .into(),
@@ -41,9 +35,18 @@ pub(crate) fn register(
     }
 }
 
+/// The error for a device this binary or machine cannot give `model`.
+fn unavailable(model: &str, device: Device, message: String) -> ModelError {
+    ModelError::Device {
+        model: model.to_string(),
+        device,
+        message,
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::{Device, ModelError};
+    use super::{unavailable, Device, ModelError};
     use ort::ep::ExecutionProvider;
 
     pub(super) fn register(
@@ -51,16 +54,13 @@ mod gpu {
         device: Device,
         model: &str,
     ) -> Result<&'static str, ModelError> {
-        let unavailable = |message: String| ModelError::Device {
-            model: model.to_string(),
-            device,
-            message,
-        };
         if matches!(device, Device::Tensorrt | Device::Auto) {
             let trt = ort::ep::TensorRT::default();
             match trt.register(builder) {
                 Ok(()) => return Ok("TensorrtExecutionProvider"),
-                Err(e) if device == Device::Tensorrt => return Err(unavailable(e.to_string())),
+                Err(e) if device == Device::Tensorrt => {
+                    return Err(unavailable(model, device, e.to_string()))
+                }
                 Err(e) => tracing::info!(model, error = %e, "tensorrt unavailable, trying cuda"),
             }
         }
@@ -71,7 +71,7 @@ mod gpu {
                 tracing::warn!(model, error = %e, "cuda unavailable, running on cpu");
                 Ok("CPUExecutionProvider")
             }
-            Err(e) => Err(unavailable(e.to_string())),
+            Err(e) => Err(unavailable(model, device, e.to_string())),
         }
     }
 }
