@@ -137,7 +137,8 @@ fn bench_models(c: &mut Criterion) {
 }
 
 /// The cost of each model of both packs per item (one frame for a detector, one crop for a
-/// classifier), one ONNX Runtime thread, batch 1 and 8: `cargo bench --bench pipeline -- pack/`.
+/// classifier), one ONNX Runtime thread, batch 1, 4 (the worker's CPU default) and 8:
+/// `cargo bench --bench pipeline -- pack/`.
 fn bench_pack(c: &mut Criterion) {
     let frame720 = decode::decode(&frame(1280, 720), 1).unwrap();
     let mut g = c.benchmark_group("pack");
@@ -162,7 +163,7 @@ fn bench_pack(c: &mut Criterion) {
             &mut tensor,
         )
         .unwrap();
-        for batch in [1usize, 8] {
+        for batch in [1usize, 4, 8] {
             let items: Vec<&[f32]> = (0..batch).map(|_| tensor.as_slice()).collect();
             g.throughput(Throughput::Elements(batch as u64));
             g.bench_with_input(BenchmarkId::new(name, batch), &items, |b, items| {

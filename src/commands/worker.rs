@@ -9,7 +9,7 @@ use clap::Args;
 use super::{secs, RegistryArgs, TopicArgs};
 use crate::contract::{Limits, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_PIXELS};
 use crate::infer::model::{Device, ExecutionConfig};
-use crate::infer::BatchPolicy;
+use crate::infer::{BatchPolicy, BatchSettings};
 use crate::kafka::KafkaArgs;
 
 #[derive(Debug, Args)]
@@ -53,9 +53,10 @@ pub struct WorkerArgs {
     /// slower when several sessions and the decoder share few cores.
     #[arg(long, env = "VIGIL_ORT_SPINNING", default_value_t = false, action = clap::ArgAction::Set)]
     pub ort_spinning: bool,
-    /// Largest batch per model run.
-    #[arg(long, env = "VIGIL_MAX_BATCH", default_value_t = BatchPolicy::default().max_batch)]
-    pub max_batch: usize,
+    /// Largest batch per model run (default: 4 for a model on the CPU, where larger batches
+    /// cost more per item, 16 on a GPU; BENCHMARKS.md, "Under load").
+    #[arg(long, env = "VIGIL_MAX_BATCH")]
+    pub max_batch: Option<usize>,
     /// Longest wait, in milliseconds from when its first item was queued, for a batch to fill
     /// (0: whatever is queued runs as soon as the model is free).
     #[arg(long, env = "VIGIL_MAX_DELAY_MS", default_value_t = BatchPolicy::default().max_delay.as_millis() as u64)]
@@ -135,7 +136,7 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     /// Turns arguments into a worker configuration, naming the option at fault.
     pub fn into_config(self) -> Result<crate::pipeline::WorkerConfig, String> {
-        if self.max_batch == 0 {
+        if self.max_batch == Some(0) {
             return Err("--max-batch must be at least 1".into());
         }
         if self.max_frame_bytes == 0 {
@@ -177,7 +178,7 @@ impl WorkerArgs {
                 intra_threads: self.intra_threads,
                 spinning: self.ort_spinning,
             },
-            batch: BatchPolicy {
+            batch: BatchSettings {
                 max_batch: self.max_batch,
                 max_delay: Duration::from_millis(self.max_delay_ms),
             },

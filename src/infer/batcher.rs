@@ -18,15 +18,57 @@ pub struct BatchPolicy {
 
 impl Default for BatchPolicy {
     fn default() -> Self {
-        // Chosen from BENCHMARKS.md: end to end on the project's CPU, batches of 16 beat
-        // batches of 1 by 1.11–1.43× across runs. No waiting for companions: the model task
-        // takes everything queued when the model is free, so batches grow by themselves under
-        // load, and at a steady half of the maximum a 20 ms wait cost a third of the median
-        // latency for batches of one ("Under load").
+        // No waiting for companions: the model task takes everything queued when the model is
+        // free, so batches grow by themselves under load, and at a steady half of the maximum a
+        // 20 ms wait cost a third of the median latency for batches of one (BENCHMARKS.md,
+        // "Under load").
         BatchPolicy {
-            max_batch: 16,
+            max_batch: CPU_MAX_BATCH,
             max_delay: Duration::ZERO,
         }
+    }
+}
+
+/// Largest batch for a model on the CPU when `--max-batch` is not given. On the project's
+/// 2-core machine a batch costs more per item the larger it is (one ONNX Runtime thread; batch 8
+/// is 1.1–1.2× batch 1 per item in `cargo bench --bench pipeline -- pack/`), and in backlog
+/// drains batches of 4 used less CPU per frame than batches of 16 in 7 of 8 alternating pairs
+/// (median −11 %) and drained 1.12× the frames (BENCHMARKS.md, "Under load", round 4). Batches
+/// of 2 did as well as 4; 1 slightly worse.
+pub const CPU_MAX_BATCH: usize = 4;
+
+/// Largest batch for a model on a GPU (CUDA, TensorRT) when `--max-batch` is not given: a GPU
+/// runs a batch in about the time of one item, so larger batches are where its throughput is.
+pub const GPU_MAX_BATCH: usize = 16;
+
+/// The batching options as given: the batch size may be left to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchSettings {
+    /// Largest batch per model run; `None`: by where the model runs ([`CPU_MAX_BATCH`],
+    /// [`GPU_MAX_BATCH`]).
+    pub max_batch: Option<usize>,
+    /// Longest an item waits for companions (see [`BatchPolicy::max_delay`]).
+    pub max_delay: Duration,
+}
+
+impl BatchSettings {
+    /// The policy for a model whose session runs on `provider` (ONNX Runtime's name for it).
+    pub fn policy(&self, provider: &str) -> BatchPolicy {
+        let by_device = if provider == "CPUExecutionProvider" {
+            CPU_MAX_BATCH
+        } else {
+            GPU_MAX_BATCH
+        };
+        BatchPolicy {
+            max_batch: self.max_batch.unwrap_or(by_device).max(1),
+            max_delay: self.max_delay,
+        }
+    }
+
+    /// Items the channels around the models may hold: at least 16 whatever the batch size, so a
+    /// small batch limits what one run takes, not how much the stages can buffer between them.
+    pub fn queue_depth(&self) -> usize {
+        self.max_batch.unwrap_or(GPU_MAX_BATCH).max(16)
     }
 }
 
@@ -104,6 +146,47 @@ mod tests {
             max_batch,
             max_delay: Duration::from_millis(ms),
         }
+    }
+
+    #[test]
+    fn batch_size_follows_the_device_unless_chosen() {
+        let by_device = BatchSettings::default();
+        assert_eq!(
+            by_device.policy("CPUExecutionProvider").max_batch,
+            CPU_MAX_BATCH
+        );
+        assert_eq!(
+            by_device.policy("CUDAExecutionProvider").max_batch,
+            GPU_MAX_BATCH
+        );
+        assert_eq!(
+            by_device.policy("TensorrtExecutionProvider").max_batch,
+            GPU_MAX_BATCH
+        );
+        let chosen = BatchSettings {
+            max_batch: Some(8),
+            max_delay: Duration::from_millis(5),
+        };
+        assert_eq!(chosen.policy("CPUExecutionProvider"), policy(8, 5));
+        assert_eq!(chosen.policy("CUDAExecutionProvider"), policy(8, 5));
+        // The channels between stages keep their depth when batches are small.
+        assert_eq!(by_device.queue_depth(), 16);
+        assert_eq!(
+            BatchSettings {
+                max_batch: Some(1),
+                ..by_device
+            }
+            .queue_depth(),
+            16
+        );
+        assert_eq!(
+            BatchSettings {
+                max_batch: Some(32),
+                ..by_device
+            }
+            .queue_depth(),
+            32
+        );
     }
 
     #[test]

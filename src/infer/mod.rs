@@ -23,6 +23,6 @@ pub mod shed;
 pub mod stage;
 pub mod track;
 
-pub use batcher::{BatchPolicy, Batcher};
+pub use batcher::{BatchPolicy, BatchSettings, Batcher};
 pub use plan::{FramePlan, ModelInfo, PlanError, Planner};
 pub use stage::{start, DebugImages, Infer, InferStage, StageTask};

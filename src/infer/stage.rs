@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::batcher::{BatchPolicy, Batcher};
+use super::batcher::{BatchPolicy, BatchSettings, Batcher};
 use super::collect::collect;
 use super::model::{Model, ModelOutput};
 use super::plan::{FramePlan, Planner};
@@ -115,14 +115,14 @@ pub struct InferStage {
 pub fn start(
     infer: Arc<Infer>,
     models: Vec<Model>,
-    policy: BatchPolicy,
+    batching: BatchSettings,
     out_tx: mpsc::Sender<Observed>,
 ) -> InferStage {
     let (reply_tx, reply_rx) = mpsc::unbounded_channel::<Reply>();
     let mut tasks: Vec<(String, StageTask)> = Vec::new();
     let mut model_txs = Vec::new();
     for (i, model) in models.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel::<InferItem>(policy.max_batch * 4);
+        let (tx, rx) = mpsc::channel::<InferItem>(batching.queue_depth() * 4);
         model_txs.push(tx);
         let name = format!("model:{}", infer.planner.models[i].name);
         tasks.push((
@@ -130,14 +130,14 @@ pub fn start(
             Box::pin(model_task(
                 infer.clone(),
                 i,
+                batching.policy(model.provider),
                 model,
-                policy,
                 rx,
                 reply_tx.clone(),
             )),
         ));
     }
-    let (frame_tx, frame_rx) = mpsc::channel::<Decoded<FramePlan>>(policy.max_batch * 2);
+    let (frame_tx, frame_rx) = mpsc::channel::<Decoded<FramePlan>>(batching.queue_depth() * 2);
     tasks.push((
         "collector".into(),
         Box::pin(async move {
@@ -156,8 +156,8 @@ pub fn start(
 async fn model_task(
     infer: Arc<Infer>,
     index: usize,
-    model: Model,
     policy: BatchPolicy,
+    model: Model,
     mut rx: mpsc::Receiver<InferItem>,
     replies: mpsc::UnboundedSender<Reply>,
 ) -> Result<(), StageError> {

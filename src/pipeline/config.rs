@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::contract::Limits;
 use crate::infer::model::ExecutionConfig;
-use crate::infer::{BatchPolicy, DebugImages};
+use crate::infer::{BatchSettings, DebugImages};
 use crate::kafka::KafkaArgs;
 
 /// The consumer group's session timeout unless `-X session.timeout.ms` says otherwise: short, so
@@ -36,7 +36,8 @@ pub struct WorkerConfig {
     /// ONNX Runtime library; found automatically when `None`.
     pub ort_lib: Option<PathBuf>,
     pub exec: ExecutionConfig,
-    pub batch: BatchPolicy,
+    /// Batch size (by device unless chosen) and wait for the models' batches.
+    pub batch: BatchSettings,
     /// Frames decoded concurrently.
     pub decode_threads: usize,
     /// Model runs at once, across every model's session (0: no limit, one per model).

@@ -172,7 +172,7 @@ pub async fn run(
         }
         .run(out_rx),
     );
-    let (observed_tx, observed_rx) = mpsc::channel::<Observed>(cfg.batch.max_batch * 2);
+    let (observed_tx, observed_rx) = mpsc::channel::<Observed>(cfg.batch.queue_depth() * 2);
     let mut stages = vec![spawn_infallible(
         "episodes",
         fatal_tx.clone(),
