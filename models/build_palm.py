@@ -27,9 +27,10 @@ import zipfile
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from detector_head import Graph, add_detections, manifest
+from detector_head import (Graph, add_detections, canonical_names, convert_tflite, letterbox_rgb,
+                           manifest)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -66,62 +67,9 @@ def wheel():
     return sorted(found)[0]
 
 
-def canonical_names(model):
-    """Renames initializers `const_<i>` in order of first use, drops unused ones, and names
-    tf2onnx's symbolic dimensions (`unk__<counter>`) `N`. tf2onnx's names depend on the run and
-    on what the process converted before; this makes the file, and its sha256, reproducible."""
-    for v in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-        for dim in v.type.tensor_type.shape.dim:
-            if dim.dim_param.startswith("unk__"):
-                dim.dim_param = "N"
-    inits = {i.name: i for i in model.graph.initializer}
-    new, order = {}, []
-    for node in model.graph.node:
-        for k, name in enumerate(node.input):
-            if name in inits:
-                if name not in new:
-                    new[name] = f"const_{len(new)}"
-                    order.append(name)
-                node.input[k] = new[name]
-    kept = []
-    for name in order:
-        inits[name].name = new[name]
-        kept.append(inits[name])
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return model
-
-
-def convert_raw(path, out):
-    subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--tflite", path, "--opset", "13",
-                    "--output", out], check=True, capture_output=True)
-    m = onnx.load(out)
-    inits = {i.name: i for i in m.graph.initializer}
-    patched = 0
-    for node in m.graph.node:
-        if node.op_type == "Reshape" and node.input[1] in inits:
-            shape = numpy_helper.to_array(inits[node.input[1]])
-            if len(shape) >= 2 and shape[0] == 1:
-                shape = shape.copy()
-                shape[0] = 0
-                inits[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
-                patched += 1
-    for v in list(m.graph.input) + list(m.graph.output):
-        v.type.tensor_type.shape.dim[0].dim_param = "N"
-    return m, patched
-
-
 def letterbox(img):
-    """The worker's letterbox (src/decode/image.rs): aspect kept, rounded size, centred, black."""
-    import cv2
-
-    h, w = img.shape[:2]
-    s = min(SIZE / w, SIZE / h)
-    rw, rh = min(SIZE, max(1, round(w * s))), min(SIZE, max(1, round(h * s)))
-    canvas = np.zeros((SIZE, SIZE, 3), np.uint8)
-    x, y = (SIZE - rw) // 2, (SIZE - rh) // 2
-    canvas[y:y + rh, x:x + rw] = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    """The worker's letterbox into the palm detector's input: RGB in [0, 1]."""
+    return letterbox_rgb(img, SIZE).astype(np.float32) / 255.0
 
 
 def test_images(n=8):
@@ -146,7 +94,7 @@ def main():
             f.write(z.read(MEMBER))
         with open(os.path.join(HERE, "LICENSE-mediapipe"), "wb") as f:
             f.write(z.read(LICENCE_MEMBER))
-        raw, patched = convert_raw(tfl, os.path.join(tmp, "raw.onnx"))
+        raw, patched = convert_tflite(tfl, os.path.join(tmp, "raw.onnx"), range(2, 9))
         tfl_bytes = open(tfl, "rb").read()
     tfl_sha = hashlib.sha256(tfl_bytes).hexdigest()
     inp = raw.graph.input[0].name

@@ -1,7 +1,12 @@
-"""Shared pieces of the detector build scripts: a small ONNX graph builder and the detection
+"""Shared pieces of the detector build scripts: a small ONNX graph builder, the detection
 head every vigil detector ends with (NonMaxSuppression, then contract rows
-`[batch_index, class_id, score, x1, y1, x2, y2]`)."""
+`[batch_index, class_id, score, x1, y1, x2, y2]`), and for the MediaPipe TFLite detectors the
+conversion with a dynamic batch and the worker's letterbox."""
+import subprocess
+import sys
+
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -84,3 +89,66 @@ def manifest_wh(name, version, file, digest, source, licence, notes, width, heig
                     mean, std, resize=resize, labels=labels, default=default)
     return (text.replace('name = "image"\n', f'name = "{input_name}"\n', 1)
                 .replace(f"height = {width}\n", f"height = {height}\n", 1))
+
+
+def convert_tflite(path, out, reshape_ranks):
+    """Converts a TFLite detector with tf2onnx (opset 13) and gives it a dynamic batch: every
+    constant Reshape target of one of `reshape_ranks` whose first dimension is a fixed 1 gets 0
+    (copy the input's batch), and the graph's inputs and outputs get batch dimension `N`.
+    Returns the model and how many Reshapes were patched."""
+    subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--tflite", path, "--opset", "13",
+                    "--output", out], check=True, capture_output=True)
+    m = onnx.load(out)
+    inits = {i.name: i for i in m.graph.initializer}
+    patched = 0
+    for node in m.graph.node:
+        if node.op_type == "Reshape" and node.input[1] in inits:
+            shape = numpy_helper.to_array(inits[node.input[1]])
+            if len(shape) in reshape_ranks and shape[0] == 1:
+                shape = shape.copy()
+                shape[0] = 0
+                inits[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
+                patched += 1
+    for v in list(m.graph.input) + list(m.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_param = "N"
+    return m, patched
+
+
+def letterbox_rgb(img, size):
+    """The worker's letterbox (src/decode/image.rs) of a BGR image into a size x size square:
+    aspect kept, rounded size, centred on black; returned as RGB uint8."""
+    import cv2
+
+    h, w = img.shape[:2]
+    s = min(size / w, size / h)
+    rw, rh = min(size, max(1, round(w * s))), min(size, max(1, round(h * s)))
+    canvas = np.zeros((size, size, 3), np.uint8)
+    x, y = (size - rw) // 2, (size - rh) // 2
+    canvas[y:y + rh, x:x + rw] = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+
+
+def canonical_names(model):
+    """Renames initializers `const_<i>` in order of first use, drops unused ones, and names
+    tf2onnx's symbolic dimensions (`unk__<counter>`) `N`. tf2onnx's names depend on the run and
+    on what the process converted before; this makes the file, and its sha256, reproducible."""
+    for v in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        for dim in v.type.tensor_type.shape.dim:
+            if dim.dim_param.startswith("unk__"):
+                dim.dim_param = "N"
+    inits = {i.name: i for i in model.graph.initializer}
+    new, order = {}, []
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name in inits:
+                if name not in new:
+                    new[name] = f"const_{len(new)}"
+                    order.append(name)
+                node.input[k] = new[name]
+    kept = []
+    for name in order:
+        inits[name].name = new[name]
+        kept.append(inits[name])
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model

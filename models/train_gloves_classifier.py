@@ -442,7 +442,7 @@ def export(head, records, images, out_dir):
     import tf2onnx
 
     sys.path.insert(0, HERE)
-    from build_palm import canonical_names
+    from detector_head import canonical_names
 
     backbone = keras_backbone()
     backbone.trainable = False
