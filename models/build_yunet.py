@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, version_converter
 
+import detector_head
 from detector_head import Graph, add_detections, manifest_wh
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -101,16 +102,9 @@ def build(width=WIDTH, height=HEIGHT, keep=KEEP, iou=IOU, min_score=MIN_SCORE, p
 
 
 def letterbox(img, width=WIDTH, height=HEIGHT):
-    """The worker's letterbox: aspect kept, INTER_LINEAR, centred on black; BGR 0-255, NCHW."""
-    import cv2
-
-    h, w = img.shape[:2]
-    s = min(width / w, height / h)
-    rw, rh = max(1, round(w * s)), max(1, round(h * s))
-    canvas = np.zeros((height, width, 3), np.uint8)
-    x, y = (width - rw) // 2, (height - rh) // 2
-    canvas[y:y + rh, x:x + rw] = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    return canvas.astype(np.float32).transpose(2, 0, 1)[None], (x, y, rw, rh)
+    """The worker's letterbox as YuNet takes it: BGR 0-255, NCHW, batch of one."""
+    canvas, geo = detector_head.letterbox(img, width, height)
+    return canvas.astype(np.float32).transpose(2, 0, 1)[None], geo
 
 
 def nms(boxes, scores, iou, keep, min_score):

@@ -114,18 +114,26 @@ def convert_tflite(path, out, reshape_ranks):
     return m, patched
 
 
-def letterbox_rgb(img, size):
-    """The worker's letterbox (src/decode/image.rs) of a BGR image into a size x size square:
-    aspect kept, rounded size, centred on black; returned as RGB uint8."""
+def letterbox(img, width, height):
+    """The worker's letterbox (src/decode/image.rs) of a BGR image into width x height: aspect
+    kept, rounded size, INTER_LINEAR, centred on black. Returns the BGR uint8 canvas and where
+    the image lies in it, (x, y, w, h)."""
     import cv2
 
     h, w = img.shape[:2]
-    s = min(size / w, size / h)
-    rw, rh = min(size, max(1, round(w * s))), min(size, max(1, round(h * s)))
-    canvas = np.zeros((size, size, 3), np.uint8)
-    x, y = (size - rw) // 2, (size - rh) // 2
+    s = min(width / w, height / h)
+    rw, rh = min(width, max(1, round(w * s))), min(height, max(1, round(h * s)))
+    canvas = np.zeros((height, width, 3), np.uint8)
+    x, y = (width - rw) // 2, (height - rh) // 2
     canvas[y:y + rh, x:x + rw] = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+    return canvas, (x, y, rw, rh)
+
+
+def letterbox_rgb(img, size):
+    """`letterbox` into a size x size square, as RGB uint8 (the MediaPipe detectors' order)."""
+    import cv2
+
+    return cv2.cvtColor(letterbox(img, size, size)[0], cv2.COLOR_BGR2RGB)
 
 
 def canonical_names(model):

@@ -39,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import train_mask_classifier as tmc  # noqa: E402
+from detector_head import letterbox  # noqa: E402
 import train_gloves_classifier as tgc  # noqa: E402
 
 SHARED = os.environ.get("VIGIL_SHARED", os.path.join(ROOT, "..", "shared"))
@@ -74,16 +75,6 @@ def reduced(path, need_w, need_h):
             flag = fl
             break
     return cv2.imread(path, flag)
-
-
-def letterbox(img, width, height):
-    h, w = img.shape[:2]
-    s = min(width / w, height / h)
-    rw, rh = min(width, max(1, round(w * s))), min(height, max(1, round(h * s)))
-    canvas = np.zeros((height, width, 3), np.uint8)
-    x, y = (width - rw) // 2, (height - rh) // 2
-    canvas[y:y + rh, x:x + rw] = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    return canvas, (x, y, rw, rh)
 
 
 def yunet_input(img):
