@@ -68,7 +68,7 @@ impl BatchSettings {
     /// Items the channels around the models may hold: at least 16 whatever the batch size, so a
     /// small batch limits what one run takes, not how much the stages can buffer between them.
     pub fn queue_depth(&self) -> usize {
-        self.max_batch.unwrap_or(GPU_MAX_BATCH).max(16)
+        self.max_batch.unwrap_or(0).max(16)
     }
 }
 

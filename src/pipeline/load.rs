@@ -46,7 +46,8 @@ pub fn models(cfg: &WorkerConfig) -> anyhow::Result<(Arc<Planner>, Vec<Model>)> 
         let manifest = model::find_manifest(&dir, &name)?;
         let m = Model::load(env, manifest, cfg.exec)?;
         tracing::info!(model = %m.manifest.name, version = %m.manifest.version, task = ?m.manifest.task,
-            provider = m.provider, requested = %cfg.exec.device, library = %lib.display(), dir = %dir.display(), "model loaded");
+            provider = m.provider, requested = %cfg.exec.device, max_batch = cfg.batch.policy(m.provider).max_batch,
+            library = %lib.display(), dir = %dir.display(), "model loaded");
         models.push(m);
     }
     let planner = Planner::new(ruleset, models.iter().map(ModelInfo::of).collect())?;
