@@ -54,7 +54,7 @@ pub struct BatchSettings {
 impl BatchSettings {
     /// The policy for a model whose session runs on `provider` (ONNX Runtime's name for it).
     pub fn policy(&self, provider: &str) -> BatchPolicy {
-        let by_device = if provider == "CPUExecutionProvider" {
+        let by_device = if provider == super::provider::CPU {
             CPU_MAX_BATCH
         } else {
             GPU_MAX_BATCH

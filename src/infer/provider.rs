@@ -6,6 +6,9 @@ use super::model::{Device, ModelError};
 #[cfg(not(feature = "cuda"))]
 use ort::ep::ExecutionProvider;
 
+/// ONNX Runtime's name for its CPU execution provider, as `register` returns it.
+pub const CPU: &str = "CPUExecutionProvider";
+
 /// Registers the execution provider for `device` and returns the name of the one that will run.
 pub(crate) fn register(
     builder: &mut ort::session::builder::SessionBuilder,
@@ -13,7 +16,7 @@ pub(crate) fn register(
     model: &str,
 ) -> Result<&'static str, ModelError> {
     match device {
-        Device::Cpu => Ok("CPUExecutionProvider"),
+        Device::Cpu => Ok(CPU),
         #[cfg(feature = "cuda")]
         Device::Cuda | Device::Tensorrt | Device::Auto => gpu::register(builder, device, model),
         #[cfg(not(feature = "cuda"))]
@@ -30,7 +33,7 @@ pub(crate) fn register(
         #[cfg(not(feature = "cuda"))]
         Device::Auto => {
             let _ = ort::ep::CPU::is_available();
-            Ok("CPUExecutionProvider")
+            Ok(CPU)
         }
     }
 }
@@ -46,7 +49,7 @@ fn unavailable(model: &str, device: Device, message: String) -> ModelError {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::{unavailable, Device, ModelError};
+    use super::{unavailable, Device, ModelError, CPU};
     use ort::ep::ExecutionProvider;
 
     pub(super) fn register(
@@ -69,7 +72,7 @@ mod gpu {
             Ok(()) => Ok("CUDAExecutionProvider"),
             Err(e) if device == Device::Auto => {
                 tracing::warn!(model, error = %e, "cuda unavailable, running on cpu");
-                Ok("CPUExecutionProvider")
+                Ok(CPU)
             }
             Err(e) => Err(unavailable(model, device, e.to_string())),
         }
