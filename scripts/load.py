@@ -37,6 +37,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,10 +136,16 @@ class Local:
                 p.kill()
         self.procs, self.metrics = [], []
 
-    def close(self):
+    def close(self, keep):
+        """Stops everything. The directory (broker data: hundreds of MB per run) is removed
+        unless `keep`: after a failure its logs are what tells why."""
         self.stop()
         subprocess.run([os.path.join(ROOT, "scripts/broker.sh"), "stop", self.dir],
                        capture_output=True)
+        if keep:
+            sys.stderr.write(f"load: logs kept in {self.dir}\n")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def ready(url):
@@ -159,6 +166,9 @@ def main():
                     help="a worker's /metrics, for its CPU use (repeat per worker)")
     ap.add_argument("--local", type=int, metavar="N",
                     help="start a broker and N workers here (release build)")
+    ap.add_argument("--keep", action="store_true",
+                    help="with --local: keep the broker's data and the logs (removed after a "
+                         "successful run, kept after a failed one)")
     ap.add_argument("--worker-arg", action="append", default=[],
                     help="extra argument for --local workers (repeat)")
     ap.add_argument("--partitions", type=int, default=6)
@@ -204,7 +214,7 @@ def main():
         a.worker_arg.append("--max-staleness-secs=0")
     legs = ["vigil"] if a.local else []
     legs += ["python"] if a.local_python or a.compare else []
-    local = None
+    local, ok = None, False
     try:
         if legs:
             local = Local(a.partitions)
@@ -235,9 +245,10 @@ def main():
             reports[leg] = measure(b)
             if local:
                 local.stop()
+        ok = True
     finally:
         if local:
-            local.close()
+            local.close(keep=a.keep or not ok)
     if len(reports) == 1:
         report = reports[legs[0] if legs else None]
     else:
