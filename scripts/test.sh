@@ -9,12 +9,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 say() { printf 'test: %s\n' "$*" >&2; }
 
-# A clean run writes about 4 GB under target/ (test binaries, the CUDA check, the fuzz targets;
+# A clean run writes about 5.5 GB under target/ (test binaries, the CUDA check, the fuzz targets;
 # the broker's first build more under ~/.cache).
 # A compiler that runs out of disk fails with an error that rarely says so: warn first.
 free_mb=$(( $(df -Pk "$ROOT" | awk 'NR==2 {print $4}') / 1024 ))
-if [ "$free_mb" -lt 5120 ]; then
-  say "warning: only $free_mb MB free on the disk holding $ROOT; a clean run needs about 4 GB"
+if [ "$free_mb" -lt 6144 ]; then
+  say "warning: only $free_mb MB free on the disk holding $ROOT; a clean run needs about 5.5 GB"
 fi
 scripts/bootstrap.sh
 
