@@ -105,7 +105,8 @@ def load_mask_scenes(args):
             boxes.append((o.find("name").text, x1 / w, y1 / h, x2 / w, y2 / h))
         items.append(Item(camera_id("ms", stem), base / "images" / f"{stem}.jpg", boxes, size=(w, h)))
     return ImageSet("mask-scenes-val", "kitchen", "mask", ["without_mask", "mask_weared_incorrect"],
-                    items, floors=[("", 0), (" (violating faces >=16 px)", 16), (" (violating faces >=32 px)", 32)])
+                    items, floors=[("", 0), (" (violating faces >=8 px)", 8), (" (violating faces >=16 px)", 16),
+                                   (" (violating faces >=32 px)", 32)])
 
 
 def load_gloves(args):

@@ -25,6 +25,7 @@
 //! violation_label = ["no_mask", "mask_incorrect"]  # one label or several
 //! min_detection_score = 0.5
 //! crop_margin = 0.15            # crop grows by this fraction of the box on each side
+//! min_box_px = 8                # smaller detections (shorter side, decoded frame) are ignored
 //!
 //! [rules.mask_required.episode] # how verdicts become alerts (see `episodes`); all optional
 //! half_life_secs = 4.0
@@ -241,6 +242,7 @@ violation_label = ["no_mask", "mask_incorrect"]
 unjudged_label = "unclear"
 min_detection_score = 0.5
 crop_margin = 0.15
+min_box_px = 8
 
 [rules.gloves_required]
 detector = "hand-palm"
