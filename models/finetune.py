@@ -57,6 +57,25 @@ def violation_f1(truth, predicted, violation):
     return 2 * tp / max(float(t.sum() + p.sum()), 1.0)
 
 
+def fit_tail(old, start, make_head, seed, x, y, epochs, class_weight, validation=None, callbacks=()):
+    """From the weights `start`, trains the tuned layers and a new head on activations `x`
+    (labels `y`). Returns (head, the tail model, Keras history)."""
+    import tensorflow as tf
+
+    old.set_weights(start)
+    head = make_head(old, seed)
+    model = tail(old, head)
+    for layer in old.layers:
+        layer.trainable = (layer.name.startswith(TUNED)
+                           and not isinstance(layer, tf.keras.layers.BatchNormalization))
+    model.compile(optimizer=tf.keras.optimizers.Adam(LEARNING_RATE),
+                  loss="sparse_categorical_crossentropy")
+    hist = model.fit(x.astype(np.float32), y, validation_data=validation, epochs=epochs,
+                     batch_size=BATCH, class_weight=class_weight, verbose=0, shuffle=True,
+                     callbacks=list(callbacks))
+    return head, model, hist
+
+
 def train(old, make_head, fx, fy, groups, seed, class_weight, originals, violation):
     """Picks the epoch count on the hold-out, then refits on all of TRAIN from the same start.
     The pick is the epoch with the best violation F1 on the hold-out's original crops (no flips or
@@ -78,17 +97,8 @@ def train(old, make_head, fx, fy, groups, seed, class_weight, originals, violati
             f1s.append(violation_f1(fy[scored], p.argmax(1), violation))
 
     def fit(rows, epochs, validation=None, callbacks=()):
-        old.set_weights(start)
-        head = make_head(old, seed)
-        model = tail(old, head)
-        for layer in old.layers:
-            layer.trainable = (layer.name.startswith(TUNED)
-                               and not isinstance(layer, tf.keras.layers.BatchNormalization))
-        model.compile(optimizer=tf.keras.optimizers.Adam(LEARNING_RATE),
-                      loss="sparse_categorical_crossentropy")
-        hist = model.fit(fx[rows].astype(np.float32), fy[rows], validation_data=validation,
-                         epochs=epochs, batch_size=BATCH, class_weight=class_weight, verbose=0,
-                         shuffle=True, callbacks=list(callbacks))
+        head, _, hist = fit_tail(old, start, make_head, seed, fx[rows], fy[rows], epochs,
+                                 class_weight, validation, callbacks)
         return head, hist
 
     _, hist = fit(~hold, EPOCHS_MAX, (fx[hold].astype(np.float32), fy[hold]), [Score()])

@@ -13,7 +13,6 @@ Run from the repository root: .venv-models/bin/python models/measure_min_box.py
 """
 import os
 import sys
-import xml.etree.ElementTree as ET
 
 import numpy as np
 
@@ -33,16 +32,8 @@ def main():
     for stem in stems:
         img, _ = T.faces(T.DATA, stem)
         h, w = img.shape[:2]
-        root = ET.parse(os.path.join(T.DATA, "annotations", stem + ".xml")).getroot()
-        labels = [T.VOC[o.find("name").text] for o in root.iter("object")]
-        violating = [b for b, l in zip(T.all_boxes(T.DATA, stem), labels) if l in T.VIOLATION]
-        x, (ox, oy, rw, rh) = yunet.letterbox(img, yunet.w, yunet.h)
-        dets = []
-        for row in yunet.sess.run(None, {yunet.name: x})[0]:
-            b = row[3:7]
-            box = np.clip(np.array([(b[0] * yunet.w - ox) / rw, (b[1] * yunet.h - oy) / rh,
-                                    (b[2] * yunet.w - ox) / rw, (b[3] * yunet.h - oy) / rh], np.float32), 0, 1)
-            dets.append((float(row[2]), float(min((box[2] - box[0]) * w, (box[3] - box[1]) * h)), box))
+        violating = T.violating_boxes(T.DATA, stem)
+        dets = sorted(yunet.detections(img), key=lambda d: -d[0])  # best first, as the worker keeps them
         for mb in SIDES:
             crops[mb] += min(sum(d[0] >= 0.5 and d[1] >= mb for d in dets), TOPS[0])
         if not violating:
@@ -54,7 +45,7 @@ def main():
         frames.append([(float(min((v[2] - v[0]) * w, (v[3] - v[1]) * h)),
                         max([(s, side) for s, side, box in dets if yunet.iou(box[None], v[None]).max() >= 0.4],
                             default=(0.0, 0.0))) for v in violating])
-        kept = sorted([d for d in dets if d[0] >= 0.5 and d[1] >= min(SIDES)], key=lambda d: -d[0])
+        kept = [d for d in dets if d[0] >= 0.5 and d[1] >= min(SIDES)]
         for k in TOPS:
             tops[k] += any(hit(d) for d in kept[:k])
     n = len(frames)

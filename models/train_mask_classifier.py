@@ -153,17 +153,23 @@ class Unlabelled:
         self.sess = ort.InferenceSession(os.path.join(HERE, "yunet.onnx"), o, providers=["CPUExecutionProvider"])
         self.name = self.sess.get_inputs()[0].name
 
-    def boxes(self, img, labelled):
+    def detections(self, img):
+        """Every detection, in the model's order: (score, shorter side in the frame's pixels,
+        normalised box), the box mapped back from the letterbox as the worker maps it."""
         h, w = img.shape[:2]
         x, (ox, oy, rw, rh) = self.letterbox(img, self.w, self.h)
         out = []
         for row in self.sess.run(None, {self.name: x})[0]:
-            if row[2] < DETECTOR_SCORE:
-                continue
             b = row[3:7]
             box = np.clip(np.array([(b[0] * self.w - ox) / rw, (b[1] * self.h - oy) / rh,
                                     (b[2] * self.w - ox) / rw, (b[3] * self.h - oy) / rh], np.float32), 0, 1)
-            if min((box[2] - box[0]) * w, (box[3] - box[1]) * h) < MIN_BOX:
+            out.append((float(row[2]), float(min((box[2] - box[0]) * w, (box[3] - box[1]) * h)), box))
+        return out
+
+    def boxes(self, img, labelled):
+        out = []
+        for score, side, box in self.detections(img):
+            if score < DETECTOR_SCORE or side < MIN_BOX:
                 continue
             if not labelled or self.iou(box[None], np.array(labelled)).max() < UNMATCHED_IOU:
                 out.append(box)
@@ -188,6 +194,13 @@ def all_boxes(data, stem):
     return [np.array([float(o.find("bndbox").find(k).text) / d for k, d in
                       (("xmin", W), ("ymin", H), ("xmax", W), ("ymax", H))], np.float32)
             for o in root.iter("object")]
+
+
+def violating_boxes(data, stem):
+    """The labelled boxes of a scene whose label is a violation, normalised, however small."""
+    root = ET.parse(os.path.join(data, "annotations", stem + ".xml")).getroot()
+    labels = [VOC[o.find("name").text] for o in root.iter("object")]
+    return [b for b, label in zip(all_boxes(data, stem), labels) if label in VIOLATION]
 
 
 def crops(data, stems, augment, rng, unlabelled=None):

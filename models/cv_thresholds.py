@@ -1,0 +1,100 @@
+"""Would other decision thresholds serve the mask rule better? Decided on TRAIN only, by
+cross-validation at frame level, never on VAL.
+
+The TRAIN images are split into FOLDS by image. For each fold, mask-v2's tail (blocks 15-16,
+Conv_1, head: models/finetune.py) is trained as train_mask_classifier.py trains it, for the epoch
+count that build picked (`--epochs`), on the other folds' crops; it then judges the fold's
+images the way the worker does: YuNet detections with score >= 0.5 and a shorter side of at
+least `min_box_px` (8), the best 16, each crop cut and classified. Pooled over all folds, the
+frame-level precision and recall of `violation` are printed for a grid of the two thresholds
+the rule uses: a crop is left unjudged when its `unclear` share exceeds U (0.5 in the worker),
+and is a violation when its no_mask + mask_incorrect share exceeds V (0.5 in the worker).
+
+Run from the repository root (about 20 minutes on 2 cores; `--cache` reuses block 14's
+activations of the training crops, the file train_mask_classifier.py --cache writes):
+  .venv-models/bin/python models/cv_thresholds.py [--cache FILE]
+"""
+import argparse
+import hashlib
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import finetune  # noqa: E402
+import train_mask_classifier as T  # noqa: E402
+
+FOLDS, TOP, SCORE = 5, 16, 0.5
+UNJUDGED = (0.5, 0.6, 0.7)
+VIOLATION = (0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)
+
+
+def fold(stem):
+    return int(hashlib.sha256(("cv" + stem).encode()).hexdigest()[:8], 16) % FOLDS
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", help="npz of the training crops' block 14 activations (fx, fy, fstem)")
+    ap.add_argument("--epochs", type=int, default=5, help="the epoch count the build picked")
+    args = ap.parse_args()
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    old, _ = T.keras_model()
+    front = finetune.front(old)
+    stems = T.split("train")
+    yunet = T.Unlabelled()
+    if args.cache and os.path.exists(args.cache):
+        z = np.load(args.cache)
+        fx, fy, fstem = z["fx"], z["fy"], z["fstem"]
+    else:
+        rng = np.random.default_rng(T.SEED)
+        fx, fy, _, fstem = T.features(front, T.crops(T.DATA, stems, True, rng, yunet))
+
+    # The crops the worker would classify on each TRAIN image.
+    feats, owner, truth = [], [], {}
+    for stem in stems:
+        img, _ = T.faces(T.DATA, stem)
+        truth[stem] = bool(T.violating_boxes(T.DATA, stem))
+        best_first = sorted(yunet.detections(img), key=lambda d: -d[0])
+        kept = [box for score, side, box in best_first if score >= SCORE and side >= T.MIN_BOX][:TOP]
+        if kept:
+            feats.append(front(np.stack([T.crop_input(img, b) for b in kept]), training=False).numpy())
+            owner += [stem] * len(kept)
+    dx, owner = np.concatenate(feats), np.array(owner)
+    print(f"{len(owner)} crops on {len(stems)} TRAIN images, {sum(truth.values())} with a violation", flush=True)
+
+    probs = np.zeros((len(owner), len(T.LABELS)), np.float32)
+    start = [w.copy() for w in old.get_weights()]
+    train_fold, crop_fold = np.array([fold(s) for s in fstem]), np.array([fold(s) for s in owner])
+    for k in range(FOLDS):
+        t = time.time()
+        rows = train_fold != k
+        _, model, _ = finetune.fit_tail(old, start, T.make_head, T.SEED, fx[rows], fy[rows], args.epochs,
+                                        T.class_weights(fy[rows]))
+        probs[crop_fold == k] = model.predict(dx[crop_fold == k].astype(np.float32), batch_size=256, verbose=0)
+        print(f"fold {k}: {time.time() - t:.0f} s", flush=True)
+
+    unclear, violation = T.UNCLEAR, list(T.VIOLATION)
+    print("\n| unclear above | violation above | P | R | flagged frames | false alarms | missed | unknown |")
+    print("|---|---|---|---|---|---|---|---|")
+    for u in UNJUDGED:
+        for v in VIOLATION:
+            tp = fp = fn = unknown = 0
+            for stem, violated in truth.items():
+                p = probs[owner == stem]
+                judged = p[p[:, unclear] <= u]
+                said = len(judged) > 0 and bool((judged[:, violation].sum(1) > v).any())
+                unknown += len(judged) == 0
+                tp, fp, fn = tp + (said and violated), fp + (said and not violated), fn + (violated and not said)
+            prec, rec = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+            print(f"| {u} | {v} | {prec:.3f} | {rec:.3f} | {tp + fp} | {fp} | {fn} | {unknown} |")
+
+
+if __name__ == "__main__":
+    main()
