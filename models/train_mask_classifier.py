@@ -11,8 +11,9 @@ TRAIN split only
 
 Crops are cut the way the worker cuts them (src/infer/cascade.rs): the frame is decoded with
 the libjpeg reduction the worker would choose for a 192x192 whole-frame model (BlazeFace), boxes
-with a shorter side under 8 px are skipped (the rule's `min_box_px`), the box grows by 0.15 of its width/height on each
-side (floor/ceil, clamped), BGR->RGB, stretched to 224x224 (INTER_LINEAR), (x-127.5)/127.5.
+with a shorter side under 8 px are skipped (the rule's `min_box_px`), the box grows by 0.15 of
+its width/height on each side (floor/ceil, clamped), BGR->RGB, stretched to 224x224
+(INTER_LINEAR), (x-127.5)/127.5.
 Training adds a horizontal flip of every crop and jittered copies (centre shift and size change
 up to +-8 %, like a detector's box), each flipped at random. Block 14's activations are cached
 once; the tail is trained with class weights (inverse frequency, square-root damped) and a fixed
