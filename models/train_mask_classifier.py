@@ -407,6 +407,7 @@ def main():
 
     import tensorflow as tf
     import tf2onnx
+    from detector_head import canonical_names
 
     tf.config.threading.set_intra_op_parallelism_threads(2)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -450,6 +451,7 @@ def main():
         for node in onnx_model.graph.node:
             node.output[:] = ["probs" if o == out_name else o for o in node.output]
         onnx_model.graph.output[0].name = "probs"
+    onnx_model = canonical_names(onnx_model)  # reproducible file and sha256
     onnx.checker.check_model(onnx_model)
     onnx_path = os.path.join(args.out, "mask_v2.onnx")
     onnx.save(onnx_model, onnx_path)
