@@ -15,8 +15,9 @@ use vigil::contract::observation::Verdict;
 
 const CAMERAS: usize = 12;
 /// Offered frames per second, all cameras together: several times what a worker limited to one
-/// ONNX Runtime thread judges on a 2-core machine.
-const RATE: f64 = 40.0;
+/// ONNX Runtime thread judges on a 2-core machine (a debug build judged 20–23/s of 40/s offered
+/// on such machines, too close to the test's two-fold overload, so 80).
+const RATE: f64 = 80.0;
 const SECONDS: f64 = 60.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
