@@ -401,9 +401,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=DATA)
     ap.add_argument("--out", default=HERE)
-    ap.add_argument("--cache", help="npz file to keep block 14's activations between runs")
+    ap.add_argument("--cache", help="npz file to keep the frozen part's activations between runs")
     ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--first-block", type=int, default=finetune.FIRST, choices=sorted(finetune.CUTS),
+                    help="first MobileNetV2 block to fine-tune (15; 13 was tried: models/README.md)")
     args = ap.parse_args()
+    finetune.tune_from(args.first_block)
 
     import tensorflow as tf
     import tf2onnx
@@ -420,6 +423,9 @@ def main():
     if args.cache and os.path.exists(args.cache):
         z = np.load(args.cache)
         fx, fy, fstem = z["fx"], z["fy"], z["fstem"]
+        if tuple(fx.shape[1:]) != tuple(frozen.output.shape[1:]):
+            sys.exit(f"{args.cache} holds activations of shape {fx.shape[1:]}, not {finetune.CUT}'s "
+                     f"{tuple(frozen.output.shape[1:])}: another --first-block wrote it")
         print(f"features from {args.cache}: {len(fy)} train crops")
     else:
         rng = np.random.default_rng(args.seed)
@@ -437,7 +443,7 @@ def main():
     head, epochs = finetune.train(old, make_head, fx, fy, fstem, args.seed, cw, originals,
                                   VIOLATION)
 
-    # Full model: the package's layers (blocks 15-16 and Conv_1 now tuned) + the new head; ONNX
+    # Full model: the package's layers (blocks FIRST..16 and Conv_1 now tuned) + the new head; ONNX
     # with NCHW input and dynamic batch.
     model = tf.keras.Model(old.input, head(old.get_layer("flatten").output))
     spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="image"),)
@@ -489,7 +495,7 @@ def main():
     digest = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
     counts = np.bincount(fy, minlength=len(LABELS)) // (2 + N_JITTER)
     notes = (f"Built by models/train_mask_classifier.py (tensorflow-cpu 2.15.1, tf2onnx 1.16.1, opset 13, "
-             f"NCHW, dynamic batch). Backbone frozen to block 14; blocks 15-16 and Conv_1 (batch "
+             f"NCHW, dynamic batch). Backbone frozen to block {finetune.FIRST - 1}; blocks {finetune.FIRST}-16 and Conv_1 (batch "
              f"norms frozen) fine-tuned with a new head Dense 128 relu + dropout 0.5 + Dense 4 softmax, "
              f"initialised from the package head, Adam {finetune.LEARNING_RATE:g}, {epochs} epochs (picked on a 10 % image hold-out of TRAIN), class weights "
              f"{cw[1]:.2f}/{cw[2]:.2f}/{cw[3]:.2f} for no_mask/mask_incorrect/unclear, seed {args.seed}. Trained on "
@@ -527,7 +533,7 @@ name = "probs"
         f.write(manifest)
     os.makedirs(os.path.join(args.out, "measurements"), exist_ok=True)
     with open(os.path.join(args.out, "measurements", "mask_v2.md"), "w") as f:
-        f.write(REPORT_HEAD.format(epochs=epochs, seed=args.seed, n_faces=int(counts[:UNCLEAR].sum()), n_unclear=int(counts[UNCLEAR]),
+        f.write(REPORT_HEAD.format(first=finetune.FIRST, epochs=epochs, seed=args.seed, n_faces=int(counts[:UNCLEAR].sum()), n_unclear=int(counts[UNCLEAR]),
                                    n_images=len(train_stems), parity=max(worst, worst_crop), min_box=MIN_BOX))
         f.write("\n".join(val_lines) + "\n\n## Close-ups\n\n" + CLOSEUP_HEAD + "\n".join(close_lines) + "\n"
                 + CLOSEUP_TAIL)
@@ -543,7 +549,7 @@ faces and {n_unclear} faces YuNet finds that no annotator boxed (label `unclear`
 {n_images} TRAIN images; every figure here is on the VAL split
 (`models/splits/mask-scenes-val.txt`), which played no part in training (one choice was
 made after a look at it: see "Fine-tuning the last blocks").
-Blocks 15-16, Conv_1 and the head: {epochs} epochs (`models/finetune.py`), seed {seed}. ONNX vs Keras max abs diff {parity:.1e}.
+Blocks {first}-16, Conv_1 and the head: {epochs} epochs (`models/finetune.py`), seed {seed}. ONNX vs Keras max abs diff {parity:.1e}.
 
 Crops are cut like the worker's: frame decoded at the reduction the worker picks for a 192×192
 detector, labelled box grown by 15 % on each side, stretched to 224×224. Boxes with a shorter side
