@@ -61,8 +61,7 @@ def main():
     for stem in stems:
         img, _ = T.faces(T.DATA, stem)
         truth[stem] = bool(T.violating_boxes(T.DATA, stem))
-        best_first = sorted(yunet.detections(img), key=lambda d: -d[0])
-        kept = [box for score, side, box in best_first if score >= SCORE and side >= T.MIN_BOX][:TOP]
+        kept = [box for score, side, box in yunet.detections(img) if score >= SCORE and side >= T.MIN_BOX][:TOP]
         if kept:
             feats.append(front(np.stack([T.crop_input(img, b) for b in kept]), training=False).numpy())
             owner += [stem] * len(kept)

@@ -13,21 +13,23 @@ import hashlib
 
 import numpy as np
 
-CUT = "block_14_add"
-FIRST = 15  # the first tuned block: blocks FIRST..16 follow CUT
-TUNED = ("block_15", "block_16", "Conv_1")
 # Where the frozen part ends for each first tuned block, and MobileNetV2's skip connections.
 CUTS = {13: "block_12_add", 14: "block_13_project_BN", 15: "block_14_add"}
 RESIDUAL = {13: False, 14: True, 15: True, 16: False}
 
 
 def tune_from(first):
-    """Tunes blocks `first`..16 instead of 15-16 (train_mask_classifier.py --first-block). From
-    block 13 the cache holds 14x14x96 activations per crop and an epoch costs about 1.7 times
-    as much. Tried for mask-v2 and not kept: see models/README.md."""
+    """Sets FIRST (the first tuned block), CUT (where the cached activations are taken) and
+    TUNED (the trained layers' name prefixes): blocks `first`..16 and Conv_1. mask-v2 tunes from
+    block 15 (train_mask_classifier.py --first-block). From block 13 the cache holds 14x14x96
+    activations per crop and an epoch costs about 1.7 times as much; tried for mask-v2 and not
+    kept: see models/README.md."""
     global CUT, FIRST, TUNED
     CUT, FIRST = CUTS[first], first
     TUNED = tuple(f"block_{b}" for b in range(first, 17)) + ("Conv_1",)
+
+
+tune_from(15)
 LEARNING_RATE, EPOCHS_MAX, BATCH = 1e-4, 12, 64
 
 
@@ -43,16 +45,15 @@ def tail(old, head):
     classifier's own layers (shared weights)."""
     import tensorflow as tf
 
-    layer = old.get_layer
+    layer, names = old.get_layer, {l.name for l in old.layers}
     inp = tf.keras.Input(layer(CUT).output.shape[1:])
     x = inp
     for block in range(FIRST, 17):
         y = x
         for part in ("expand", "expand_BN", "expand_relu", "pad", "depthwise", "depthwise_BN",
                      "depthwise_relu", "project", "project_BN"):
-            if part == "pad" and block != 13:  # block 13 is the strided one: it pads first
-                continue
-            y = layer(f"block_{block}_{part}")(y)
+            if f"block_{block}_{part}" in names:  # only the strided blocks (13) pad
+                y = layer(f"block_{block}_{part}")(y)
         x = tf.keras.layers.Add()([x, y]) if RESIDUAL[block] else y
     for name in ("Conv_1", "Conv_1_bn", "out_relu", "average_pooling2d", "flatten"):
         x = layer(name)(x)

@@ -33,7 +33,7 @@ def main():
         img, _ = T.faces(T.DATA, stem)
         h, w = img.shape[:2]
         violating = T.violating_boxes(T.DATA, stem)
-        dets = sorted(yunet.detections(img), key=lambda d: -d[0])  # best first, as the worker keeps them
+        dets = yunet.detections(img)
         for mb in SIDES:
             crops[mb] += min(sum(d[0] >= 0.5 and d[1] >= mb for d in dets), TOPS[0])
         if not violating:

@@ -155,8 +155,9 @@ class Unlabelled:
         self.name = self.sess.get_inputs()[0].name
 
     def detections(self, img):
-        """Every detection, in the model's order: (score, shorter side in the frame's pixels,
-        normalised box), the box mapped back from the letterbox as the worker maps it."""
+        """Every detection, best score first as the worker keeps them: (score, shorter side in
+        the frame's pixels, normalised box), the box mapped back from the letterbox as the worker
+        maps it."""
         h, w = img.shape[:2]
         x, (ox, oy, rw, rh) = self.letterbox(img, self.w, self.h)
         out = []
@@ -165,7 +166,7 @@ class Unlabelled:
             box = np.clip(np.array([(b[0] * self.w - ox) / rw, (b[1] * self.h - oy) / rh,
                                     (b[2] * self.w - ox) / rw, (b[3] * self.h - oy) / rh], np.float32), 0, 1)
             out.append((float(row[2]), float(min((box[2] - box[0]) * w, (box[3] - box[1]) * h)), box))
-        return out
+        return sorted(out, key=lambda d: -d[0])
 
     def boxes(self, img, labelled):
         out = []
