@@ -3,14 +3,15 @@ cross-validation at frame level, never on VAL.
 
 The TRAIN images are split into FOLDS by image. For each fold, mask-v2's tail (blocks 15-16,
 Conv_1, head: models/finetune.py) is trained as train_mask_classifier.py trains it, for the epoch
-count that build picked (`--epochs`), on the other folds' crops; it then judges the fold's
+count that build picked (`--epochs`), on the other folds' crops (their `unclear` crops cleaned
+by a teacher trained on those folds' labelled faces, `clean_unclear`); it then judges the fold's
 images the way the worker does: YuNet detections with score >= 0.5 and a shorter side of at
 least `min_box_px` (8), the best 16, each crop cut and classified. Pooled over all folds, the
 frame-level precision and recall of `violation` are printed for a grid of the two thresholds
 the rule uses: a crop is left unjudged when its `unclear` share exceeds U (0.5 in the worker),
 and is a violation when its no_mask + mask_incorrect share exceeds V (0.5 in the worker).
 
-Run from the repository root (about 20 minutes on 2 cores; `--cache` reuses block 14's
+Run from the repository root (about 25 minutes on 2 cores; `--cache` reuses block 14's
 activations of the training crops, the file train_mask_classifier.py --cache writes):
   .venv-models/bin/python models/cv_thresholds.py [--cache FILE]
 """
@@ -38,7 +39,9 @@ def fold(stem):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", help="npz of the training crops' block 14 activations (fx, fy, fstem)")
-    ap.add_argument("--epochs", type=int, default=5, help="the epoch count the build picked")
+    ap.add_argument("--epochs", type=int, default=11, help="the epoch count the build picked (scenes-5: 11)")
+    ap.add_argument("--clean-unclear", type=float, default=T.CLEAN_UNCLEAR,
+                    help="as train_mask_classifier.py: 1 trains on every unclear crop (scenes-4)")
     args = ap.parse_args()
 
     import tensorflow as tf
@@ -73,9 +76,10 @@ def main():
     train_fold, crop_fold = np.array([fold(s) for s in fstem]), np.array([fold(s) for s in owner])
     for k in range(FOLDS):
         t = time.time()
-        rows = train_fold != k
-        _, model, _ = finetune.fit_tail(old, start, T.make_head, T.SEED, fx[rows], fy[rows], args.epochs,
-                                        T.class_weights(fy[rows]))
+        x, y = fx[train_fold != k], fy[train_fold != k]
+        keep = T.clean_unclear(old, start, x, y, T.SEED, args.clean_unclear)
+        x, y = x[keep], y[keep]
+        _, model, _ = finetune.fit_tail(old, start, T.make_head, T.SEED, x, y, args.epochs, T.class_weights(y))
         probs[crop_fold == k] = model.predict(dx[crop_fold == k].astype(np.float32), batch_size=256, verbose=0)
         print(f"fold {k}: {time.time() - t:.0f} s", flush=True)
 
