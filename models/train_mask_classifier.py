@@ -7,7 +7,9 @@ models/build_mask_classifier.py converts). Its backbone up to block 14 is frozen
 Dense 4 softmax) are trained (models/finetune.py) on face crops from ../shared/data/mask-scenes,
 TRAIN split only
 (models/splits/mask-scenes-train.txt, written by models/splits.py): the labelled faces, and as
-`unclear` the faces YuNet finds that no annotator boxed (turned away, hidden, blurred, drawn).
+`unclear` the faces YuNet finds that no annotator boxed (turned away, hidden, blurred, drawn),
+less those a teacher trained on the labelled faces judges with confidence (`clean_unclear`:
+many are plain faces the annotators skipped).
 
 Crops are cut the way the worker cuts them (src/infer/cascade.rs): the frame is decoded with
 the libjpeg reduction the worker would choose for a 192x192 whole-frame model (BlazeFace), boxes
