@@ -471,7 +471,8 @@ def main():
     keep = clean_unclear(old, [w.copy() for w in old.get_weights()], fx, fy, args.seed, args.clean_unclear)
     n_unclear = int((originals & (fy == UNCLEAR)).sum())
     n_dropped = int((originals & ~keep).sum())
-    print(f"unclear: {n_dropped} of {n_unclear} detections left out (teacher confidence >= {args.clean_unclear})")
+    print(f"unclear: {n_dropped} of {n_unclear} detections left out (teacher confidence >= {args.clean_unclear}; "
+          f"{int((~keep).sum())} crops with flips and jittered copies)")
     fx, fy, fstem, originals = fx[keep], fy[keep], fstem[keep], originals[keep]
 
     cw = class_weights(fy)
@@ -536,7 +537,7 @@ def main():
              f"{cw[1]:.2f}/{cw[2]:.2f}/{cw[3]:.2f} for no_mask/mask_incorrect/unclear, seed {args.seed}. Trained on "
              f"{int(counts[:UNCLEAR].sum())} labelled faces and {int(counts[UNCLEAR])} unlabelled YuNet detections "
              f"(label unclear; {n_dropped} more, which a teacher trained on the labelled faces judged with "
-             f"confidence >= {args.clean_unclear:g}, left out) of the mask-scenes TRAIN split ({len(train_stems)} images, "
+             f"confidence >= {args.clean_unclear:g}, left out, each copy judged on its own) of the mask-scenes TRAIN split ({len(train_stems)} images, "
              f"models/splits/mask-scenes-train.txt) cut as the worker cuts them (15 % margin), plus "
              f"flips and {N_JITTER} box-jittered copies each. Validation: models/measurements/mask_v2.md. "
              f"Max abs diff to Keras {max(worst, worst_crop):.1e}.")
@@ -583,7 +584,8 @@ run (`cd models && ../.venv-models/bin/python train_mask_classifier.py`). Images
 mask-scenes, the Kaggle "Face Mask Detection" set by andrewmvd. Training used {n_faces} labelled
 faces and {n_unclear} faces YuNet finds that no annotator boxed (label `unclear`) from the
 {n_images} TRAIN images ({n_dropped} more unboxed detections, which a teacher trained on the
-labelled faces judged with confidence ≥ {tau:g}, were left out: see "Unclear crops cleaned"); every figure here is on the VAL split
+labelled faces judged with confidence ≥ {tau:g}, were left out, their flips and jittered copies
+each judged on its own: see "Unclear crops cleaned"); every figure here is on the VAL split
 (`models/splits/mask-scenes-val.txt`), which played no part in training (one choice was
 made after a look at it: see "Fine-tuning the last blocks").
 Blocks {first}-16, Conv_1 and the head: {epochs} epochs (`models/finetune.py`), seed {seed}. ONNX vs Keras max abs diff {parity:.1e}.
