@@ -1,19 +1,23 @@
-"""Would other decision thresholds serve the mask rule better? Decided on TRAIN only, by
+"""Which decision thresholds serve the mask rule best? Decided on TRAIN only, by
 cross-validation at frame level, never on VAL.
 
 The TRAIN images are split into FOLDS by image. For each fold, mask-v2's tail (blocks 15-16,
 Conv_1, head: models/finetune.py) is trained as train_mask_classifier.py trains it, for the epoch
 count that build picked (`--epochs`), on the other folds' crops (their `unclear` crops cleaned
 by a teacher trained on those folds' labelled faces, `clean_unclear`); it then judges the fold's
-images the way the worker does: YuNet detections with score >= 0.5 and a shorter side of at
-least `min_box_px` (8), the best 16, each crop cut and classified. Pooled over all folds, the
-frame-level precision and recall of `violation` are printed for a grid of the two thresholds
-the rule uses: a crop is left unjudged when its `unclear` share exceeds U (0.5 in the worker),
-and is a violation when its no_mask + mask_incorrect share exceeds V (0.5 in the worker).
+images the way the worker does: YuNet detections with a shorter side of at least `min_box_px`
+(8), the best 16 at or above the rule's `min_detection_score`, each crop cut and classified.
+Pooled over all folds, frame-level precision and recall of `violation` are printed twice:
+for a range of detector score floors (at the rule's 0.5 / 0.5 below), and, at `--score` (the
+rule's 0.75), for a grid of the two classifier thresholds the rule uses: a crop is left
+unjudged when its `unclear` share exceeds U (0.5 in the worker), and is a violation when its
+no_mask + mask_incorrect share exceeds V (0.5 in the worker).
 
-Run from the repository root (about 25 minutes on 2 cores; `--cache` reuses block 14's
-activations of the training crops, the file train_mask_classifier.py --cache writes):
-  .venv-models/bin/python models/cv_thresholds.py [--cache FILE]
+Run from the repository root (about 40 minutes on 2 cores at 11 epochs; `--cache` reuses
+block 14's activations of the training crops, the file train_mask_classifier.py --cache
+writes; `--dump` keeps every crop's fold probabilities, and `--report` prints the tables from
+such a file again without training):
+  .venv-models/bin/python models/cv_thresholds.py [--cache FILE] [--dump FILE]
 """
 import argparse
 import hashlib
@@ -27,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import finetune  # noqa: E402
 import train_mask_classifier as T  # noqa: E402
 
-FOLDS, TOP, SCORE = 5, 16, 0.5
+FOLDS, TOP = 5, 16
+SCORES = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
 UNJUDGED = (0.5, 0.6, 0.7)
 VIOLATION = (0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)
 
@@ -42,7 +47,17 @@ def main():
     ap.add_argument("--epochs", type=int, default=11, help="the epoch count the build picked (scenes-5: 11)")
     ap.add_argument("--clean-unclear", type=float, default=T.CLEAN_UNCLEAR,
                     help="as train_mask_classifier.py: 1 trains on every unclear crop (scenes-4)")
+    ap.add_argument("--score", type=float, default=0.75,
+                    help="the rule's min_detection_score for the threshold grid (mask_required: 0.75)")
+    ap.add_argument("--dump", help="write every candidate crop's fold probabilities, detector score, "
+                    "shorter side and image to this npz")
+    ap.add_argument("--report", metavar="NPZ", help="print the tables from an earlier --dump; no training")
     args = ap.parse_args()
+    if args.report:
+        z = np.load(args.report)
+        truth = dict(zip(z["stems"].tolist(), z["violated"].tolist()))
+        report(z["probs"], z["owner"], z["scores"], z["sides"], truth, args.score)
+        return
 
     import tensorflow as tf
 
@@ -60,15 +75,20 @@ def main():
         fx, fy, _, fstem = T.features(front, T.crops(T.DATA, stems, True, rng, yunet))
 
     # The crops the worker would classify on each TRAIN image.
-    feats, owner, truth = [], [], {}
+    feats, owner, truth, scores, sides = [], [], {}, [], []
     for stem in stems:
         img, _ = T.faces(T.DATA, stem)
         truth[stem] = bool(T.violating_boxes(T.DATA, stem))
-        kept = [box for score, side, box in yunet.detections(img) if score >= SCORE and side >= T.MIN_BOX][:TOP]
+        # Every detection the graph emits (score >= 0.3) from MIN_BOX px, best first: `frames`
+        # applies each score floor and the TOP cut as the worker does.
+        kept = [(score, side, box) for score, side, box in yunet.detections(img) if side >= T.MIN_BOX]
         if kept:
-            feats.append(front(np.stack([T.crop_input(img, b) for b in kept]), training=False).numpy())
+            feats.append(front(np.stack([T.crop_input(img, b) for _, _, b in kept]), training=False).numpy())
             owner += [stem] * len(kept)
+            scores += [k[0] for k in kept]
+            sides += [k[1] for k in kept]
     dx, owner = np.concatenate(feats), np.array(owner)
+    scores, sides = np.array(scores, np.float32), np.array(sides, np.float32)
     print(f"{len(owner)} crops on {len(stems)} TRAIN images, {sum(truth.values())} with a violation", flush=True)
 
     probs = np.zeros((len(owner), len(T.LABELS)), np.float32)
@@ -83,21 +103,46 @@ def main():
         probs[crop_fold == k] = model.predict(dx[crop_fold == k].astype(np.float32), batch_size=256, verbose=0)
         print(f"fold {k}: {time.time() - t:.0f} s", flush=True)
 
+    if args.dump:
+        np.savez_compressed(args.dump, probs=probs, owner=owner, scores=scores, sides=sides,
+                            stems=np.array(list(truth)), violated=np.array(list(truth.values())))
+    report(probs, owner, scores, sides, truth, args.score)
+
+
+def frames(probs, owner, scores, sides, truth, floor, u=0.5, v=0.5):
+    """Frame-level (tp, fp, fn, unknown) and the crops classified, when the worker keeps the TOP best detections scoring at
+    least `floor` from MIN_BOX px, leaves a crop unjudged above `u` unclear and calls it a
+    violation above `v`."""
     unclear, violation = T.UNCLEAR, list(T.VIOLATION)
+    tp = fp = fn = unknown = crops = 0
+    for stem, violated in truth.items():
+        mine = np.flatnonzero(owner == stem)
+        p = probs[mine[(scores[mine] >= floor) & (sides[mine] >= T.MIN_BOX)][:TOP]]
+        crops += len(p)
+        judged = p[p[:, unclear] <= u]
+        said = len(judged) > 0 and bool((judged[:, violation].sum(1) > v).any())
+        unknown += len(judged) == 0
+        tp, fp, fn = tp + (said and violated), fp + (said and not violated), fn + (violated and not said)
+    return tp, fp, fn, unknown, crops
+
+
+def report(probs, owner, scores, sides, truth, floor):
+    print("\n| detector score floor | P | R | F1 | flagged frames | false alarms | missed | unknown | crops per frame |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for f in SCORES:
+        tp, fp, fn, unknown, crops = frames(probs, owner, scores, sides, truth, f)
+        prec, rec = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+        f1 = 2 * prec * rec / max(prec + rec, 1e-9)
+        print(f"| {f:.2f} | {prec:.3f} | {rec:.3f} | {f1:.3f} | {tp + fp} | {fp} | {fn} | {unknown} "
+              f"| {crops / len(truth):.2f} |")
+    print(f"\nAt the score floor {floor}:")
     print("\n| unclear above | violation above | P | R | flagged frames | false alarms | missed | unknown |")
     print("|---|---|---|---|---|---|---|---|")
     for u in UNJUDGED:
         for v in VIOLATION:
-            tp = fp = fn = unknown = 0
-            for stem, violated in truth.items():
-                p = probs[owner == stem]
-                judged = p[p[:, unclear] <= u]
-                said = len(judged) > 0 and bool((judged[:, violation].sum(1) > v).any())
-                unknown += len(judged) == 0
-                tp, fp, fn = tp + (said and violated), fp + (said and not violated), fn + (violated and not said)
+            tp, fp, fn, unknown, _ = frames(probs, owner, scores, sides, truth, floor, u, v)
             prec, rec = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
             print(f"| {u} | {v} | {prec:.3f} | {rec:.3f} | {tp + fp} | {fp} | {fn} | {unknown} |")
-
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@
 //! detector = "face-yunet"       # detector model (manifest name)
 //! classifier = "mask-v2"        # classifier run on each detection's crop
 //! violation_label = ["no_mask", "mask_incorrect"]  # one label or several
-//! min_detection_score = 0.5
+//! min_detection_score = 0.75    # chosen by cross-validation (models/README.md)
 //! crop_margin = 0.15            # crop grows by this fraction of the box on each side
 //! min_box_px = 8                # smaller detections (shorter side, decoded frame) are ignored
 //!
@@ -240,7 +240,7 @@ detector = "face-yunet"
 classifier = "mask-v2"
 violation_label = ["no_mask", "mask_incorrect"]
 unjudged_label = "unclear"
-min_detection_score = 0.5
+min_detection_score = 0.75
 crop_margin = 0.15
 min_box_px = 8
 
