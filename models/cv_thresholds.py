@@ -56,7 +56,7 @@ def main():
     if args.report:
         z = np.load(args.report)
         truth = dict(zip(z["stems"].tolist(), z["violated"].tolist()))
-        report(z["probs"], z["owner"], z["scores"], z["sides"], truth, args.score)
+        report(z["probs"], z["owner"], z["scores"], truth, args.score)
         return
 
     import tensorflow as tf
@@ -106,18 +106,18 @@ def main():
     if args.dump:
         np.savez_compressed(args.dump, probs=probs, owner=owner, scores=scores, sides=sides,
                             stems=np.array(list(truth)), violated=np.array(list(truth.values())))
-    report(probs, owner, scores, sides, truth, args.score)
+    report(probs, owner, scores, truth, args.score)
 
 
-def frames(probs, owner, scores, sides, truth, floor, u=0.5, v=0.5):
-    """Frame-level (tp, fp, fn, unknown) and the crops classified, when the worker keeps the TOP best detections scoring at
-    least `floor` from MIN_BOX px, leaves a crop unjudged above `u` unclear and calls it a
-    violation above `v`."""
+def frames(probs, owner, scores, truth, floor, u=0.5, v=0.5):
+    """Frame-level (tp, fp, fn, unknown) and the crops classified, when the worker keeps the
+    TOP best detections (all from MIN_BOX px) scoring at least `floor`, leaves a crop unjudged
+    above `u` unclear and calls it a violation above `v`."""
     unclear, violation = T.UNCLEAR, list(T.VIOLATION)
     tp = fp = fn = unknown = crops = 0
     for stem, violated in truth.items():
         mine = np.flatnonzero(owner == stem)
-        p = probs[mine[(scores[mine] >= floor) & (sides[mine] >= T.MIN_BOX)][:TOP]]
+        p = probs[mine[scores[mine] >= floor][:TOP]]
         crops += len(p)
         judged = p[p[:, unclear] <= u]
         said = len(judged) > 0 and bool((judged[:, violation].sum(1) > v).any())
@@ -126,11 +126,11 @@ def frames(probs, owner, scores, sides, truth, floor, u=0.5, v=0.5):
     return tp, fp, fn, unknown, crops
 
 
-def report(probs, owner, scores, sides, truth, floor):
+def report(probs, owner, scores, truth, floor):
     print("\n| detector score floor | P | R | F1 | flagged frames | false alarms | missed | unknown | crops per frame |")
     print("|---|---|---|---|---|---|---|---|---|")
     for f in SCORES:
-        tp, fp, fn, unknown, crops = frames(probs, owner, scores, sides, truth, f)
+        tp, fp, fn, unknown, crops = frames(probs, owner, scores, truth, f)
         prec, rec = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
         f1 = 2 * prec * rec / max(prec + rec, 1e-9)
         print(f"| {f:.2f} | {prec:.3f} | {rec:.3f} | {f1:.3f} | {tp + fp} | {fp} | {fn} | {unknown} "
@@ -140,9 +140,10 @@ def report(probs, owner, scores, sides, truth, floor):
     print("|---|---|---|---|---|---|---|---|")
     for u in UNJUDGED:
         for v in VIOLATION:
-            tp, fp, fn, unknown, _ = frames(probs, owner, scores, sides, truth, floor, u, v)
+            tp, fp, fn, unknown, _ = frames(probs, owner, scores, truth, floor, u, v)
             prec, rec = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
             print(f"| {u} | {v} | {prec:.3f} | {rec:.3f} | {tp + fp} | {fp} | {fn} | {unknown} |")
+
 
 if __name__ == "__main__":
     main()
