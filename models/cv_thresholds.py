@@ -8,10 +8,10 @@ by a teacher trained on those folds' labelled faces, `clean_unclear`); it then j
 images the way the worker does: YuNet detections with a shorter side of at least `min_box_px`
 (8), the best 16 at or above the rule's `min_detection_score`, each crop cut and classified.
 Pooled over all folds, frame-level precision and recall of `violation` are printed twice:
-for a range of detector score floors (at the rule's 0.5 / 0.5 below), and, at `--score` (the
-rule's 0.75), for a grid of the two classifier thresholds the rule uses: a crop is left
-unjudged when its `unclear` share exceeds U (0.5 in the worker), and is a violation when its
-no_mask + mask_incorrect share exceeds V (0.5 in the worker).
+for a range of detector score floors (the classifier thresholds U and V below at 0.5), and,
+at `--score` (the rule's 0.75), for a grid of the two classifier thresholds the rule uses: a
+crop is left unjudged when its `unclear` share exceeds U (0.5 in the worker), and is a
+violation when its no_mask + mask_incorrect share exceeds V (0.5 in the worker).
 
 Run from the repository root (about 40 minutes on 2 cores at 11 epochs; `--cache` reuses
 block 14's activations of the training crops, the file train_mask_classifier.py --cache
@@ -49,8 +49,8 @@ def main():
                     help="as train_mask_classifier.py: 1 trains on every unclear crop (scenes-4)")
     ap.add_argument("--score", type=float, default=0.75,
                     help="the rule's min_detection_score for the threshold grid (mask_required: 0.75)")
-    ap.add_argument("--dump", help="write every candidate crop's fold probabilities, detector score, "
-                    "shorter side and image to this npz")
+    ap.add_argument("--dump", help="write every candidate crop's fold probabilities, detector score "
+                    "and image to this npz")
     ap.add_argument("--report", metavar="NPZ", help="print the tables from an earlier --dump; no training")
     args = ap.parse_args()
     if args.report:
@@ -75,7 +75,7 @@ def main():
         fx, fy, _, fstem = T.features(front, T.crops(T.DATA, stems, True, rng, yunet))
 
     # The crops the worker would classify on each TRAIN image.
-    feats, owner, truth, scores, sides = [], [], {}, [], []
+    feats, owner, truth, scores = [], [], {}, []
     for stem in stems:
         img, _ = T.faces(T.DATA, stem)
         truth[stem] = bool(T.violating_boxes(T.DATA, stem))
@@ -86,9 +86,8 @@ def main():
             feats.append(front(np.stack([T.crop_input(img, b) for _, _, b in kept]), training=False).numpy())
             owner += [stem] * len(kept)
             scores += [k[0] for k in kept]
-            sides += [k[1] for k in kept]
     dx, owner = np.concatenate(feats), np.array(owner)
-    scores, sides = np.array(scores, np.float32), np.array(sides, np.float32)
+    scores = np.array(scores, np.float32)
     print(f"{len(owner)} crops on {len(stems)} TRAIN images, {sum(truth.values())} with a violation", flush=True)
 
     probs = np.zeros((len(owner), len(T.LABELS)), np.float32)
@@ -104,7 +103,7 @@ def main():
         print(f"fold {k}: {time.time() - t:.0f} s", flush=True)
 
     if args.dump:
-        np.savez_compressed(args.dump, probs=probs, owner=owner, scores=scores, sides=sides,
+        np.savez_compressed(args.dump, probs=probs, owner=owner, scores=scores,
                             stems=np.array(list(truth)), violated=np.array(list(truth.values())))
     report(probs, owner, scores, truth, args.score)
 
