@@ -18,6 +18,13 @@ block 14's activations of the training crops, the file train_mask_classifier.py 
 writes; `--dump` keeps every crop's fold probabilities, and `--report` prints the tables from
 such a file again without training):
   .venv-models/bin/python models/cv_thresholds.py [--cache FILE] [--dump FILE]
+
+`--seeds A,B,C` trains one tail per seed and fold and averages their probabilities (an ensemble;
+each further seed costs about 25 minutes), `--flip` also classifies every crop mirrored and
+averages the two views (test-time flip); the tables are printed after each seed, and the dump
+keeps every seed's and view's probabilities apart (`probs[seed, view, crop, label]`), with each
+crop's shorter side. Neither is in the shipped model: see models/README.md, "Seeds, ensembles
+and a test-time flip".
 """
 import argparse
 import hashlib
@@ -52,12 +59,18 @@ def main():
     ap.add_argument("--dump", help="write every candidate crop's fold probabilities, detector score "
                     "and image to this npz")
     ap.add_argument("--report", metavar="NPZ", help="print the tables from an earlier --dump; no training")
+    ap.add_argument("--seeds", default=str(T.SEED),
+                    help="comma-separated training seeds; with several, each crop's probabilities are "
+                    "the mean of the seeds' tails (an ensemble)")
+    ap.add_argument("--flip", action="store_true",
+                    help="also classify each crop mirrored and average the two (test-time flip)")
     args = ap.parse_args()
     if args.report:
         z = np.load(args.report)
         truth = dict(zip(z["stems"].tolist(), z["violated"].tolist()))
-        report(z["probs"], z["owner"], z["scores"], truth, args.score)
+        report(pooled(z["probs"]), z["owner"], z["scores"], truth, args.score)
         return
+    seeds = [int(s) for s in args.seeds.split(",")]
 
     import tensorflow as tf
 
@@ -75,7 +88,7 @@ def main():
         fx, fy, _, fstem = T.features(front, T.crops(T.DATA, stems, True, rng, yunet))
 
     # The crops the worker would classify on each TRAIN image.
-    feats, owner, truth, scores = [], [], {}, []
+    feats, flipped, owner, truth, scores, sides = [], [], [], {}, [], []
     for stem in stems:
         img, _ = T.faces(T.DATA, stem)
         truth[stem] = bool(T.violating_boxes(T.DATA, stem))
@@ -84,28 +97,44 @@ def main():
         kept = [(score, side, box) for score, side, box in yunet.detections(img) if side >= T.MIN_BOX]
         if kept:
             feats.append(front(np.stack([T.crop_input(img, b) for _, _, b in kept]), training=False).numpy())
+            if args.flip:
+                flipped.append(front(np.stack([T.crop_input(img, b, True) for _, _, b in kept]),
+                                     training=False).numpy())
             owner += [stem] * len(kept)
             scores += [k[0] for k in kept]
-    dx, owner = np.concatenate(feats), np.array(owner)
-    scores = np.array(scores, np.float32)
+            sides += [k[1] for k in kept]
+    views = [np.concatenate(feats)] + ([np.concatenate(flipped)] if args.flip else [])
+    owner, scores, sides = np.array(owner), np.array(scores, np.float32), np.array(sides, np.float32)
     print(f"{len(owner)} crops on {len(stems)} TRAIN images, {sum(truth.values())} with a violation", flush=True)
 
-    probs = np.zeros((len(owner), len(T.LABELS)), np.float32)
+    # probs[seed, view, crop]: view 0 the crop as cut, view 1 mirrored (--flip).
+    probs = np.zeros((len(seeds), len(views), len(owner), len(T.LABELS)), np.float32)
     start = [w.copy() for w in old.get_weights()]
     train_fold, crop_fold = np.array([fold(s) for s in fstem]), np.array([fold(s) for s in owner])
-    for k in range(FOLDS):
-        t = time.time()
-        x, y = fx[train_fold != k], fy[train_fold != k]
-        keep = T.clean_unclear(old, start, x, y, T.SEED, args.clean_unclear)
-        x, y = x[keep], y[keep]
-        _, model, _ = finetune.fit_tail(old, start, T.make_head, T.SEED, x, y, args.epochs, T.class_weights(y))
-        probs[crop_fold == k] = model.predict(dx[crop_fold == k].astype(np.float32), batch_size=256, verbose=0)
-        print(f"fold {k}: {time.time() - t:.0f} s", flush=True)
+    kept_rows = {}  # the teacher's cleaning, per fold: it does not depend on the tail's seed
+    for i, seed in enumerate(seeds):
+        for k in range(FOLDS):
+            t = time.time()
+            x, y = fx[train_fold != k], fy[train_fold != k]
+            if k not in kept_rows:
+                kept_rows[k] = T.clean_unclear(old, start, x, y, T.SEED, args.clean_unclear)
+            x, y = x[kept_rows[k]], y[kept_rows[k]]
+            _, model, _ = finetune.fit_tail(old, start, T.make_head, seed, x, y, args.epochs,
+                                            T.class_weights(y))
+            for j, view in enumerate(views):
+                probs[i, j, crop_fold == k] = model.predict(view[crop_fold == k].astype(np.float32),
+                                                            batch_size=256, verbose=0)
+            print(f"seed {seed} fold {k}: {time.time() - t:.0f} s", flush=True)
+        if args.dump:  # after each seed, so that a long run can be read before it ends
+            np.savez_compressed(args.dump, probs=probs[:i + 1], owner=owner, scores=scores, sides=sides,
+                                stems=np.array(list(truth)), violated=np.array(list(truth.values())))
+        report(pooled(probs[:i + 1]), owner, scores, truth, args.score)
 
-    if args.dump:
-        np.savez_compressed(args.dump, probs=probs, owner=owner, scores=scores,
-                            stems=np.array(list(truth)), violated=np.array(list(truth.values())))
-    report(probs, owner, scores, truth, args.score)
+
+def pooled(probs):
+    """One probability row per crop: the mean over seeds and views of a dump's
+    `probs[seed, view, crop, label]` (a dump from before --seeds holds `probs[crop, label]`)."""
+    return probs.reshape(-1, *probs.shape[-2:]).mean(0)
 
 
 def frames(probs, owner, scores, truth, floor, u=0.5, v=0.5):
