@@ -22,8 +22,7 @@ such a file again without training):
 `--seeds A,B,C` trains one tail per seed and fold and averages their probabilities (an ensemble;
 each further seed costs about 25 minutes), `--flip` also classifies every crop mirrored and
 averages the two views (test-time flip); the tables are printed after each seed, and the dump
-keeps every seed's and view's probabilities apart (`probs[seed, view, crop, label]`), with each
-crop's shorter side. Neither is in the shipped model: see models/README.md, "Seeds, ensembles
+keeps every seed's and view's probabilities apart (`probs[seed, view, crop, label]`). Neither is in the shipped model: see models/README.md, "Seeds, ensembles
 and a test-time flip".
 """
 import argparse
@@ -88,7 +87,8 @@ def main():
         fx, fy, _, fstem = T.features(front, T.crops(T.DATA, stems, True, rng, yunet))
 
     # The crops the worker would classify on each TRAIN image.
-    feats, flipped, owner, truth, scores, sides = [], [], [], {}, [], []
+    mirrored = (False, True) if args.flip else (False,)
+    feats, owner, truth, scores = [[] for _ in mirrored], [], {}, []
     for stem in stems:
         img, _ = T.faces(T.DATA, stem)
         truth[stem] = bool(T.violating_boxes(T.DATA, stem))
@@ -96,15 +96,13 @@ def main():
         # applies each score floor and the TOP cut as the worker does.
         kept = [(score, side, box) for score, side, box in yunet.detections(img) if side >= T.MIN_BOX]
         if kept:
-            feats.append(front(np.stack([T.crop_input(img, b) for _, _, b in kept]), training=False).numpy())
-            if args.flip:
-                flipped.append(front(np.stack([T.crop_input(img, b, True) for _, _, b in kept]),
-                                     training=False).numpy())
+            for view, flip in zip(feats, mirrored):
+                view.append(front(np.stack([T.crop_input(img, b, flip) for _, _, b in kept]),
+                                  training=False).numpy())
             owner += [stem] * len(kept)
             scores += [k[0] for k in kept]
-            sides += [k[1] for k in kept]
-    views = [np.concatenate(feats)] + ([np.concatenate(flipped)] if args.flip else [])
-    owner, scores, sides = np.array(owner), np.array(scores, np.float32), np.array(sides, np.float32)
+    views = [np.concatenate(view) for view in feats]
+    owner, scores = np.array(owner), np.array(scores, np.float32)
     print(f"{len(owner)} crops on {len(stems)} TRAIN images, {sum(truth.values())} with a violation", flush=True)
 
     # probs[seed, view, crop]: view 0 the crop as cut, view 1 mirrored (--flip).
@@ -126,7 +124,7 @@ def main():
                                                             batch_size=256, verbose=0)
             print(f"seed {seed} fold {k}: {time.time() - t:.0f} s", flush=True)
         if args.dump:  # after each seed, so that a long run can be read before it ends
-            np.savez_compressed(args.dump, probs=probs[:i + 1], owner=owner, scores=scores, sides=sides,
+            np.savez_compressed(args.dump, probs=probs[:i + 1], owner=owner, scores=scores,
                                 stems=np.array(list(truth)), violated=np.array(list(truth.values())))
         report(pooled(probs[:i + 1]), owner, scores, truth, args.score)
 
