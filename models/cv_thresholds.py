@@ -22,8 +22,9 @@ such a file again without training):
 `--seeds A,B,C` trains one tail per seed and fold and averages their probabilities (an ensemble;
 each further seed costs about 25 minutes), `--flip` also classifies every crop mirrored and
 averages the two views (test-time flip); the tables are printed after each seed, and the dump
-keeps every seed's and view's probabilities apart (`probs[seed, view, crop, label]`). Neither is in the shipped model: see models/README.md, "Seeds, ensembles
-and a test-time flip". `--margin M` cuts every training and judged crop at margin M instead of
+keeps every seed's and view's probabilities apart (`probs[seed, view, crop, label]`). Neither
+is in the shipped model: see models/README.md, "Seeds, ensembles and a test-time flip".
+`--margin M` cuts every training and judged crop at margin M instead of
 the rule's 0.15 (the activations are computed again, not read from `--cache`); see
 models/README.md, "A wider crop margin".
 """

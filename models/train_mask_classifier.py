@@ -87,14 +87,12 @@ def decode(path, w=None, h=None):
     return img
 
 
-def crop_rect(box, width, height, margin=None):
-    """src/infer/cascade.rs crop_rect, in f32: box normalised (x1, y1, x2, y2); the rule's
-    crop margin is MARGIN unless given (read at call time, so cv_thresholds.py --margin can
-    change it)."""
-    margin = MARGIN if margin is None else margin
+def crop_rect(box, width, height):
+    """src/infer/cascade.rs crop_rect, in f32: box normalised (x1, y1, x2, y2), grown by the
+    rule's crop margin MARGIN (read at call time, so cv_thresholds.py --margin can change it)."""
     b = np.asarray(box, np.float32)
     bw, bh = b[2] - b[0], b[3] - b[1]
-    m, W, H = np.float32(margin), np.float32(width), np.float32(height)
+    m, W, H = np.float32(MARGIN), np.float32(width), np.float32(height)
     x1 = max(int(np.floor((b[0] - bw * m) * W)), 0)
     y1 = max(int(np.floor((b[1] - bh * m) * H)), 0)
     x2 = int(min(np.ceil((b[2] + bw * m) * W), W))
