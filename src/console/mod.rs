@@ -8,9 +8,15 @@
 //! - `GET /evidence/{episode_id}` the episode's picture, read from the evidence store (the same
 //!   `--evidence-url` the workers write to), so that a browser needs no access to the store;
 //! - `GET /healthz`.
+//!
+//! Idle clients cannot exhaust it: it accepts at most [`MAX_CONNECTIONS`] connections at once
+//! (more wait in the listen backlog) and closes a connection whose client has not sent a
+//! request's headers within [`HEADER_TIMEOUT`] of its opening or of its last response
+//! ([`crate::telemetry::server::limited_server`]).
 
 pub mod view;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -28,25 +34,43 @@ use crate::codec::registry::{RecordReader, RegistryConfig};
 use crate::contract::{now_ms, ViolationEvent};
 use crate::evidence::EvidenceStore;
 use crate::kafka::{self, KafkaArgs};
+use crate::telemetry::server::{limited_server, ConnectionLimits};
 use view::{OpenEpisode, View};
+
+/// Connections served at once: a browser opens about six to load a page's pictures, so this
+/// is some forty managers' browsers; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// How long a client may take to send a request's headers, from when its connection opens or
+/// falls idle after a response (a browser reconnects when a kept-alive connection was closed).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long requests in progress may finish once the console is told to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What `vigil console` needs.
 #[derive(Debug, Clone)]
 pub struct ConsoleConfig {
+    /// How to reach the brokers that hold the events topic.
     pub kafka: KafkaArgs,
     /// The events topic.
     pub topic: String,
+    /// Where the page is served (`--addr`).
     pub addr: SocketAddr,
     /// Where the workers keep evidence pictures (to serve them to the page).
     pub evidence_url: Option<String>,
+    /// The schema registry the events' writer schemas are read from, when one is used.
     pub schema_registry: Option<RegistryConfig>,
     /// Seconds between the page's reloads.
     pub refresh_secs: u32,
 }
 
 struct AppState {
+    /// The open episodes, as the events topic has told them so far.
     view: RwLock<View>,
+    /// Where the pictures are read from (`--evidence-url`); none: no pictures are served.
     store: Option<EvidenceStore>,
+    /// Seconds between the page's reloads.
     refresh_secs: u32,
 }
 
@@ -97,23 +121,50 @@ pub async fn run(
             }
         })
     };
-    let app = Router::new()
-        .route("/", get(page))
-        .route("/api/open", get(api_open))
-        .route("/evidence/{episode}", get(evidence))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(state);
+    let app = router(state);
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await
         .with_context(|| format!("cannot listen on --addr {}", cfg.addr))?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, topic = %cfg.topic, "console listening");
     println!("console listening on {bound}");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = ConnectionLimits {
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: HEADER_TIMEOUT,
+    };
+    let served = serve(listener, app, limits, shutdown).await;
     follower.abort();
     served.context("console server")
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/api/open", get(api_open))
+        .route("/evidence/{episode}", get(evidence))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves, then lets requests in
+/// progress finish ([`SHUTDOWN_GRACE`] at most) and closes idle connections.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let serving = limited_server(listener, limits)
+        .handle(handle.clone())
+        .serve(app.into_make_service());
+    tokio::pin!(serving);
+    tokio::select! {
+        served = &mut serving => return served,
+        _ = shutdown => {}
+    }
+    handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    serving.await
 }
 
 async fn api_open(State(s): State<Arc<AppState>>) -> Response {
@@ -226,4 +277,90 @@ async fn page(State(s): State<Arc<AppState>>) -> Html<String> {
         count = count,
         body = body
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::Instant;
+
+    /// Waits until the server closes `s` (end of stream or reset); false if it stays open.
+    async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_cap_are_closed_and_the_page_is_still_served() {
+        let limits = ConnectionLimits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(400),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(AppState {
+            view: RwLock::new(View::default()),
+            store: None,
+            refresh_secs: 5,
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router(state), limits, async {
+            let _ = stopped.await;
+        }));
+        // Three times the cap of clients that connect and send nothing.
+        let mut idle = Vec::new();
+        for _ in 0..3 * limits.max_connections {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let started = Instant::now();
+        // A browser's request behind them is served once the header timeout has cut them off.
+        let page = tokio::spawn(async move {
+            let r = reqwest::get(format!("http://{addr}/api/open"))
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        });
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), page)
+            .await
+            .expect("served once the idle clients were cut off")
+            .unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains(r#""sites":[]"#), "{body}");
+        assert!(
+            started.elapsed() >= limits.header_timeout,
+            "every slot was taken, so it had to wait: {:?}",
+            started.elapsed()
+        );
+        for (i, s) in idle.iter_mut().enumerate() {
+            assert!(
+                closed_within(s, Duration::from_secs(10)).await,
+                "idle connection {i} still open"
+            );
+        }
+        let t = Instant::now();
+        let r = reqwest::get(format!("http://{addr}/")).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(r.text().await.unwrap().contains("No open violations."));
+        assert!(t.elapsed() < limits.header_timeout, "{:?}", t.elapsed());
+        // Stopping closes idle connections at once instead of waiting for them.
+        let mut lingering = TcpStream::connect(addr).await.unwrap();
+        let t = Instant::now();
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .expect("stopped within the grace period")
+            .unwrap()
+            .unwrap();
+        assert!(closed_within(&mut lingering, Duration::from_secs(1)).await);
+        assert!(t.elapsed() < SHUTDOWN_GRACE, "{:?}", t.elapsed());
+    }
 }

@@ -301,7 +301,9 @@ pub async fn run(
     source.stop_reading();
     drop(decode_tx);
     drop(out_tx);
-    let drained = tokio::time::timeout(cfg.drain_timeout, async {
+    // One deadline for the whole drain: the stages, then the evidence pictures they queued.
+    let deadline = tokio::time::Instant::now() + cfg.drain_timeout;
+    let drained = tokio::time::timeout_at(deadline, async {
         let _ = sequencer.await;
         for h in stages {
             let _ = h.await;
@@ -332,6 +334,11 @@ pub async fn run(
             drop(consumer);
         })
         .await?;
+    }
+    // Events already name the queued pictures: write them (they went on while the offsets were
+    // committed), counting any the deadline leaves unwritten.
+    if let Some(evidence) = &evidence {
+        evidence.drain(deadline).await;
     }
     if let Some(server) = endpoint {
         server.shutdown().await;

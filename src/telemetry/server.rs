@@ -1,10 +1,17 @@
 //! The HTTP endpoint of the worker and the gateway (axum): `GET /metrics` (Prometheus text),
 //! `GET /healthz` (the process is up), `GET /readyz` (200 only while the process does its work:
-//! for a worker, once its partitions are assigned and their episode state restored). At most
-//! [`MAX_CONNECTIONS`] connections are served at once (more wait in the listen backlog), a
-//! failing `accept` backs off instead of spinning, and [`Server::shutdown`] stops it with the
-//! process.
+//! for a worker, once its partitions are assigned and their episode state restored), and
+//! [`Server::shutdown`] stops it with the process.
+//!
+//! Idle clients cannot hold it: served with axum-server (HTTP/1.1 only), at most
+//! [`MAX_CONNECTIONS`] connections are accepted at once (more wait in the listen backlog,
+//! holding none of the process's file descriptors), and a connection whose client has not sent
+//! a request's headers within [`HEADER_TIMEOUT`], counted from when it opens or falls idle
+//! after a response (hyper re-arms its header timer then, so this is also the keep-alive idle
+//! timeout), is closed. A failing `accept` backs off instead of spinning. The console serves
+//! its page the same way ([`limited_server`], [`ConnectionLimits`]).
 
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -20,12 +27,42 @@ use axum::Router;
 use prometheus::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::metrics::encode;
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send a request's headers, from when its connection opens or
+/// falls idle after a response. Prometheus sends a scrape's headers at once and reconnects
+/// when a kept-alive connection has been closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long [`Server::shutdown`] lets requests in progress finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// What a server allows its clients, so that idle or slow ones cannot take it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections served at once. Past it the listener stops accepting, so further clients
+    /// wait in the kernel's listen backlog and hold no file descriptor of the process.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, counted from when its
+    /// connection opens or falls idle after a response; the connection is closed then. The
+    /// same timer bounds a kept-alive connection's idleness between requests.
+    pub header_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    /// The metrics endpoint's: [`MAX_CONNECTIONS`] and [`HEADER_TIMEOUT`].
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: HEADER_TIMEOUT,
+        }
+    }
+}
 
 /// What the process is doing, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,17 +151,18 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 pub struct Server {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    /// Tells the server to stop accepting and to close its connections.
+    handle: axum_server::Handle<PeerAddr>,
+    /// The serving task, awaited by [`Server::shutdown`].
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
-    /// Stops accepting, lets requests in progress finish (2 s at most) and returns.
+    /// Stops accepting, lets requests in progress finish (2 s at most), closes idle
+    /// connections and returns.
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+        self.handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+        if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), &mut self.task)
             .await
             .is_err()
         {
@@ -139,6 +177,16 @@ pub async fn serve(
     addr: SocketAddr,
     readiness: Readiness,
 ) -> std::io::Result<Server> {
+    serve_with(registry, addr, readiness, ConnectionLimits::default()).await
+}
+
+/// [`serve`] within the given limits (tests use short timeouts and few connections).
+async fn serve_with(
+    registry: Registry,
+    addr: SocketAddr,
+    readiness: Readiness,
+    limits: ConnectionLimits,
+) -> std::io::Result<Server> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
@@ -149,39 +197,69 @@ pub async fn serve(
             registry,
             readiness,
         });
-    let limited = Limited {
-        listener,
-        slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = axum_server::Handle::new();
+    let server = limited_server(listener, limits).handle(handle.clone());
     let task = tokio::spawn(async move {
-        let served = axum::serve(limited, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-        if let Err(e) = served {
+        if let Err(e) = server.serve(app.into_make_service()).await {
             tracing::warn!(error = %e, "metrics endpoint stopped");
         }
     });
     Ok(Server {
         addr: bound,
-        stop: Some(stop),
+        handle,
         task,
     })
 }
 
-/// A listener that holds a permit per open connection.
-struct Limited {
+/// An HTTP/1.1 server on `listener` within `limits`: serve it with a router's
+/// `into_make_service()`, and stop it through a [`axum_server::Handle`] set with `.handle()`.
+/// HTTP/2 is off: neither the metrics endpoint nor the console needs it, and hyper's header
+/// timeout (what closes idle connections) is an HTTP/1 setting.
+pub fn limited_server(
     listener: TcpListener,
+    limits: ConnectionLimits,
+) -> axum_server::Server<PeerAddr> {
+    let mut server = axum_server::Server::from_listener(Limited {
+        listener,
+        slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+    })
+    .http1_only();
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(limits.header_timeout));
+    server
+}
+
+/// A client's address, as [`limited_server`] accepts connections: the address type that ties
+/// axum-server to the [`Limited`] listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum_server::Address for PeerAddr {
+    type Stream = Connection;
+    type Listener = Limited;
+}
+
+/// A listener that holds a permit per open connection and accepts only with one in hand.
+pub struct Limited {
+    /// The bound socket.
+    listener: TcpListener,
+    /// One permit per connection that may be open; a connection returns its own on close.
     slots: Arc<Semaphore>,
 }
 
-impl axum::serve::Listener for Limited {
-    type Io = Connection;
-    type Addr = SocketAddr;
+impl axum_server::AddrListener<Connection, PeerAddr> for Limited {
+    /// Binds with the metrics endpoint's connection cap ([`limited_server`] is given a bound
+    /// listener instead, with its own cap).
+    async fn bind_to(addr: PeerAddr) -> io::Result<Self> {
+        Ok(Limited {
+            listener: TcpListener::bind(addr.0).await?,
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        })
+    }
 
-    async fn accept(&mut self) -> (Connection, SocketAddr) {
+    async fn accept_stream(&self) -> io::Result<(Connection, PeerAddr)> {
         let permit = self
             .slots
             .clone()
@@ -191,31 +269,33 @@ impl axum::serve::Listener for Limited {
         loop {
             match self.listener.accept().await {
                 Ok((io, peer)) => {
-                    return (
+                    return Ok((
                         Connection {
                             io,
                             _permit: permit,
                         },
-                        peer,
-                    )
+                        PeerAddr(peer),
+                    ))
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "metrics endpoint cannot accept a connection");
+                    tracing::warn!(error = %e, "http server cannot accept a connection");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    fn get_local_addr(&self) -> io::Result<PeerAddr> {
+        self.listener.local_addr().map(PeerAddr)
     }
 }
 
 /// A connection and the permit it holds until it closes.
-struct Connection {
+pub struct Connection {
+    /// The client's socket.
     io: TcpStream,
+    /// The connection's slot, returned to the listener when the connection is dropped.
     _permit: OwnedSemaphorePermit,
 }
 
@@ -310,6 +390,130 @@ mod tests {
             .expect("served after a slot freed")
             .unwrap();
         assert_eq!(answer.0, 200);
+        server.shutdown().await;
+    }
+
+    /// Limits short enough for a test: 8 connections, headers within 400 ms.
+    const TEST_LIMITS: ConnectionLimits = ConnectionLimits {
+        max_connections: 8,
+        header_timeout: Duration::from_millis(400),
+    };
+
+    /// Waits until the server closes `s` (end of stream or reset); how long that took.
+    async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+        use tokio::io::AsyncReadExt;
+        let started = tokio::time::Instant::now();
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout_at(started + limit, s.read(&mut buf)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+                // A response (a timed-out client may be told so): read on to the close.
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_cap_are_closed_and_a_request_is_still_served() {
+        let server = serve_with(
+            Registry::new(),
+            "127.0.0.1:0".parse().unwrap(),
+            Readiness::default(),
+            TEST_LIMITS,
+        )
+        .await
+        .unwrap();
+        let addr = server.addr;
+        // Three times the cap of clients that connect and send nothing: the first eight are
+        // accepted, the rest wait in the backlog behind them.
+        let mut idle = Vec::new();
+        for _ in 0..3 * TEST_LIMITS.max_connections {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let started = tokio::time::Instant::now();
+        // A real request queued behind all of them is served once the header timeout has
+        // freed their slots, a batch at a time.
+        let request = tokio::spawn(async move { get(addr, "/healthz").await });
+        let answer = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .expect("served once idle clients were cut off")
+            .unwrap();
+        assert_eq!(answer, (200, "ok\n".to_string()));
+        assert!(
+            started.elapsed() >= TEST_LIMITS.header_timeout,
+            "every slot was taken, so it had to wait: {:?}",
+            started.elapsed()
+        );
+        // Every idle client was closed by the server.
+        for (i, s) in idle.iter_mut().enumerate() {
+            closed_within(s, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("idle connection {i} still open"));
+        }
+        // The endpoint answers right away again.
+        let t = tokio::time::Instant::now();
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        assert!(
+            t.elapsed() < TEST_LIMITS.header_timeout,
+            "{:?}",
+            t.elapsed()
+        );
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn slow_headers_and_idle_kept_alive_connections_are_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = serve_with(
+            Registry::new(),
+            "127.0.0.1:0".parse().unwrap(),
+            Readiness::default(),
+            TEST_LIMITS,
+        )
+        .await
+        .unwrap();
+        // A client trickling its headers, a byte every 50 ms, never finishing them: the
+        // timeout counts from the connection's opening, not from the last byte.
+        let mut slow = TcpStream::connect(server.addr).await.unwrap();
+        let trickle = tokio::spawn(async move {
+            let opened = tokio::time::Instant::now();
+            slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+            for b in b"X-Slow: ".iter().cycle() {
+                if slow.write_all(&[*b]).await.is_err() || opened.elapsed() > Duration::from_secs(5)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Cut off: the server has closed its end.
+                if closed_within(&mut slow, Duration::ZERO).await.is_some() {
+                    break;
+                }
+            }
+            opened.elapsed()
+        });
+        // A kept-alive client that made one request and then stays silent.
+        let mut kept = TcpStream::connect(server.addr).await.unwrap();
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = [0u8; 256];
+        let n = kept.read(&mut response).await.unwrap();
+        let response = String::from_utf8_lossy(&response[..n]).to_string();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("ok\n"), "{response}");
+        let waited = closed_within(&mut kept, Duration::from_secs(5))
+            .await
+            .expect("an idle kept-alive connection is closed");
+        assert!(
+            waited >= TEST_LIMITS.header_timeout - Duration::from_millis(50),
+            "closed after {waited:?}"
+        );
+        let elapsed = trickle.await.unwrap();
+        assert!(
+            elapsed >= TEST_LIMITS.header_timeout && elapsed < Duration::from_secs(3),
+            "the trickling client was cut off after {elapsed:?}"
+        );
         server.shutdown().await;
     }
 }
