@@ -6,7 +6,10 @@
 pub mod probe;
 pub mod settings;
 
-pub use probe::{check_connection, check_connection_async, CONNECT_TIMEOUT};
+pub use probe::{
+    check_connection, check_connection_async, wait_for_brokers_async, BrokerLink, LinkContext,
+    CONNECT_TIMEOUT,
+};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -132,6 +135,40 @@ impl KafkaArgs {
         max_message_bytes: usize,
         batch_bytes: Option<usize>,
     ) -> Result<FutureProducer, ClientError> {
+        self.producer_config(max_message_bytes, batch_bytes, "120000")?
+            .create()
+            .map_err(|source| ClientError::Create {
+                what: "producer",
+                source,
+            })
+    }
+
+    /// A producer of the worker's outcomes: idempotent, batches within `batch_bytes` (as
+    /// [`producer_batched`](Self::producer_batched)), and patient: a record waits for the
+    /// brokers however long they are away (`message.timeout.ms=0`; librdkafka retries it, and
+    /// idempotence keeps the retries from duplicating it), so a broker outage delays outcomes
+    /// instead of failing them, which would stop the worker. `-X message.timeout.ms` still
+    /// applies over it. Lost brokers are reported to `link`.
+    pub fn output_producer(
+        &self,
+        max_message_bytes: usize,
+        batch_bytes: Option<usize>,
+        link: &BrokerLink,
+    ) -> Result<OutputProducer, ClientError> {
+        self.producer_config(max_message_bytes, batch_bytes, "0")?
+            .create_with_context(LinkContext::new(link.clone(), "producer"))
+            .map_err(|source| ClientError::Create {
+                what: "producer",
+                source,
+            })
+    }
+
+    fn producer_config(
+        &self,
+        max_message_bytes: usize,
+        batch_bytes: Option<usize>,
+        message_timeout_ms: &str,
+    ) -> Result<ClientConfig, ClientError> {
         let max = max_message_bytes.to_string();
         let batch = batch_bytes.map(|b| b.clamp(1, 1_000_000).to_string());
         let mut settings = vec![
@@ -139,19 +176,17 @@ impl KafkaArgs {
             ("acks", "all"),
             ("linger.ms", "5"),
             ("message.max.bytes", max.as_str()),
-            ("message.timeout.ms", "120000"),
+            ("message.timeout.ms", message_timeout_ms),
         ];
         if let Some(b) = &batch {
             settings.push(("batch.size", b.as_str()));
         }
-        self.config(&settings)?
-            .create()
-            .map_err(|source| ClientError::Create {
-                what: "producer",
-                source,
-            })
+        self.config(&settings)
     }
 }
+
+/// The worker's producers: their error reports go to a [`BrokerLink`].
+pub type OutputProducer = FutureProducer<LinkContext>;
 
 /// Copies a consumed record's headers into owned (name, bytes) pairs, in order. Names are read
 /// as bytes and decoded lossily: a name that is not UTF-8 (any producer can write one) must not

@@ -21,7 +21,8 @@ use crate::telemetry::{Phase, Readiness};
 pub use config::{default_worker_id, session_timeout, WorkerConfig, DEFAULT_SESSION_TIMEOUT};
 pub use wire::run;
 
-/// Longest wait for the assigned partitions' state to be read back.
+/// Longest wait for one attempt at reading the assigned partitions' state back (attempts that
+/// fail because the brokers are away are made again).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Restores assigned partitions' episode state before their frames are read, and forgets
@@ -40,12 +41,20 @@ struct Restorer {
 impl PartitionHooks for Restorer {
     fn assigned(&self, partitions: &[i32]) -> Result<(), StageError> {
         self.readiness.set(Phase::Restoring);
-        let mut restored = crate::sink::restore(
-            &self.kafka,
-            &self.group,
-            &self.state_topic,
-            partitions,
-            RESTORE_TIMEOUT,
+        // Brokers away, a time-out: tried again until it works (not ready meanwhile). A state
+        // record that cannot be read (not the external domain) stops the worker.
+        let mut restored = supervise::wait_out(
+            "episode state restore",
+            || {
+                crate::sink::restore(
+                    &self.kafka,
+                    &self.group,
+                    &self.state_topic,
+                    partitions,
+                    RESTORE_TIMEOUT,
+                )
+            },
+            || self.readiness.phase() == Phase::Stopping,
         )?;
         for &p in partitions {
             let entries = restored.remove(&p).unwrap_or_default();

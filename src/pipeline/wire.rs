@@ -55,7 +55,9 @@ pub async fn run(
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || load::models(&cfg)).await??
     };
-    kafka::check_connection_async(&cfg.kafka, kafka::CONNECT_TIMEOUT).await?;
+    // Brokers that do not answer are waited for (a worker may start during an outage); a wrong
+    // CA or password stops it here, naming the cause.
+    kafka::wait_for_brokers_async(&cfg.kafka).await?;
     let codecs = load::codecs(&cfg).await?;
     for m in &models {
         metrics
@@ -70,6 +72,8 @@ pub async fn run(
     }
 
     let readiness = Readiness::default();
+    // Whether the brokers answer: `/readyz` is 503 while they do not, and the worker waits.
+    let link = kafka::BrokerLink::new(readiness.clone(), metrics.clone());
     let endpoint = match cfg.metrics_addr {
         Some(addr) => {
             let server = telemetry::serve(metrics.registry.clone(), addr, readiness.clone())
@@ -83,7 +87,7 @@ pub async fn run(
 
     let producer = cfg
         .kafka
-        .producer(64 * 1024 * 1024)
+        .output_producer(64 * 1024 * 1024, None, &link)
         .map_err(|e| anyhow!(e))?;
     check_topics(&cfg, &producer).await?;
     let dlq_limit = kafka::check_message_sizes(
@@ -96,7 +100,7 @@ pub async fn run(
     .flatten();
     let dlq_producer = cfg
         .kafka
-        .producer_batched(64 * 1024 * 1024, dlq_limit)
+        .output_producer(64 * 1024 * 1024, dlq_limit, &link)
         .map_err(|e| anyhow!(e))?;
 
     let evidence = match &cfg.evidence {
@@ -137,6 +141,7 @@ pub async fn run(
             drain_timeout: cfg.drain_timeout,
             session_timeout: cfg.session_timeout,
             max_in_flight: cfg.max_in_flight,
+            link: link.clone(),
         },
         metrics.clone(),
         hooks,
@@ -165,6 +170,7 @@ pub async fn run(
         Emitter {
             sink,
             producer: producer.clone(),
+            link: link.clone(),
             acks: source.acknowledger(&cfg.frames_topic),
             checkpoints: checkpoints.clone(),
             metrics: metrics.clone(),
@@ -357,10 +363,7 @@ pub async fn run(
 }
 
 /// Every topic must exist, and the state topic must have as many partitions as the frames topic.
-async fn check_topics(
-    cfg: &WorkerConfig,
-    producer: &rdkafka::producer::FutureProducer,
-) -> anyhow::Result<()> {
+async fn check_topics(cfg: &WorkerConfig, producer: &kafka::OutputProducer) -> anyhow::Result<()> {
     let p = producer.clone();
     let topics = [
         cfg.frames_topic.clone(),

@@ -1,5 +1,11 @@
 //! The emitter: produces outcomes as they arrive, completes each frame once its outcome is
 //! delivered, and checkpoints each partition's state before its offsets are stored.
+//!
+//! The producer is patient ([`crate::kafka::KafkaArgs::output_producer`]): while the brokers
+//! are away, outcomes and checkpoints wait in it, their frames stay in flight and uncommitted,
+//! and the consumer stops reading once `--max-in-flight` frames wait. A delivery that fails all
+//! the same is one that waiting does not cure (a record or topic the brokers refuse), and it
+//! stops the worker.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,20 +13,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rdkafka::producer::FutureProducer;
 use tokio::sync::mpsc;
 
 use super::checkpoint::Checkpoints;
 use super::produce::{Delivery, DeliveryError, Sink};
 use crate::contract::{now_ms, Domain, Outcome, StageError};
+use crate::kafka::{BrokerLink, OutputProducer};
 use crate::source::Acknowledger;
 use crate::telemetry::Metrics;
 
 /// What the emitter is given.
 pub struct Emitter {
     pub sink: Arc<Sink>,
-    pub producer: FutureProducer,
+    pub producer: OutputProducer,
     pub acks: Acknowledger,
+    /// Told of every acknowledgement: the brokers answer.
+    pub link: BrokerLink,
     pub checkpoints: Arc<Checkpoints>,
     pub metrics: Arc<Metrics>,
     /// How often delivered frames' state is checkpointed (and their offsets stored).
@@ -58,6 +66,7 @@ impl Emitter {
     ) -> Result<(), StageError> {
         match result {
             Ok(points) => {
+                self.link.answered();
                 for (p, generation, point) in points {
                     self.acks.store(p, generation, point);
                 }
@@ -69,7 +78,8 @@ impl Emitter {
         }
     }
 
-    /// A write the broker did not acknowledge: the worker stops without committing it.
+    /// A write the broker refused (the producer waits out brokers that are away): the worker
+    /// stops without committing it.
     fn failed(&self, message: String) -> StageError {
         self.metrics.producer_errors.inc();
         let err = StageError::stop("sink", Domain::External, message);
@@ -80,6 +90,7 @@ impl Emitter {
     fn delivered(&self, d: Delivery) -> Result<(), StageError> {
         match d.result {
             Ok(()) => {
+                self.link.answered();
                 self.metrics.produce_seconds.observe(d.took.as_secs_f64());
                 match (d.captured_at_ms, d.reason) {
                     (Some(at), _) => {
@@ -106,8 +117,9 @@ impl Emitter {
         }
     }
 
-    /// Runs until its input closes and every delivery and checkpoint is settled. A failed
-    /// delivery or checkpoint stops the worker: the frame must not be committed.
+    /// Runs until its input closes and every delivery and checkpoint is settled. Deliveries wait
+    /// for absent brokers; one that fails all the same, or a failed checkpoint, stops the worker:
+    /// the frame must not be committed.
     pub async fn run(self, mut rx: mpsc::Receiver<Outcome>) -> Result<(), StageError> {
         let mut pending = FuturesUnordered::new();
         let mut checkpoint: Option<Checkpoint> = None;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::codec::Codecs;
@@ -16,7 +16,7 @@ use crate::contract::{
     header, DeadLetter, Judged, Observation, Origin, Outcome, RawFrame, Reason, Rejection,
     StateRecord, ViolationEvent,
 };
-use crate::kafka;
+use crate::kafka::{self, OutputProducer};
 
 /// Where the sink publishes, and how it encodes.
 pub struct Topics {
@@ -35,7 +35,7 @@ pub struct Sink {
     pub worker_id: String,
     /// Dead letters have a producer of their own, whose batches fit `dlq_limit`: the broker
     /// refuses a whole batch over the topic's `max.message.bytes`, good records with the bad.
-    pub dlq_producer: FutureProducer,
+    pub dlq_producer: OutputProducer,
     /// The dead-letter topic's `max.message.bytes`, when the brokers said.
     pub dlq_limit: Option<usize>,
 }
@@ -79,7 +79,7 @@ const AVRO: &[u8] = b"application/vnd.apache.avro+binary";
 
 impl Sink {
     /// Starts producing one outcome; the future resolves when the broker acknowledged it.
-    pub fn produce(self: &Arc<Self>, producer: &FutureProducer, outcome: Outcome) -> Pending {
+    pub fn produce(self: &Arc<Self>, producer: &OutputProducer, outcome: Outcome) -> Pending {
         let producer = producer.clone();
         let sink = self.clone();
         match outcome {
@@ -160,7 +160,7 @@ impl Sink {
     /// next checkpoint.
     async fn observation(
         &self,
-        producer: &FutureProducer,
+        producer: &OutputProducer,
         obs: &Observation,
         events: &[ViolationEvent],
     ) -> Result<(), DeliveryError> {
@@ -267,7 +267,7 @@ impl Sink {
     /// of the state topic (co-partitioned), all acknowledged before this returns.
     pub async fn write_state(
         &self,
-        producer: &FutureProducer,
+        producer: &OutputProducer,
         partition: i32,
         records: &[StateRecord],
     ) -> Result<(), DeliveryError> {
@@ -291,7 +291,7 @@ impl Sink {
 
 /// Produces one record and waits for the broker's acknowledgement.
 async fn send(
-    producer: &FutureProducer,
+    producer: &OutputProducer,
     topic: &str,
     key: Option<&[u8]>,
     payload: &[u8],
@@ -313,7 +313,7 @@ async fn send(
 /// Hands a record to the producer, waiting while its queue is full; the future resolves on the
 /// broker's acknowledgement.
 async fn enqueue(
-    producer: &FutureProducer,
+    producer: &OutputProducer,
     topic: &str,
     key: &[u8],
     value: Option<&[u8]>,

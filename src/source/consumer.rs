@@ -13,11 +13,20 @@
 //!        ├─ revoke: wait until drained ► commit ► hooks.revoked
 //!        └─ assign: hooks.assigned (restore) ► then the partitions' frames are polled
 //! ```
+//!
+//! Broker outages, and the rebalances around them, are waited out. A revoke waits for its
+//! frames however long it takes (the brokers may be away: the frames are delivered once they
+//! are back); a commit the group refuses (`UnknownMemberId`, `WaitingForCoordinator`, a lost
+//! assignment) is made when the partitions come back to this worker, so that their frames are
+//! not read twice; consumer errors are counted and logged once per kind. Only what waiting
+//! cannot cure stops the worker: refused credentials or permissions, data that cannot be read,
+//! a restore that fails for another reason than the brokers' absence.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -28,18 +37,19 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::inflight::InFlight;
 use crate::contract::{Domain, Origin, RawFrame, StageError, Ticket};
-use crate::kafka::{self, KafkaArgs};
+use crate::kafka::{self, BrokerLink, KafkaArgs};
 use crate::telemetry::Metrics;
 
 /// What the pipeline does when partitions come and go. Called on the consumer thread, where
 /// blocking is allowed.
 pub trait PartitionHooks: Send + Sync + 'static {
-    /// Before any frame of `partitions` is read (restore their state). An error stops the worker.
+    /// Before any frame of `partitions` is read (restore their state). An error stops the worker
+    /// (unless it is stopping anyway): trouble that waiting cures is to be waited out here.
     fn assigned(&self, partitions: &[i32]) -> Result<(), StageError>;
     /// A revoke has begun: what is delivered should be checkpointed now, not at the next tick.
     fn revoking(&self, partitions: &[i32]);
-    /// After the partitions' in-flight frames were delivered, checkpointed and committed (or the
-    /// drain timed out).
+    /// After the partitions' in-flight frames were delivered, checkpointed and committed (or
+    /// abandoned because the worker is stopping).
     fn revoked(&self, partitions: &[i32]);
 }
 
@@ -56,13 +66,24 @@ pub struct SourceContext {
     metrics: Arc<Metrics>,
     /// The frames topic (the only one subscribed).
     topic: String,
-    /// Longest wait for a revoked partition's frames.
+    /// How long a revoke waits for its frames before it says that it still waits.
     drain_timeout: Duration,
     hooks: Arc<dyn PartitionHooks>,
     /// A failed assignment stops the worker.
     fatal: mpsc::Sender<StageError>,
-    /// Set when an assignment or revoke failed: the consumer thread reads nothing more.
+    /// Set when an assignment failed: the consumer thread reads nothing more.
     failed: Arc<AtomicBool>,
+    /// Set when the worker stops: a revoke stops waiting for its frames.
+    stop: Arc<AtomicBool>,
+    /// Whether the brokers answer (`/readyz`).
+    link: BrokerLink,
+    /// Per partition, the last commit point stored (shared with the [`Acknowledger`]).
+    stored: Arc<Mutex<HashMap<i32, i64>>>,
+    /// Commit points a revoke could not commit (the group refused it): committed when the
+    /// partitions come back to this worker, so that it does not read their frames again.
+    resume: Mutex<HashMap<i32, i64>>,
+    /// Whether the last background commit failed: failures are logged when they begin and end.
+    commits_failing: AtomicBool,
 }
 
 pub type FramesConsumer = BaseConsumer<SourceContext>;
@@ -74,19 +95,132 @@ fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
         .collect()
 }
 
-/// Commits stored offsets; "nothing stored" is not an error. Blocking.
-pub fn commit_stored<C: ConsumerContext, K: Consumer<C>>(consumer: &K, metrics: &Metrics) {
+/// Locks a map, taking it as is if a panic poisoned it (every update is a single insert or
+/// remove).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Commits stored offsets; "nothing stored" is not an error. Blocking. False if the group
+/// refused the commit (the broker away, a rebalance in between).
+pub fn commit_stored<C: ConsumerContext, K: Consumer<C>>(consumer: &K, metrics: &Metrics) -> bool {
     match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => metrics.offsets_committed.inc(),
-        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Ok(()) => {
+            metrics.offsets_committed.inc();
+            true
+        }
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => true,
         Err(e) => {
-            tracing::warn!(error = %e, "offset commit failed; frames since the last commit will be processed again")
+            tracing::warn!(error = %e, "offset commit failed");
+            false
+        }
+    }
+}
+
+/// Longest wait for the group's committed offsets when partitions come back after a refused
+/// commit.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl SourceContext {
+    /// Waits until the revoked partitions' frames are delivered, checkpointed and their offsets
+    /// stored: however long the brokers are away, since those frames must neither be lost nor
+    /// read twice. Past `drain_timeout` it says once that it still waits. False only when the
+    /// worker stops meanwhile.
+    fn drain(&self, parts: &[i32]) -> bool {
+        const SLICE: Duration = Duration::from_millis(250);
+        let started = Instant::now();
+        let mut said = false;
+        loop {
+            if self.inflight.wait_drained(parts, SLICE) {
+                if said {
+                    tracing::info!(partitions = ?parts, waited_s = format!("{:.1}", started.elapsed().as_secs_f64()),
+                        "revoked partitions drained");
+                }
+                return true;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if !said && started.elapsed() >= self.drain_timeout {
+                said = true;
+                tracing::warn!(partitions = ?parts, waited_s = self.drain_timeout.as_secs_f64(),
+                    brokers_reachable = !self.link.is_lost(),
+                    "revoked partitions still draining; waiting for their frames to be delivered");
+            }
+        }
+    }
+
+    /// Partitions assigned back after a revoke whose commit the group refused: commits the
+    /// points that revoke stored, unless the group has moved past them, so that reading goes on
+    /// after the frames this worker delivered. Everything before such a point was delivered and
+    /// its state checkpointed before it was stored.
+    fn resume(&self, consumer: &BaseConsumer<Self>, parts: &[i32]) {
+        let resume = std::mem::take(&mut *lock(&self.resume));
+        let due: Vec<(i32, i64)> = parts
+            .iter()
+            .filter_map(|p| resume.get(p).map(|&point| (*p, point)))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut asked = TopicPartitionList::new();
+        for (p, _) in &due {
+            asked.add_partition(&self.topic, *p);
+        }
+        let committed = match consumer.committed_offsets(asked, RESUME_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, partitions = ?due,
+                    "cannot read the group's offsets; frames since its last commit will be processed again");
+                return;
+            }
+        };
+        let mut behind = TopicPartitionList::new();
+        for (p, point) in &due {
+            let ahead = match committed
+                .find_partition(&self.topic, *p)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(c)) => c >= *point,
+                _ => false,
+            };
+            if !ahead
+                && behind
+                    .add_partition_offset(&self.topic, *p, Offset::Offset(*point))
+                    .is_err()
+            {
+                return;
+            }
+        }
+        if behind.count() == 0 {
+            return;
+        }
+        match consumer.commit(&behind, CommitMode::Sync) {
+            Ok(()) => {
+                self.metrics.offsets_committed.inc();
+                tracing::info!(partitions = ?due, "offsets the group refused at the last revoke committed; reading resumes after them");
+            }
+            Err(e) => tracing::warn!(error = %e, partitions = ?due,
+                "cannot commit the offsets the group refused at the last revoke; frames since its last commit will be processed again"),
         }
     }
 }
 
 impl ClientContext for SourceContext {
+    /// The same error comes back from `poll`, which counts it and decides what it means. Its
+    /// `AllBrokersDown` is not taken as an outage: reports queue up while this thread waits in
+    /// a rebalance or for a free slot, and would come late, after the brokers are back. The
+    /// producers, whose reports are served at once, say when the brokers are lost.
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, reason, "kafka consumer error");
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.link.client_log("consumer", level, fac, log_message);
+    }
+
     fn stats(&self, stats: Statistics) {
+        self.link.stats(&stats);
         if let Some(t) = stats.topics.get(&self.topic) {
             for p in t.partitions.values() {
                 if p.partition >= 0 && p.consumer_lag >= 0 {
@@ -102,45 +236,53 @@ impl ClientContext for SourceContext {
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let parts = partitions_of(tpl, &self.topic);
-            self.hooks.revoking(&parts);
-            let drained = self.inflight.wait_drained(&parts, self.drain_timeout);
-            commit_stored(consumer, &self.metrics);
-            self.inflight.revoke(&parts);
-            self.hooks.revoked(&parts);
-            if !drained {
-                // Frames of these partitions are still being written while their next owner
-                // starts: stop rather than keep writing for partitions this worker lost.
-                tracing::error!(partitions = ?parts, timeout_s = self.drain_timeout.as_secs_f64(),
-                    "revoked partitions did not drain in time; stopping");
-                self.failed.store(true, Ordering::Relaxed);
-                let _ = self.fatal.try_send(StageError::stop(
-                    "source",
-                    Domain::External,
-                    format!(
-                        "partitions {parts:?} were revoked but their frames did not drain within \
-                         --drain-timeout-secs ({} s)",
-                        self.drain_timeout.as_secs_f64()
-                    ),
-                ));
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let parts = partitions_of(tpl, &self.topic);
+                let lost = consumer.assignment_lost();
+                self.hooks.revoking(&parts);
+                // Not drained only when the worker stops: what is left is not committed and is
+                // read again by the partitions' next owner.
+                let drained = self.drain(&parts);
+                let committed = commit_stored(consumer, &self.metrics);
+                {
+                    let mut stored = lock(&self.stored);
+                    let mut resume = lock(&self.resume);
+                    for p in &parts {
+                        match stored.remove(p) {
+                            Some(point) if !committed => resume.insert(*p, point),
+                            _ => resume.remove(p),
+                        };
+                    }
+                }
+                self.inflight.revoke(&parts);
+                self.hooks.revoked(&parts);
+                for p in &parts {
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[&self.topic, &p.to_string()]);
+                }
+                tracing::info!(partitions = ?parts, drained, committed, lost, "partitions revoked");
             }
-            for p in &parts {
-                let _ = self
-                    .metrics
-                    .consumer_lag
-                    .remove_label_values(&[&self.topic, &p.to_string()]);
-            }
-            tracing::info!(partitions = ?parts, drained, "partitions revoked");
+            Rebalance::Assign(tpl) => self.resume(consumer, &partitions_of(tpl, &self.topic)),
+            Rebalance::Error(_) => {}
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                // The group just answered.
+                self.link.answered();
                 let parts = partitions_of(tpl, &self.topic);
                 match self.hooks.assigned(&parts) {
                     Ok(()) => tracing::info!(partitions = ?parts, "partitions assigned"),
+                    Err(e) if self.stop.load(Ordering::Relaxed) => {
+                        // Given up because the worker stops: nothing more is read either way.
+                        tracing::info!(partitions = ?parts, error = %e, "assigned partitions not restored; the worker is stopping");
+                        self.failed.store(true, Ordering::Relaxed);
+                    }
                     Err(e) => {
                         // No frame of these partitions may be judged against missing state.
                         tracing::error!(partitions = ?parts, error = %e, "assigned partitions not ready; stopping");
@@ -157,11 +299,25 @@ impl ConsumerContext for SourceContext {
         }
     }
 
+    /// Background commits: a failure (the broker away, a rebalance under way) is logged when
+    /// failures begin and when commits go through again; the offsets stay stored and the next
+    /// commit carries them.
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
         match result {
-            Ok(()) => self.metrics.offsets_committed.inc(),
+            Ok(()) => {
+                self.metrics.offsets_committed.inc();
+                if self.commits_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("offset commits go through again");
+                }
+            }
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+            Err(e) => {
+                if self.commits_failing.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(error = %e, "offset commit failed");
+                } else {
+                    tracing::warn!(error = %e, "offset commit failed; retried with the next commit");
+                }
+            }
         }
     }
 }
@@ -171,11 +327,14 @@ pub struct SourceConfig {
     pub kafka: KafkaArgs,
     pub group: String,
     pub topic: String,
+    /// How long a revoke waits for its frames before saying so (it waits on after that).
     pub drain_timeout: Duration,
     /// `session.timeout.ms` of the group membership.
     pub session_timeout: Duration,
     /// Frames read but not yet delivered, at most.
     pub max_in_flight: usize,
+    /// Whether the brokers answer: the consumer reports what it sees there.
+    pub link: BrokerLink,
 }
 
 /// The running source: records arrive on `records`; `stop` ends the polling thread.
@@ -184,6 +343,8 @@ pub struct Source {
     pub records: mpsc::Receiver<Record>,
     pub inflight: Arc<InFlight>,
     stop: Arc<AtomicBool>,
+    /// Per partition, the last commit point stored.
+    stored: Arc<Mutex<HashMap<i32, i64>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -197,6 +358,8 @@ pub fn start(
     let setup = |e: String| StageError::stop("source", Domain::User, e);
     let inflight = Arc::new(InFlight::new(metrics.clone()));
     let failed = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stored = Arc::new(Mutex::new(HashMap::new()));
     let context = SourceContext {
         inflight: inflight.clone(),
         metrics: metrics.clone(),
@@ -205,6 +368,11 @@ pub fn start(
         hooks,
         fatal: fatal.clone(),
         failed: failed.clone(),
+        stop: stop.clone(),
+        link: cfg.link.clone(),
+        stored: stored.clone(),
+        resume: Mutex::default(),
+        commits_failing: AtomicBool::new(false),
     };
     let session_ms = cfg.session_timeout.as_millis().to_string();
     let consumer: FramesConsumer = cfg
@@ -228,19 +396,20 @@ pub fn start(
         .map_err(|e| setup(format!("cannot subscribe to the frames topic: {e}")))?;
     let consumer = Arc::new(consumer);
     let (tx, records) = mpsc::channel(cfg.max_in_flight.max(1));
-    let stop = Arc::new(AtomicBool::new(false));
     let slots = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
-    let thread =
-        {
-            let (consumer, inflight) = (consumer.clone(), inflight.clone());
-            // Reading stops when asked to, and when a rebalance failed.
-            let stops = [stop.clone(), failed];
-            let runtime = tokio::runtime::Handle::current();
-            std::thread::Builder::new()
+    let thread = {
+        let (consumer, inflight, link) = (consumer.clone(), inflight.clone(), cfg.link.clone());
+        // Reading stops when asked to, and when a rebalance failed.
+        let stops = [stop.clone(), failed];
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
             .name("vigil-consumer".into())
             .spawn(move || {
                 let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    poll(&consumer, &inflight, &metrics, &slots, &tx, &stops, &fatal, &runtime)
+                    poll(
+                        &consumer, &inflight, &metrics, &link, &slots, &tx, &stops, &fatal,
+                        &runtime,
+                    )
                 }));
                 if let Err(panic) = polled {
                     let what = panic
@@ -259,12 +428,13 @@ pub fn start(
             .map_err(|e| {
                 StageError::stop("source", Domain::Internal, format!("consumer thread: {e}"))
             })?
-        };
+    };
     Ok(Source {
         consumer,
         records,
         inflight,
         stop,
+        stored,
         thread: Some(thread),
     })
 }
@@ -281,6 +451,15 @@ const UNREADABLE: &[RDKafkaErrorCode] = &[
 ];
 /// How often an unreadable-data error repeats in a row before the worker stops.
 const UNREADABLE_REPEATS: u32 = 20;
+/// Consumer errors that waiting will not cure either: the brokers refuse vigil's credentials or
+/// permissions. The first one stops the worker, naming it.
+const REFUSED: &[RDKafkaErrorCode] = &[
+    RDKafkaErrorCode::Authentication,
+    RDKafkaErrorCode::SaslAuthenticationFailed,
+    RDKafkaErrorCode::TopicAuthorizationFailed,
+    RDKafkaErrorCode::GroupAuthorizationFailed,
+    RDKafkaErrorCode::ClusterAuthorizationFailed,
+];
 
 /// The consumer thread: takes an in-flight slot, polls (serving rebalance callbacks), registers
 /// the frame and hands it to the intake. Ends on `stop` or when the intake is gone.
@@ -289,6 +468,7 @@ fn poll(
     consumer: &FramesConsumer,
     inflight: &InFlight,
     metrics: &Metrics,
+    link: &BrokerLink,
     slots: &Arc<Semaphore>,
     tx: &mpsc::Sender<Record>,
     stops: &[Arc<AtomicBool>; 2],
@@ -298,6 +478,8 @@ fn poll(
     let stopped = || stops.iter().any(|s| s.load(Ordering::Relaxed));
     // The last unreadable-data error and how often it repeated without a record in between.
     let mut unreadable: (Option<RDKafkaErrorCode>, u32) = (None, 0);
+    // The last error logged since the last record: the same one again is logged at debug.
+    let mut logged: Option<RDKafkaErrorCode> = None;
     const TICK: Duration = Duration::from_millis(100);
     let mut slot = None;
     while !stopped() {
@@ -318,14 +500,45 @@ fn poll(
         let msg = match consumer.poll(TICK) {
             None => continue,
             Some(Err(e)) => {
-                let code = e.rdkafka_error_code().filter(|c| UNREADABLE.contains(c));
+                let any = e.rdkafka_error_code();
+                if let KafkaError::MessageConsumptionFatal(code) = e {
+                    metrics.consumer_errors.with_label_values(&["other"]).inc();
+                    tracing::error!(error = %e, "the consumer failed for good; stopping");
+                    let _ = fatal.blocking_send(StageError::stop(
+                        "source",
+                        Domain::External,
+                        format!("librdkafka cannot go on with the consumer: {code}"),
+                    ));
+                    return;
+                }
+                if let Some(refused) = any.filter(|c| REFUSED.contains(c)) {
+                    metrics.consumer_errors.with_label_values(&["other"]).inc();
+                    tracing::error!(error = %e, "the brokers refuse vigil's credentials or permissions; stopping");
+                    let _ = fatal.blocking_send(StageError::stop(
+                        "source",
+                        Domain::User,
+                        format!(
+                            "the brokers refused the consumer ({refused:?}: {e}): check \
+                             sasl.username, sasl.password and the ACLs of the group and topics"
+                        ),
+                    ));
+                    return;
+                }
+                let code = any.filter(|c| UNREADABLE.contains(c));
                 let kind = if code.is_some() {
                     "unreadable"
                 } else {
                     "other"
                 };
                 metrics.consumer_errors.with_label_values(&[kind]).inc();
-                tracing::warn!(error = %e, kind, "consumer error");
+                // Broker trouble repeats while it lasts: logged when it changes, not each time,
+                // and not while the brokers are known to be away (that is logged once).
+                if link.is_lost() || (logged.is_some() && logged == any) {
+                    tracing::debug!(error = %e, kind, "consumer error");
+                } else {
+                    tracing::warn!(error = %e, kind, "consumer error");
+                    logged = any;
+                }
                 if let Some(code) = code {
                     unreadable = if unreadable.0 == Some(code) {
                         (Some(code), unreadable.1 + 1)
@@ -352,6 +565,7 @@ fn poll(
             Some(Ok(m)) => m,
         };
         unreadable = (None, 0);
+        logged = None;
         if stopped() {
             // A rebalance inside this poll failed: the record is left for the next owner.
             return;
@@ -396,6 +610,7 @@ impl Source {
             consumer: self.consumer.clone(),
             inflight: self.inflight.clone(),
             topic: topic.to_string(),
+            stored: self.stored.clone(),
         }
     }
 }
@@ -408,6 +623,8 @@ pub struct Acknowledger {
     consumer: Arc<FramesConsumer>,
     inflight: Arc<InFlight>,
     topic: String,
+    /// Per partition, the last commit point stored, for a revoke whose commit is refused.
+    stored: Arc<Mutex<HashMap<i32, i64>>>,
 }
 
 impl Acknowledger {
@@ -431,9 +648,12 @@ impl Acknowledger {
             {
                 return;
             }
-            if let Err(e) = self.consumer.store_offsets(&tpl) {
+            match self.consumer.store_offsets(&tpl) {
+                Ok(()) => {
+                    lock(&self.stored).insert(partition, point);
+                }
                 // The partition was revoked meanwhile; its new owner starts from the last commit.
-                tracing::debug!(error = %e, partition, "offset not stored");
+                Err(e) => tracing::debug!(error = %e, partition, "offset not stored"),
             }
         });
     }

@@ -58,6 +58,11 @@ pub struct Metrics {
     /// fetch) or `other` (broker or transport trouble, waited out).
     pub consumer_errors: IntCounterVec,
     pub offsets_committed: IntCounter,
+    /// Times the worker lost every broker (librdkafka's `AllBrokersDown`): it waits for them,
+    /// not ready, instead of stopping.
+    pub broker_outages: IntCounter,
+    /// 1 while the brokers answer, 0 while none can be reached.
+    pub broker_reachable: IntGauge,
     pub build_info: IntGaugeVec,
     /// Evidence pictures by outcome: `written`, `retried` (a failed attempt that will be
     /// retried), `failed` (not drawn, or not written after the retries), `dropped` (queue full).
@@ -450,6 +455,18 @@ impl Metrics {
                 "vigil_offset_commits_total",
                 "Successful offset commits to the consumer group.",
             ),
+            broker_outages: counter(
+                "vigil_broker_outages_total",
+                "Times every broker became unreachable (the worker waits for them, not ready).",
+            ),
+            broker_reachable: reg(
+                &r,
+                IntGauge::new(
+                    "vigil_broker_reachable",
+                    "1 while the brokers answer, 0 while none can be reached.",
+                )
+                .expect("valid"),
+            ),
             evidence_writes: {
                 let v = reg(
                     &r,
@@ -485,6 +502,7 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        m.broker_reachable.set(1);
         // Pre-create every reason so dashboards show zeros instead of "no data".
         for reason in Reason::ALL {
             m.frames_dead_lettered.with_label_values(&[reason.as_str()]);

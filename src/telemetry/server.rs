@@ -76,6 +76,9 @@ pub enum Phase {
     Ready = 2,
     /// Draining before exit.
     Stopping = 3,
+    /// The brokers cannot be reached: the work waits for them (reported over any phase but
+    /// `Stopping`, see [`Readiness::set_reachable`]; never set itself).
+    Unreachable = 4,
 }
 
 impl Phase {
@@ -84,6 +87,7 @@ impl Phase {
             1 => Phase::Restoring,
             2 => Phase::Ready,
             3 => Phase::Stopping,
+            4 => Phase::Unreachable,
             _ => Phase::Starting,
         }
     }
@@ -94,21 +98,54 @@ impl Phase {
             Phase::Restoring => "restoring",
             Phase::Ready => "ready",
             Phase::Stopping => "stopping",
+            Phase::Unreachable => "unreachable",
         }
     }
 }
 
-/// The readiness the process reports; cheap to clone and set from any thread.
+/// The readiness the process reports; cheap to clone and set from any thread. It holds the
+/// phase and, apart from it, whether the brokers can be reached: while they cannot, the phase
+/// reads [`Phase::Unreachable`], and the phase underneath comes back with them. `Stopping` is
+/// final: nothing set later revives a process that is draining.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness(Arc<AtomicU8>);
 
+/// The bit of [`Readiness`] that says the brokers cannot be reached.
+const UNREACHABLE: u8 = 0x80;
+
 impl Readiness {
     pub fn set(&self, phase: Phase) {
-        self.0.store(phase as u8, Ordering::Release);
+        debug_assert!(phase != Phase::Unreachable, "reported, not set");
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (Phase::from_u8(v & !UNREACHABLE) != Phase::Stopping)
+                    .then_some(phase as u8 | (v & UNREACHABLE))
+            });
     }
 
     pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.0.load(Ordering::Acquire))
+        let v = self.0.load(Ordering::Acquire);
+        match Phase::from_u8(v & !UNREACHABLE) {
+            Phase::Stopping => Phase::Stopping,
+            _ if v & UNREACHABLE != 0 => Phase::Unreachable,
+            phase => phase,
+        }
+    }
+
+    /// Records whether the brokers can be reached; true when that changed.
+    pub fn set_reachable(&self, reachable: bool) -> bool {
+        let before = if reachable {
+            self.0.fetch_and(!UNREACHABLE, Ordering::AcqRel)
+        } else {
+            self.0.fetch_or(UNREACHABLE, Ordering::AcqRel)
+        };
+        (before & UNREACHABLE == 0) != reachable
+    }
+
+    /// Whether the brokers could be reached when last heard of.
+    pub fn reachable(&self) -> bool {
+        self.0.load(Ordering::Acquire) & UNREACHABLE == 0
     }
 }
 
@@ -515,5 +552,28 @@ mod tests {
             "the trickling client was cut off after {elapsed:?}"
         );
         server.shutdown().await;
+    }
+
+    #[test]
+    fn unreachable_brokers_mask_the_phase_until_they_answer_and_stopping_is_final() {
+        let r = Readiness::default();
+        r.set(Phase::Ready);
+        assert!(r.set_reachable(false), "a change");
+        assert!(!r.set_reachable(false), "no change");
+        assert_eq!(r.phase(), Phase::Unreachable);
+        r.set(Phase::Restoring);
+        assert_eq!(
+            r.phase(),
+            Phase::Unreachable,
+            "the phase underneath moves on"
+        );
+        assert!(r.set_reachable(true) && r.reachable());
+        assert_eq!(r.phase(), Phase::Restoring);
+        r.set(Phase::Stopping);
+        r.set_reachable(false);
+        assert_eq!(r.phase(), Phase::Stopping, "a draining process says so");
+        r.set(Phase::Ready);
+        r.set_reachable(true);
+        assert_eq!(r.phase(), Phase::Stopping, "nothing revives it");
     }
 }
