@@ -1,8 +1,10 @@
 //! Violation episodes through real workers and a real broker: replaying the same frames gives
-//! the same events, a flickering camera gives one episode, a worker killed with SIGKILL in the
-//! middle of an episode is replaced without a new `opened` (after deduplication by event_id the
-//! events equal those of an undisturbed run), `vigil alerts` shows each event once, and an
-//! independent Avro implementation (fastavro) decodes every event type.
+//! the same events, a flickering camera gives one episode, workers with the shipped defaults
+//! stopped (SIGTERM) or killed (SIGKILL) in the middle of a scene are replaced without changing
+//! any event (after deduplication by event_id the events equal those of an undisturbed run),
+//! sites cannot touch each other's cameras, a camera with a fast clock ends no other camera's
+//! episode, the previous release's state records restore, `vigil alerts` shows each event
+//! once, and an independent Avro implementation (fastavro) decodes every event type.
 
 mod common;
 
@@ -93,6 +95,28 @@ async fn run_on_topics(
 
 /// Scene start (2026-04-19): a real capture time, in the past, as the frame contract requires.
 const T0: i64 = 1_776_600_000_000;
+
+/// A scene start for workers with the shipped defaults: two minutes ahead of now (the frame
+/// contract allows five), so that no frame of a test that lasts a few minutes is older than the
+/// default staleness bound (60 s) when it is judged, and load shedding judges them all.
+fn fresh_t0() -> i64 {
+    vigil::contract::now_ms() + 120_000
+}
+
+/// Runs frames through a fresh pipeline whose worker has the shipped defaults.
+async fn run_default(recs: &[Rec], expect: usize) -> Result<Vec<(ViolationEvent, Vec<u8>)>> {
+    let topics = create_topics(2).await?;
+    produce(&topics.frames, recs).await?;
+    let rules = rules_file()?;
+    let w = Worker::start_default(
+        &topics,
+        &unique("g"),
+        &["--rules", rules.path().to_str().unwrap()],
+    )?;
+    events_until(&topics.violations, expect, Duration::from_secs(120))
+        .await
+        .with_context(|| w.log_text())
+}
 
 /// One JSON value per line of a command's output.
 fn json_lines(out: &[u8]) -> Result<Vec<serde_json::Value>> {
@@ -214,17 +238,21 @@ async fn a_flickering_camera_yields_one_episode() -> Result {
 /// after deduplication, the events equal an undisturbed run's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_and_rebalances_mid_episode_never_change_the_episode_id() -> Result {
-    let script = format!("{}{}", "V".repeat(16), "C".repeat(20));
-    let all = scene("cam-r", T0, 0, &script);
-    let undisturbed = dedup(&run_once(&all, 3).await?);
+    // A violation that clears, then relapses (a second episode), judged by workers with the
+    // shipped defaults (frames stamped near now, so that none is stale).
+    let script = format!("{}{}{}", "V".repeat(16), "C".repeat(20), "V".repeat(12));
+    let all = scene("cam-r", fresh_t0(), 0, &script);
+    let undisturbed = dedup(&run_default(&all, 4).await?);
+    let opened = undisturbed.iter().filter(|e| e.1 == "opened").count();
+    ensure!(opened == 2, "the scene opens two episodes: {undisturbed:?}");
 
     let topics = create_topics(2).await?;
     let group = unique("g");
     let rules = rules_file()?;
     let args = ["--rules", rules.path().to_str().unwrap()];
-    let mut current = Worker::start(&topics, &group, &args)?;
+    let mut current = Worker::start_default(&topics, &group, &args)?;
     let mut sent = 0;
-    for (round, chunk) in all.chunks(6).enumerate() {
+    for (round, chunk) in all.chunks(8).enumerate() {
         produce(&topics.frames, chunk).await?;
         sent += chunk.len();
         collect(
@@ -235,7 +263,7 @@ async fn restarts_and_rebalances_mid_episode_never_change_the_episode_id() -> Re
         )
         .await
         .with_context(|| format!("round {round}:\n{}", current.log_text()))?;
-        let next = Worker::start(&topics, &group, &args)?;
+        let next = Worker::start_default(&topics, &group, &args)?;
         if round % 2 == 1 {
             // A rebalance: the newcomer joins while this worker runs, taking partitions away.
             wait_for(
@@ -269,8 +297,8 @@ async fn restarts_and_rebalances_mid_episode_never_change_the_episode_id() -> Re
     );
     let ids: BTreeSet<&str> = events.iter().map(|(e, _)| e.episode_id.as_str()).collect();
     ensure!(
-        ids.len() == 1,
-        "one episode id across restarts and rebalances: {ids:?}"
+        ids.len() == 2,
+        "two episode ids (the relapse's) across restarts and rebalances: {ids:?}"
     );
     current.signal("TERM")?;
     Ok(())
@@ -278,18 +306,20 @@ async fn restarts_and_rebalances_mid_episode_never_change_the_episode_id() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_episode_keeps_the_episode_and_loses_nothing() -> Result {
-    let phase1 = scene("cam-k", T0, 0, &"V".repeat(16));
-    let phase2 = scene("cam-k", T0 + 8_000, 16, &"C".repeat(20));
+    // The shipped defaults, frames stamped near now.
+    let t0 = fresh_t0();
+    let phase1 = scene("cam-k", t0, 0, &"V".repeat(16));
+    let phase2 = scene("cam-k", t0 + 8_000, 16, &"C".repeat(20));
     let undisturbed = {
         let all: Vec<Rec> = phase1.iter().chain(&phase2).cloned().collect();
-        dedup(&run_once(&all, 3).await?)
+        dedup(&run_default(&all, 3).await?)
     };
 
     let topics = create_topics(2).await?;
     let group = unique("g");
     let rules = rules_file()?;
     let args = ["--rules", rules.path().to_str().unwrap()];
-    let mut a = Worker::start(&topics, &group, &args)?;
+    let mut a = Worker::start_default(&topics, &group, &args)?;
     produce(&topics.frames, &phase1).await?;
     events_until(&topics.violations, 1, Duration::from_secs(120))
         .await
@@ -297,7 +327,7 @@ async fn sigkill_mid_episode_keeps_the_episode_and_loses_nothing() -> Result {
     a.signal("KILL")?;
     a.wait(Duration::from_secs(10))?;
     produce(&topics.frames, &phase2).await?;
-    let b = Worker::start(&topics, &group, &args)?;
+    let b = Worker::start_default(&topics, &group, &args)?;
     let all = events_until(
         &topics.violations,
         undisturbed.len(),
@@ -326,6 +356,124 @@ async fn sigkill_mid_episode_keeps_the_episode_and_loses_nothing() -> Result {
         all.iter()
             .any(|(e, _)| e.kind == "resolved" && e.worker == b.id),
         "the survivor resolved it"
+    );
+    Ok(())
+}
+
+/// Round-robin over several cameras' frames, as a partition holds them.
+fn interleave(lists: &[&[Rec]]) -> Vec<Rec> {
+    let longest = lists.iter().map(|l| l.len()).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| lists.iter().filter_map(move |l| l.get(i).cloned()))
+        .collect()
+}
+
+/// One partition, one worker with the shipped defaults, frames stamped now:
+/// - site A's camera shows a violation while frames claiming site B with the same camera id
+///   arrive (a token of site B can send them): each is dead-lettered `site_conflict`, and
+///   site A's episode is neither cleared nor re-labelled;
+/// - a camera whose clock is 4 minutes fast sends beside it (the silence timeout is 2 minutes):
+///   it resolves no other camera's episode;
+/// - an episode open in a state record of the previous format (version 1, keyed by camera
+///   alone) is restored and resolved under its id when its camera's frames clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_cannot_touch_each_other_and_a_fast_clock_ends_no_other_episode() -> Result {
+    use rdkafka::producer::FutureRecord;
+    let topics = create_topics(1).await?;
+    let t0 = vigil::contract::now_ms();
+    let legacy_id = "5eed0000000000000000000000000001";
+    let v1 = serde_json::json!({
+        "camera": "cam-l", "rule": "mask_required", "site": "site-009", "zone": "kitchen",
+        "applied_offset": -1, "models": [{"name": "face-blazeface", "version": "1"}],
+        "state": {
+            "level": 0.9, "last_frame_ms": t0 - 500, "last_evidence_ms": t0 - 500,
+            "above_since_ms": t0 - 10_000, "below_since_ms": null,
+            "phase": {"phase": "open", "episode": {
+                "id": legacy_id, "opened_at_ms": t0 - 10_000, "last_seen_ms": t0 - 500,
+                "peak_level": 0.95, "level_sum": 9.0, "frames": 10, "severity": "minor",
+                "events": 1, "last_event_ms": t0 - 8_000, "evidence": null}},
+            "late_frames": 0}
+    });
+    let key = serde_json::to_string(&["cam-l", "mask_required"])?;
+    let payload = serde_json::to_vec(&v1)?;
+    producer()?
+        .send(
+            FutureRecord::to(&topics.state)
+                .key(&key)
+                .payload(&payload)
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+
+    let a = scene("cam-a", t0, 0, &"V".repeat(24));
+    let mut intruder = scene("cam-a", t0 + 6_000, 100, &"C".repeat(12));
+    for r in &mut intruder {
+        r.headers[0].1 = b"site-010".to_vec();
+    }
+    let fast = scene("cam-fast", t0 + 240_000, 0, &"C".repeat(12));
+    let legacy = scene("cam-l", t0, 0, &"C".repeat(24));
+    let frames = interleave(&[&a, &intruder, &fast, &legacy]);
+    produce(&topics.frames, &frames).await?;
+    let rules = rules_file()?;
+    let w = Worker::start_default(
+        &topics,
+        &unique("g"),
+        &["--rules", rules.path().to_str().unwrap()],
+    )?;
+    let judged = a.len() + fast.len() + legacy.len();
+    collect(
+        &topics.observations,
+        judged,
+        Duration::from_secs(120),
+        Duration::ZERO,
+    )
+    .await
+    .with_context(|| w.log_text())?;
+    let dead = collect(
+        &topics.dlq,
+        intruder.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await
+    .with_context(|| w.log_text())?;
+    ensure!(
+        dead.len() == intruder.len()
+            && dead
+                .iter()
+                .all(|d| d.header("reason").as_deref() == Some("site_conflict")),
+        "every frame claiming site-010 for site-009's camera is dead-lettered site_conflict: {:?}",
+        dead.iter().map(|d| d.header("reason")).collect::<Vec<_>>()
+    );
+    let events = events_until(&topics.violations, 2, Duration::from_secs(30))
+        .await
+        .with_context(|| w.log_text())?;
+    let of = |camera: &str| -> Vec<&ViolationEvent> {
+        events
+            .iter()
+            .map(|(e, _)| e)
+            .filter(|e| e.camera == camera && e.kind != "updated")
+            .collect()
+    };
+    let a_events = of("cam-a");
+    ensure!(
+        a_events.len() == 1 && a_events[0].kind == "opened" && a_events[0].site == "site-009",
+        "site-009's cam-a opened once and was neither resolved nor re-labelled: {a_events:?}"
+    );
+    ensure!(of("cam-fast").is_empty(), "the fast camera is compliant");
+    ensure!(
+        events.iter().all(|(e, _)| e.site == "site-009"),
+        "no event for site-010"
+    );
+    let l = of("cam-l");
+    ensure!(
+        l.len() == 1
+            && l[0].kind == "resolved"
+            && l[0].episode_id == legacy_id
+            && l[0].reason.as_deref() == Some("cleared"),
+        "the version 1 episode was restored and resolved under its id: {l:?}"
     );
     Ok(())
 }

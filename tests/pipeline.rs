@@ -335,7 +335,9 @@ async fn sigterm_drains_commits_and_a_restart_resumes_without_loss_or_repeat() -
     let group = unique("g");
     let first = frames(2, 5);
     let sent1 = produce(&topics.frames, &first).await?;
-    let mut w1 = Worker::start(&topics, &group, &[])?;
+    // The shipped defaults: the frames are from 2023, so all but each camera's first are
+    // skipped as stale, and every one still gets its observation exactly once.
+    let mut w1 = Worker::start_default(&topics, &group, &[])?;
     collect(
         &topics.observations,
         first.len(),
@@ -355,7 +357,7 @@ async fn sigterm_drains_commits_and_a_restart_resumes_without_loss_or_repeat() -
 
     let second = frames(2, 5);
     let sent2 = produce(&topics.frames, &second).await?;
-    let w2 = Worker::start(&topics, &group, &[])?;
+    let w2 = Worker::start_default(&topics, &group, &[])?;
     let total = first.len() + second.len();
     let got = collect(
         &topics.observations,

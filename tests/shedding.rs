@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
+use anyhow::{ensure, Context};
 use common::*;
 use rdkafka::producer::FutureRecord;
 use vigil::contract::observation::Verdict;
@@ -148,5 +148,86 @@ async fn overload_is_shed_fairly_and_visibly() -> Result {
         "skip counter {counted} equals the skipped observations {skipped}"
     );
     drop(worker);
+    Ok(())
+}
+
+/// An hour-old backlog, judged by workers with the shipped defaults: each camera's first frame
+/// is judged and the rest skipped (they are an hour late, and one frame per hour of footage is
+/// what shedding keeps). A worker killed with SIGKILL half-way is replaced by one that resumes
+/// with the shedding memory its state records hold: it judges no second frame of any camera,
+/// exactly as an undisturbed worker would not. (Before that memory was kept, every restart
+/// judged one more frame per camera.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_backlog_is_judged_the_same_across_a_sigkill() -> Result {
+    let topics = create_topics(2).await?;
+    let group = unique("g");
+    let start = vigil::contract::now_ms() - 3_600_000;
+    let backlog = |cam: usize, from: u64, n: u64| -> Vec<Rec> {
+        (from..from + n)
+            .map(|seq| {
+                let mut r = frame(
+                    &format!("cam-{cam}"),
+                    "site-003",
+                    seq,
+                    face("grace_hopper.jpg"),
+                );
+                r.headers[2].1 = (start + seq as i64 * 1_000).to_string().into_bytes();
+                r
+            })
+            .collect()
+    };
+    let phase = |from: u64| -> Vec<Rec> {
+        let per: Vec<Vec<Rec>> = (0..4).map(|c| backlog(c, from, 10)).collect();
+        (0..10)
+            .flat_map(|i| per.iter().map(move |p| p[i].clone()))
+            .collect()
+    };
+    let (first, second) = (phase(0), phase(10));
+    produce(&topics.frames, &first).await?;
+    let mut a = Worker::start_default(&topics, &group, &[])?;
+    collect(
+        &topics.observations,
+        first.len(),
+        Duration::from_secs(120),
+        Duration::ZERO,
+    )
+    .await
+    .with_context(|| a.log_text())?;
+    // A checkpoint (every 0.5 s) and a commit (every second) of what it judged, then a kill.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.signal("KILL")?;
+    a.wait(Duration::from_secs(10))?;
+    produce(&topics.frames, &second).await?;
+    let b = Worker::start_default(&topics, &group, &[])?;
+    let got = collect(
+        &topics.observations,
+        first.len() + second.len(),
+        Duration::from_secs(120),
+        Duration::from_secs(3),
+    )
+    .await
+    .with_context(|| b.log_text())?;
+    let mut judged: HashMap<String, Vec<u64>> = HashMap::new();
+    for g in &got {
+        let o = g.observation()?;
+        let skipped = o
+            .rules
+            .iter()
+            .all(|r| r.reason.as_deref() == Some("skipped_stale"));
+        if !skipped {
+            judged.entry(o.camera.clone()).or_default().push(o.seq);
+        }
+    }
+    for cam in 0..4 {
+        let mut seqs = judged.remove(&format!("cam-{cam}")).unwrap_or_default();
+        seqs.sort_unstable();
+        seqs.dedup();
+        ensure!(
+            seqs == [0],
+            "cam-{cam}: only the first frame of the hour-old backlog is judged, across the \
+             kill; judged {seqs:?}\n{}",
+            b.log_text()
+        );
+    }
     Ok(())
 }

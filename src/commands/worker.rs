@@ -91,15 +91,21 @@ pub struct WorkerArgs {
     /// stale; of those, each camera keeps one judged frame per this many seconds of footage, or
     /// per its lateness if longer, and the others are skipped (counted, observed as `unknown`
     /// with reason `skipped_stale`, committed). 0 judges every frame, for replaying footage.
-    #[arg(long, env = "VIGIL_MAX_STALENESS_SECS", default_value_t = 5.0)]
+    /// The default, 60, outlasts a crashed worker's replacement (session timeout plus restore)
+    /// and the broker outages a worker rides out, so that neither changes which frames are
+    /// judged.
+    #[arg(long, env = "VIGIL_MAX_STALENESS_SECS", default_value_t = 60.0)]
     pub max_staleness_secs: f64,
     /// A detection that stays put (same track, not moved or grown) has its crop classified
-    /// again only every this many frames; in between its last scores are reused. 1 classifies
-    /// every crop of every frame.
+    /// again only every this many frames; in between its last scores are reused. 1 (the
+    /// default) classifies every crop of every frame: reused scores are not carried across a
+    /// restart or rebalance, so above 1 a restart can change a camera's events.
     #[arg(long, env = "VIGIL_RECLASSIFY_EVERY", default_value_t = crate::infer::track::TrackPolicy::default().every)]
     pub reclassify_every: u32,
-    /// Seconds to wait for in-flight frames at shutdown or when partitions are revoked; must be
-    /// below the group's session timeout (`-X session.timeout.ms`, 10 s by default).
+    /// Seconds to wait for in-flight frames at shutdown, and to wait for a revoked partition's
+    /// frames before saying so (a revoke during a broker outage waits for its frames however
+    /// long the outage lasts); must be below the group's session timeout
+    /// (`-X session.timeout.ms`, 10 s by default).
     #[arg(long, env = "VIGIL_DRAIN_TIMEOUT_SECS", default_value_t = 8.0)]
     pub drain_timeout_secs: f64,
     /// Name written into observations and dead letters (default: host name and pid).

@@ -24,6 +24,12 @@ pub struct Origin {
     pub ticket: Ticket,
     /// One of `max_in_flight` slots; released when the outcome is delivered (or dropped).
     _slot: OwnedSemaphorePermit,
+    /// The frame's place on its partition's clock, set by the intake once the frame is
+    /// accepted; the episodes judge silence by it.
+    pub stamp: Option<Stamp>,
+    /// State records the intake changed with this frame (its camera's record, tombstones of
+    /// cameras gone silent), checkpointed with the frame's outcome whatever it is.
+    pub states: Vec<StateRecord>,
 }
 
 impl Origin {
@@ -31,8 +37,20 @@ impl Origin {
         Origin {
             ticket,
             _slot: slot,
+            stamp: None,
+            states: Vec::new(),
         }
     }
+}
+
+/// A frame's place in time on its partition ([`crate::episodes::cameras`]), handed from the
+/// intake to the episodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamp {
+    /// The partition clock after this frame.
+    pub clock_ms: i64,
+    /// Where this frame sits on the partition clock.
+    pub mapped_ms: i64,
 }
 
 /// A frame record as read, kept whole until its outcome is known, so that a frame refused at
@@ -54,10 +72,11 @@ pub struct DeadLetter {
     pub rejection: Rejection,
 }
 
-/// A state-topic record: one (camera, rule)'s episode state, serialised by the episodes stage.
+/// A state-topic record: one (site, camera, rule)'s episode state, or one camera's record,
+/// serialised by the intake or the episodes stage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateRecord {
-    /// Unique per (camera, rule), so compaction keeps the latest of each.
+    /// Unique per entry, so compaction keeps the latest of each.
     pub key: String,
     /// The serialised state (JSON); `None` is a tombstone (the entry was evicted).
     pub value: Option<Vec<u8>>,

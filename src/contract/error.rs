@@ -5,8 +5,8 @@
 //! A problem with one record is a [`Rejection`](super::Rejection) and becomes a dead letter. A
 //! [`StageError`] is about the stage itself and stops the worker: its frames in flight are not
 //! committed and are read again by the next owner. Transient trouble never becomes one; it is
-//! waited out where it happens (librdkafka retries produces for up to 120 s, consumer transport
-//! errors are counted and polling goes on).
+//! waited out where it happens (the worker's producers retry without a time limit, consumer
+//! transport errors are counted and polling goes on, restores are tried again).
 
 use std::fmt;
 

@@ -15,7 +15,9 @@ pub mod jpeg;
 pub mod observation;
 pub mod reject;
 
-pub use envelope::{DeadLetter, Judged, Observed, Origin, Outcome, RawFrame, StateRecord, Ticket};
+pub use envelope::{
+    DeadLetter, Judged, Observed, Origin, Outcome, RawFrame, Stamp, StateRecord, Ticket,
+};
 pub use error::{Domain, StageError};
 pub use event::{EventKind, EvidenceRef, ModelVersion, Severity, ViolationEvent};
 pub use frame::{

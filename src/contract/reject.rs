@@ -36,10 +36,16 @@ pub enum Reason {
     /// The frame's observation or events could not be encoded for their schema (a defect in
     /// vigil, never the frame's fault; dead-lettered so that it cannot stop the partition).
     EncodeFailed,
+    /// The frame's camera id belongs to another site on its partition (a token of one site
+    /// cannot touch another site's cameras).
+    SiteConflict,
+    /// The frame's `captured_at` jumps ahead of its camera's own recent frames by more than the
+    /// partition's other cameras saw pass.
+    ClockJump,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 11] = [
         Reason::MissingHeader,
         Reason::BadHeader,
         Reason::Empty,
@@ -49,6 +55,8 @@ impl Reason {
         Reason::PixelBudget,
         Reason::DecodeFailed,
         Reason::EncodeFailed,
+        Reason::SiteConflict,
+        Reason::ClockJump,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +70,8 @@ impl Reason {
             Reason::PixelBudget => "pixel_budget",
             Reason::DecodeFailed => "decode_failed",
             Reason::EncodeFailed => "encode_failed",
+            Reason::SiteConflict => "site_conflict",
+            Reason::ClockJump => "clock_jump",
         }
     }
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::machine::{Event, EventKind};
-use super::store::{RaisedEvent, StateStore};
+use super::store::{shed_key, RaisedEvent, StateStore, StateValue};
 use crate::contract::{
-    EvidenceRef, Judged, Observation, Observed, Outcome, StateRecord, ViolationEvent,
+    EvidenceRef, Judged, Observation, Observed, Outcome, Stamp, StateRecord, ViolationEvent,
 };
 use crate::evidence::Evidence;
 use crate::rules::{EpisodePolicy, RuleSet};
@@ -26,6 +26,9 @@ pub struct Judge {
     frames_topic: String,
     /// Written into each event.
     worker_id: String,
+    /// Whether load shedding is on: then each judged frame's camera gets its shedding record
+    /// written, so that a new owner skips what this one would have.
+    shedding: bool,
 }
 
 impl Judge {
@@ -35,6 +38,7 @@ impl Judge {
         metrics: Arc<Metrics>,
         frames_topic: String,
         worker_id: String,
+        shedding: bool,
     ) -> Judge {
         let policies = ruleset
             .rules
@@ -55,13 +59,23 @@ impl Judge {
             metrics,
             frames_topic,
             worker_id,
+            shedding,
         }
     }
 
-    /// Applies an observation to its cameras' episodes (in frame order): the events it raises
-    /// and the state entries it changed, serialised for the state topic.
-    pub fn judge(&self, partition: i32, offset: i64, obs: Observation) -> Judged {
-        let j = self.store.judge(partition, offset, &obs, &self.policies);
+    /// Applies an observation to its cameras' episodes (in frame order; `stamp` is its place on
+    /// the partition clock): the events it raises and the state entries it changed, serialised
+    /// for the state topic.
+    pub fn judge(
+        &self,
+        partition: i32,
+        offset: i64,
+        obs: Observation,
+        stamp: Option<&Stamp>,
+    ) -> Judged {
+        let j = self
+            .store
+            .judge(partition, offset, &obs, stamp, &self.policies);
         for rule in &j.stale {
             self.metrics.frames_stale.with_label_values(&[rule]).inc();
         }
@@ -89,14 +103,19 @@ impl Judge {
             .iter()
             .map(|s| StateRecord {
                 key: s.key(),
-                // A struct of strings and numbers: serialising it cannot fail.
-                value: Some(serde_json::to_vec(s).unwrap_or_default()),
+                value: Some(StateValue::Episode(Box::new(s.clone())).to_bytes()),
             })
             .collect();
         for e in &j.evicted {
             states.push(StateRecord {
                 key: e.key(),
                 value: None,
+            });
+        }
+        if let (true, Some(shed)) = (self.shedding, j.shed) {
+            states.push(StateRecord {
+                key: shed_key(&shed.site, &shed.camera),
+                value: Some(StateValue::Shed(shed).to_bytes()),
             });
         }
         Judged {
@@ -154,7 +173,12 @@ pub async fn run(
     out: mpsc::Sender<Outcome>,
 ) {
     while let Some(Observed { origin, obs, image }) = rx.recv().await {
-        let mut judged = judge.judge(origin.ticket.partition, origin.ticket.offset, *obs);
+        let mut judged = judge.judge(
+            origin.ticket.partition,
+            origin.ticket.offset,
+            *obs,
+            origin.stamp.as_ref(),
+        );
         if let (Some(evidence), Some(image)) = (&evidence, &image) {
             if judged.events.iter().any(crate::evidence::wants_snapshot) {
                 evidence

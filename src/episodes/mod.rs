@@ -1,9 +1,12 @@
 //! The episodes stage: per-frame verdicts smoothed over event time into violation episodes.
 //!
 //! - [`machine`]: the smoother and episode state machine of one (camera, rule); pure;
-//! - [`store`]: the state of every (camera, rule) of the assigned partitions; pure;
+//! - [`cameras`]: which site owns each camera id, and the partition clock; pure;
+//! - [`store`]: the state of every (site, camera, rule) of the assigned partitions, and the
+//!   versioned state records; pure;
 //! - [`judge`]: the stage that applies observations in frame order and builds the events.
 
+pub mod cameras;
 pub mod judge;
 pub mod machine;
 pub mod store;

@@ -13,40 +13,14 @@ use opencv::prelude::*;
 use tokio::sync::mpsc;
 
 use super::cascade;
+use super::frame::{ms, InFrame, Infer, InferItem, Reply, Slot};
 use super::model::{Detection, ModelOutput};
 use super::observe::finish;
 use super::plan::FramePlan;
 use super::shed::{Admission, SKIPPED_STALE};
-use super::stage::{ms, Infer, InferItem, Reply, Slot};
 use super::track::{CropPlan, Tracker};
-use crate::contract::observation::{FrameSize, StageTiming};
 use crate::contract::{FrameMeta, Observation, Observed, Origin};
 use crate::decode::{preprocess, Decoded, Letterbox, Resize};
-
-/// A frame between decode and its observation.
-pub(crate) struct InFrame {
-    pub(crate) origin: Origin,
-    pub(crate) meta: FrameMeta,
-    pub(crate) size: FrameSize,
-    pub(crate) plan: FramePlan,
-    pub(crate) image: Option<Arc<Mat>>,
-    /// Model replies and crop jobs still to come.
-    pub(crate) outstanding: usize,
-    /// Detections each detector rule (cascade or presence) kept, by rule.
-    pub(crate) kept: HashMap<usize, Vec<Detection>>,
-    /// Crop scores by (rule, detection index).
-    pub(crate) crop_scores: HashMap<(usize, usize), Vec<f32>>,
-    /// Track of each crop sent to a classifier, by (rule, detection index).
-    pub(crate) tracks: HashMap<(usize, usize), u64>,
-    /// Whole-frame classifier scores by model.
-    pub(crate) whole_scores: HashMap<usize, Vec<f32>>,
-    pub(crate) stages: Vec<StageTiming>,
-    pub(crate) used_models: Vec<usize>,
-    pub(crate) decode_ms: f64,
-    pub(crate) preprocess_ms: f64,
-    pub(crate) crop_ms: f64,
-    pub(crate) started: Instant,
-}
 
 /// Tracks are per camera and rule.
 type TrackKey = (String, String, usize);
@@ -146,15 +120,16 @@ pub(crate) async fn collect(
                     }
                     if f.outstanding == 0 { finished.push(frame); }
                 }
-                Some(Reply::Crops { frame, items, crop_ms }) => {
+                Some(Reply::Crops { frame, items, attempted, crop_ms }) => {
                     let Some(f) = state.get_mut(&frame) else { continue };
                     f.outstanding -= 1;
                     f.crop_ms += crop_ms;
                     f.outstanding += items.len();
                     // A crop that could not be cut never reports: its waiters go on without it.
-                    let lost: Vec<TrackId> = f.tracks.iter()
-                        .filter(|(&(rule, det), _)| !items.iter().any(|(_, s, _)| *s == Slot::Crop { rule, det }))
-                        .map(|(&(rule, _), &track)| (track_key(&f.meta, rule), track))
+                    let cut: Vec<Slot> = items.iter().map(|(_, s, _)| *s).collect();
+                    let lost: Vec<TrackId> = lost_tracks(&f.tracks, &attempted, &cut)
+                        .into_iter()
+                        .map(|(rule, track)| (track_key(&f.meta, rule), track))
                         .collect();
                     if f.outstanding == 0 { finished.push(frame); }
                     for (m, slot, tensor) in items {
@@ -220,6 +195,24 @@ fn release_waiters(
             finished.push(frame);
         }
     }
+}
+
+/// The tracks (rule, track) whose crop a crop job was to cut (`attempted`) but did not
+/// (`cut` holds what it did). Only the job's own crops count: the crops of a frame's other
+/// detector (hands beside faces) are another job's, still running or already reported.
+fn lost_tracks(
+    tracks: &HashMap<(usize, usize), u64>,
+    attempted: &[Slot],
+    cut: &[Slot],
+) -> Vec<(usize, u64)> {
+    tracks
+        .iter()
+        .filter(|(&(rule, det), _)| {
+            let slot = Slot::Crop { rule, det };
+            attempted.contains(&slot) && !cut.contains(&slot)
+        })
+        .map(|(&(rule, _), &track)| (rule, track))
+        .collect()
 }
 
 /// What scheduling crops needs besides the frame: the tracks, the waiting crops, the replies.
@@ -309,6 +302,7 @@ fn schedule_crops(
     f.outstanding += 1;
     let infer = infer.clone();
     let tx = c.reply_tx.clone();
+    let attempted: Vec<Slot> = jobs.iter().map(|(_, slot, _, _)| *slot).collect();
     tokio::task::spawn_blocking(move || {
         let t = Instant::now();
         let mut items = Vec::with_capacity(jobs.len());
@@ -336,7 +330,32 @@ fn schedule_crops(
         let _ = tx.send(Reply::Crops {
             frame,
             items,
+            attempted,
             crop_ms: ms(t.elapsed()),
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crop_job_loses_only_its_own_crops_never_another_detectors() {
+        // A prep-zone frame: rule 0 (faces) kept two detections, rule 1 (hands) one; each
+        // detector's crops are cut by a job of their own.
+        let tracks = HashMap::from([((0, 0), 10), ((0, 1), 11), ((1, 0), 20)]);
+        let faces = [
+            Slot::Crop { rule: 0, det: 0 },
+            Slot::Crop { rule: 0, det: 1 },
+        ];
+        let hands = [Slot::Crop { rule: 1, det: 0 }];
+        // The faces job cut both of its crops: nothing is lost, the hand's track included
+        // (its job has not reported yet; its waiters must keep waiting for its scores).
+        assert!(lost_tracks(&tracks, &faces, &faces).is_empty());
+        // The faces job could cut only its first crop: the second face's track is lost.
+        assert_eq!(lost_tracks(&tracks, &faces, &faces[..1]), [(0, 11)]);
+        // The hands job could cut nothing: only the hand's track is lost.
+        assert_eq!(lost_tracks(&tracks, &hands, &[]), [(1, 20)]);
+    }
 }

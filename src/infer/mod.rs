@@ -7,6 +7,7 @@
 //! - [`batcher`]: when a model's batch is run (size or deadline);
 //! - [`cascade`]: which detections are kept and cropped, and the verdict from their scores;
 //! - [`stage`]: the model tasks; `collect`: routing and crops; `observe`: the observation;
+//!   `frame`: what they share (settings, a frame in flight, their messages);
 //! - [`shed`] (pure): which stale frames are skipped when the worker falls behind;
 //! - [`track`] (pure): which crops need the classifier, and which reuse a track's scores.
 
@@ -14,6 +15,7 @@ pub mod batcher;
 pub mod cascade;
 mod collect;
 mod debug;
+mod frame;
 pub mod model;
 mod observe;
 pub mod plan;

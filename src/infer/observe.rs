@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use super::cascade;
-use super::collect::InFrame;
 use super::debug::draw_debug;
-use super::stage::{ms, Infer};
+use super::frame::{ms, InFrame, Infer};
 use crate::contract::observation::{
     Classification, DetectionResult, RuleResult, SourceRef, Timings,
 };

@@ -79,6 +79,19 @@ impl Shedder {
         true
     }
 
+    /// Sets a camera's last judged frame as a restored record says (a partition assigned to
+    /// this worker): what its previous owner judged, it does not judge again.
+    pub fn restore(&mut self, site: &str, camera: &str, captured_at_ms: i64) {
+        self.last_judged
+            .insert((site.to_string(), camera.to_string()), captured_at_ms);
+    }
+
+    /// Forgets a camera (its partition went to another worker).
+    pub fn forget(&mut self, site: &str, camera: &str) {
+        self.last_judged
+            .remove(&(site.to_string(), camera.to_string()));
+    }
+
     fn forget_oldest_half(&mut self) {
         let mut times: Vec<i64> = self.last_judged.values().copied().collect();
         times.sort_unstable();

@@ -14,93 +14,23 @@
 //! limit times `max_detections`.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::batcher::{BatchPolicy, BatchSettings, Batcher};
 use super::collect::collect;
-use super::model::{Model, ModelOutput};
-use super::plan::{FramePlan, Planner};
-use super::shed::{Admission, Shedder};
-use super::track::TrackPolicy;
+use super::frame::{ms, InferItem, Reply};
+pub use super::frame::{DebugImages, Infer};
+use super::model::Model;
+use super::plan::FramePlan;
 use crate::contract::observation::StageTiming;
 use crate::contract::{Domain, Observed, StageError};
 use crate::decode::Decoded;
-use crate::telemetry::Metrics;
 
 /// Where annotated debug images go.
-#[derive(Debug, Clone)]
-pub struct DebugImages {
-    pub dir: PathBuf,
-    /// Cameras whose frames are drawn.
-    pub cameras: Vec<String>,
-}
-
-/// What the infer stage's tasks share, fixed at start-up.
-pub struct Infer {
-    pub planner: Arc<Planner>,
-    pub metrics: Arc<Metrics>,
-    /// Named in each observation's source reference.
-    pub frames_topic: String,
-    /// Written into each observation.
-    pub worker_id: String,
-    pub debug: Option<DebugImages>,
-    /// Load shedding: which stale frames are skipped (shared with the intake).
-    pub shedder: Arc<Mutex<Shedder>>,
-    /// When a tracked detection's crop is classified again (`--reclassify-every`).
-    pub track: TrackPolicy,
-    /// Permits for model runs at once across the models (`--concurrent-runs`); `None`: no
-    /// limit.
-    pub run_slots: Option<Arc<tokio::sync::Semaphore>>,
-}
-
-/// Which part of a frame a model input is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Slot {
-    Whole,
-    /// Crop of detection `det` kept by rule `rule`.
-    Crop {
-        rule: usize,
-        det: usize,
-    },
-}
-
-/// One input queued for a model.
-pub(crate) struct InferItem {
-    pub(crate) frame: u64,
-    pub(crate) slot: Slot,
-    pub(crate) tensor: Vec<f32>,
-    pub(crate) queued_at: Instant,
-    /// Whole-frame items: the frame's load-shedding decision, made just before its first run.
-    pub(crate) admission: Option<Arc<Admission>>,
-}
-
-/// What comes back to the collector.
-pub(crate) enum Reply {
-    Model {
-        model: usize,
-        frame: u64,
-        slot: Slot,
-        output: ModelOutput,
-        timing: StageTiming,
-    },
-    /// The frame was skipped by load shedding before this model ran it.
-    Skipped { frame: u64 },
-    Crops {
-        frame: u64,
-        items: Vec<(usize, Slot, Vec<f32>)>,
-        crop_ms: f64,
-    },
-}
-
-pub(crate) fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// A task of the stage, for the pipeline to spawn and supervise.
 pub type StageTask = Pin<Box<dyn Future<Output = Result<(), StageError>> + Send>>;
 

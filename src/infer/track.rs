@@ -44,7 +44,9 @@ impl Default for TrackPolicy {
             match_iou: 0.3,
             max_shift: 0.15,
             max_scale: 0.2,
-            every: 5,
+            // Reuse is opt-in: reused scores are not carried across a restart or rebalance, so
+            // with reuse a worker's replacement can judge a frame differently than it would have.
+            every: 1,
             max_age_ms: 10_000,
             forget_ms: 10_000,
         }
@@ -230,6 +232,14 @@ impl<K: Hash + Eq + Clone> Tracker<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The policy with reuse on (every 5th frame classified), as `--reclassify-every 5`.
+    fn reusing() -> TrackPolicy {
+        TrackPolicy {
+            every: 5,
+            ..TrackPolicy::default()
+        }
+    }
     use proptest::prelude::*;
 
     const A: [f32; 4] = [0.1, 0.1, 0.3, 0.4];
@@ -251,7 +261,7 @@ mod tests {
 
     #[test]
     fn a_still_face_is_classified_every_n_frames() {
-        let mut t = Tracker::new(TrackPolicy::default());
+        let mut t = Tracker::new(reusing());
         let got: Vec<bool> = (0..11).map(|i| run(&mut t, i * 500, &[A])[0]).collect();
         assert_eq!(
             got,
@@ -261,7 +271,7 @@ mod tests {
 
     #[test]
     fn moving_or_growing_or_new_means_classify() {
-        let mut t = Tracker::new(TrackPolicy::default());
+        let mut t = Tracker::new(reusing());
         assert_eq!(run(&mut t, 0, &[A]), [true]);
         assert_eq!(run(&mut t, 500, &[A]), [false]);
         let moved = [0.14, 0.1, 0.34, 0.4]; // centre moved by 20 % of the width
@@ -278,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_running_first_classification_is_awaited_for_a_while() {
-        let mut t: Tracker<&str> = Tracker::new(TrackPolicy::default());
+        let mut t: Tracker<&str> = Tracker::new(reusing());
         let CropPlan::Classify { track } = t.plan(&"cam", 0, &[A])[0] else {
             panic!("a new track is classified")
         };
@@ -297,7 +307,7 @@ mod tests {
 
     #[test]
     fn cameras_are_apart_and_unseen_tracks_are_forgotten() {
-        let mut t = Tracker::new(TrackPolicy::default());
+        let mut t = Tracker::new(reusing());
         assert_eq!(run(&mut t, 0, &[A]), [true]);
         let other = t.plan(&"other", 0, &[A]);
         assert!(classify(&other[0]), "another camera's face is another face");
@@ -314,12 +324,12 @@ mod tests {
 
     #[test]
     fn a_slow_camera_keeps_its_tracks_and_scores_age_in_time() {
-        let mut t = Tracker::new(TrackPolicy::default());
+        let mut t = Tracker::new(reusing());
         // A frame every 2 s: reused for 4 frames, classified on the 5th.
         let got: Vec<bool> = (0..7).map(|i| run(&mut t, i * 2_000, &[A])[0]).collect();
         assert_eq!(got, [true, false, false, false, false, true, false]);
         // A frame every 4 s: the scores are never reused past 10 s.
-        let mut t = Tracker::new(TrackPolicy::default());
+        let mut t = Tracker::new(reusing());
         let got: Vec<bool> = (0..7).map(|i| run(&mut t, i * 4_000, &[A])[0]).collect();
         assert_eq!(got, [true, false, false, true, false, false, true]);
     }
@@ -328,7 +338,7 @@ mod tests {
     fn tracks_that_begin_together_are_reclassified_apart() {
         // 20 cameras, one still face each, all first seen in the same round, a frame each
         // every 2 s: without the stagger all 20 would be re-classified in every fifth round.
-        let p = TrackPolicy::default();
+        let p = reusing();
         let mut t: Tracker<u32> = Tracker::new(p);
         let mut last = [0i64; 20];
         let mut per_round = Vec::new();
@@ -365,7 +375,7 @@ mod tests {
     fn every_one_means_no_reuse() {
         let mut t = Tracker::new(TrackPolicy {
             every: 1,
-            ..TrackPolicy::default()
+            ..reusing()
         });
         assert!((0..5).all(|i| run(&mut t, i * 500, &[A, B]) == [true, true]));
     }
@@ -378,7 +388,7 @@ mod tests {
             frames in proptest::collection::vec(
                 proptest::collection::vec((0f32..0.8, 0f32..0.8, 0.05f32..0.2), 0..4), 1..30),
         ) {
-            let mut t = Tracker::new(TrackPolicy::default());
+            let mut t = Tracker::new(reusing());
             let mut last: HashMap<u64, Vec<f32>> = HashMap::new();
             for (i, dets) in frames.iter().enumerate() {
                 let boxes: Vec<[f32; 4]> = dets.iter().map(|&(x, y, s)| [x, y, x + s, y + s]).collect();

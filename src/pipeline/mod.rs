@@ -11,8 +11,11 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::contract::StageError;
+use crate::contract::{StageError, StateRecord};
+use crate::episodes::cameras::CameraBook;
+use crate::episodes::store::StateValue;
 use crate::episodes::StateStore;
+use crate::infer::shed::Shedder;
 use crate::kafka::KafkaArgs;
 use crate::sink::Checkpoints;
 use crate::source::PartitionHooks;
@@ -32,6 +35,10 @@ struct Restorer {
     group: String,
     state_topic: String,
     store: Arc<StateStore>,
+    /// The intake's cameras and partition clocks, restored with the episodes.
+    cameras: Arc<CameraBook>,
+    /// Load shedding's memory of each camera's last judged frame, restored with the episodes.
+    shedder: Arc<std::sync::Mutex<Shedder>>,
     /// Delivered frames' state, checkpointed on request before a revoke commits.
     checkpoints: Arc<Checkpoints>,
     /// `/readyz`: restoring while state is read back, ready once it is.
@@ -57,13 +64,39 @@ impl PartitionHooks for Restorer {
             || self.readiness.phase() == Phase::Stopping,
         )?;
         for &p in partitions {
-            let entries = restored.remove(&p).unwrap_or_default();
+            let r = restored.remove(&p).unwrap_or_default();
             tracing::info!(
                 partition = p,
-                entries = entries.len(),
+                entries = r.episodes.len(),
+                cameras = r.cameras.len(),
+                legacy = r.legacy_keys.len(),
                 "episode state restored"
             );
-            self.store.install(p, entries);
+            if !r.legacy_keys.is_empty() {
+                // Records of the previous format: written again under their new keys, and
+                // the old keys tombstoned, at the partition's next checkpoint.
+                let mut moved: Vec<StateRecord> = r
+                    .episodes
+                    .iter()
+                    .map(|e| StateRecord {
+                        key: e.key(),
+                        value: Some(StateValue::Episode(Box::new(e.clone())).to_bytes()),
+                    })
+                    .collect();
+                moved.extend(r.legacy_keys.iter().map(|k| StateRecord {
+                    key: k.clone(),
+                    value: None,
+                }));
+                self.checkpoints.add(p, -1, moved);
+            }
+            {
+                let mut shedder = self.shedder.lock().unwrap_or_else(|e| e.into_inner());
+                for s in &r.shed {
+                    shedder.restore(&s.site, &s.camera, s.last_judged_ms);
+                }
+            }
+            self.cameras.install(p, r.cameras);
+            self.store.install(p, r.episodes, r.shed);
         }
         self.readiness.set(Phase::Ready);
         Ok(())
@@ -76,6 +109,13 @@ impl PartitionHooks for Restorer {
     }
 
     fn revoked(&self, partitions: &[i32]) {
+        let gone = self.cameras.remove(partitions);
+        {
+            let mut shedder = self.shedder.lock().unwrap_or_else(|e| e.into_inner());
+            for (site, camera) in &gone {
+                shedder.forget(site, camera);
+            }
+        }
         self.store.remove(partitions);
         self.checkpoints.forget(partitions);
     }

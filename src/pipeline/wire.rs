@@ -24,8 +24,11 @@ use super::config::WorkerConfig;
 use super::progress::watch_queues;
 use super::supervise::{spawn_infallible, spawn_stage};
 use super::{load, Restorer};
-use crate::contract::{now_ms, DeadLetter, Domain, Observed, Outcome, StageError};
+use crate::contract::{
+    now_ms, DeadLetter, Domain, Observed, Outcome, Reason, Rejection, StageError,
+};
 use crate::decode::{DecodeJob, Decoder, Pending};
+use crate::episodes::cameras::{CameraBook, Refusal};
 use crate::episodes::{Judge, StateStore};
 use crate::infer::shed::{Shedder, SKIPPED_STALE};
 use crate::infer::{FramePlan, Infer, Planner};
@@ -116,12 +119,18 @@ pub async fn run(
         None => None,
     };
     let store = Arc::new(StateStore::new());
+    let cameras = Arc::new(CameraBook::new(store.ttl_ms()));
+    let shedder = Arc::new(std::sync::Mutex::new(Shedder::new(
+        cfg.max_staleness
+            .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+    )));
     let judge = Arc::new(Judge::new(
         &planner.ruleset,
         store.clone(),
         metrics.clone(),
         cfg.frames_topic.clone(),
         cfg.worker_id.clone(),
+        cfg.max_staleness.is_some(),
     ));
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<StageError>(4);
     let checkpoints = Arc::new(Checkpoints::default());
@@ -130,6 +139,8 @@ pub async fn run(
         group: cfg.group.clone(),
         state_topic: cfg.state_topic.clone(),
         store: store.clone(),
+        cameras: cameras.clone(),
+        shedder: shedder.clone(),
         checkpoints: checkpoints.clone(),
         readiness: readiness.clone(),
     });
@@ -184,10 +195,6 @@ pub async fn run(
         fatal_tx.clone(),
         crate::episodes::judge::run(judge, evidence.clone(), observed_rx, out_tx.clone()),
     )];
-    let shedder = Arc::new(std::sync::Mutex::new(Shedder::new(
-        cfg.max_staleness
-            .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
-    )));
     let infer = crate::infer::start(
         Arc::new(Infer {
             shedder: shedder.clone(),
@@ -241,14 +248,41 @@ pub async fn run(
                 }
             },
         };
-        let Record { origin, raw } = record;
+        let Record { mut origin, raw } = record;
         match source::validate(
             raw.key.as_deref(),
             &raw.headers,
             &raw.payload,
             &cfg.limits,
             now_ms(),
-        ) {
+        )
+        .and_then(|(meta, info)| {
+            // Which site owns the camera, and the frame's place on the partition clock.
+            let (admitted, states) = cameras.admit(
+                origin.ticket.partition,
+                origin.ticket.offset,
+                &meta.site,
+                &meta.camera,
+                meta.captured_at_ms,
+            );
+            origin.states = states;
+            match admitted {
+                Ok(stamp) => {
+                    origin.stamp = Some(stamp);
+                    Ok((meta, info))
+                }
+                Err(refusal) => {
+                    let reason = match refusal {
+                        Refusal::SiteConflict { .. } => Reason::SiteConflict,
+                        Refusal::ClockJump { .. } => Reason::ClockJump,
+                    };
+                    Err(Rejection::new(
+                        reason,
+                        refusal.detail(&meta.site, &meta.camera),
+                    ))
+                }
+            }
+        }) {
             Err(rejection) => {
                 let dl = DeadLetter {
                     origin,

@@ -106,7 +106,10 @@ impl Emitter {
                     (None, None) => {}
                 }
                 let t = d.origin.ticket;
-                self.checkpoints.add(t.partition, t.offset, d.states);
+                // The intake's records (the camera's) first, then the episodes'.
+                let mut states = d.origin.states;
+                states.extend(d.states);
+                self.checkpoints.add(t.partition, t.offset, states);
                 self.acks.complete(t);
                 Ok(())
             }

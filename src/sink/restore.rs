@@ -1,6 +1,7 @@
 //! Restoring episode state: the assigned partitions of the state topic read from their start to
 //! their end by one consumer, all partitions at once, keeping per key the entry that applies to
-//! the most frames (a tombstone removes it).
+//! the most frames (a tombstone removes it). Records of every format version this release knows
+//! are read ([`StateValue::parse`]); one it cannot read stops the worker, naming why.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::contract::{Domain, StageError};
-use crate::episodes::StoredState;
+use crate::episodes::store::{Restored, StateValue};
 use crate::kafka::KafkaArgs;
 
 /// Reads `partitions` of the state topic up to their current end and returns the latest entry
@@ -21,9 +22,10 @@ pub fn restore(
     topic: &str,
     partitions: &[i32],
     timeout: Duration,
-) -> Result<HashMap<i32, Vec<StoredState>>, StageError> {
+) -> Result<HashMap<i32, Restored>, StageError> {
     let fail = |message: String| StageError::stop("restore", Domain::External, message);
-    let mut latest: HashMap<i32, HashMap<String, StoredState>> =
+    // Per partition, per key by content: the record's own key and value.
+    let mut latest: HashMap<i32, HashMap<String, (String, StateValue)>> =
         partitions.iter().map(|&p| (p, HashMap::new())).collect();
     if partitions.is_empty() {
         return Ok(HashMap::new());
@@ -74,26 +76,30 @@ pub fn restore(
         let entries = latest.entry(p).or_default();
         let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
         match (key, m.payload()) {
-            (Some(k), Some(v)) => match serde_json::from_slice::<StoredState>(v) {
+            (Some(k), Some(v)) => match StateValue::parse(v) {
                 // The entry that applies to the most frames wins, whatever the write order: a
                 // record left behind by an earlier owner cannot take the state back in time.
                 Ok(s) => {
+                    let key = s.key();
                     if entries
-                        .get(&k)
-                        .is_none_or(|old| old.applied_offset <= s.applied_offset)
+                        .get(&key)
+                        .is_none_or(|(_, old)| old.progress() <= s.progress())
                     {
-                        entries.insert(k, s);
+                        entries.insert(key, (k, s));
                     }
                 }
                 Err(e) => {
-                    return Err(fail(format!(
-                        "{topic}/{p}@{}: unreadable state: {e}",
-                        m.offset()
-                    )))
+                    return Err(StageError::stop(
+                        "restore",
+                        Domain::Internal,
+                        format!("{topic}/{p}@{}: unreadable state record: {e}", m.offset()),
+                    ))
                 }
             },
             (Some(k), None) => {
-                entries.remove(&k);
+                // A tombstone removes what was written under its key (not an entry that a
+                // newer format moved to another key).
+                entries.retain(|_, (from, _)| *from != k);
             }
             _ => {}
         }
@@ -103,6 +109,15 @@ pub fn restore(
     }
     Ok(latest
         .into_iter()
-        .map(|(p, e)| (p, e.into_values().collect()))
+        .map(|(p, entries)| {
+            let mut r = Restored::default();
+            for (key, (from, value)) in entries {
+                if from != key {
+                    r.legacy_keys.push(from);
+                }
+                r.add(value);
+            }
+            (p, r)
+        })
         .collect())
 }

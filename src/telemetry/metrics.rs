@@ -65,7 +65,8 @@ pub struct Metrics {
     pub broker_reachable: IntGauge,
     pub build_info: IntGaugeVec,
     /// Evidence pictures by outcome: `written`, `retried` (a failed attempt that will be
-    /// retried), `failed` (not drawn, or not written after the retries), `dropped` (queue full).
+    /// retried), `failed` (not drawn, or not written after the retries), `dropped` (queue full
+    /// or closed at shutdown), `abandoned` (still unwritten when the shutdown drain ended).
     pub evidence_writes: IntCounterVec,
     /// Time to draw and encode one evidence picture.
     pub evidence_render_seconds: Histogram,
@@ -473,13 +474,13 @@ impl Metrics {
                     IntCounterVec::new(
                         Opts::new(
                             "vigil_evidence_writes_total",
-                            "Evidence pictures by outcome (written, retried, failed, dropped).",
+                            "Evidence pictures by outcome (written, retried, failed, dropped, abandoned).",
                         ),
                         &["outcome"],
                     )
                     .expect("valid"),
                 );
-                for outcome in ["written", "retried", "failed", "dropped"] {
+                for outcome in ["written", "retried", "failed", "dropped", "abandoned"] {
                     v.with_label_values(&[outcome]);
                 }
                 v

@@ -289,6 +289,12 @@ impl Worker {
         Worker::start_on(wrapper, &brokers(), topics, group, extra)
     }
 
+    /// Starts a worker with the shipped defaults: only the topics, group, worker id and a
+    /// free metrics port are given (frames must be stamped near now, or shedding thins them).
+    pub fn start_default(topics: &Topics, group: &str, extra: &[&str]) -> Result<Worker> {
+        Worker::launch(&[], &brokers(), topics, group, extra, true)
+    }
+
     /// Starts a worker against the given brokers (e.g. a TLS listener).
     pub fn start_on(
         wrapper: &[&str],
@@ -296,6 +302,17 @@ impl Worker {
         topics: &Topics,
         group: &str,
         extra: &[&str],
+    ) -> Result<Worker> {
+        Worker::launch(wrapper, brokers, topics, group, extra, false)
+    }
+
+    fn launch(
+        wrapper: &[&str],
+        brokers: &str,
+        topics: &Topics,
+        group: &str,
+        extra: &[&str],
+        shipped_defaults: bool,
     ) -> Result<Worker> {
         let id = unique("worker");
         let log = log_dir().join(format!("{id}.log"));
@@ -325,22 +342,22 @@ impl Worker {
             } else {
                 &["--metrics-addr", "127.0.0.1:0"][..]
             })
-            // The tests replay frames captured in 2023: judge them all unless a test asks
-            // for load shedding.
-            .args(if extra.contains(&"--max-staleness-secs") {
+            // Most tests replay frames captured in 2023 or 2026-04 (fixed times, so that their
+            // events are comparable across runs): with load shedding on, frames that old would
+            // be judged one per camera. So shedding is off unless a test asks for it or runs
+            // with the shipped defaults (and stamps its frames near now).
+            .args(
+                if shipped_defaults || extra.contains(&"--max-staleness-secs") {
+                    &[][..]
+                } else {
+                    &["--max-staleness-secs", "0"][..]
+                },
+            )
+            .args(if shipped_defaults {
                 &[][..]
             } else {
-                &["--max-staleness-secs", "0"][..]
+                &["--decode-threads", "2"][..]
             })
-            // Scenes in the tests swap a bare face for a masked one in place, frame by frame:
-            // classify every crop unless a test is about reuse.
-            .args(if extra.contains(&"--reclassify-every") {
-                &[][..]
-            } else {
-                &["--reclassify-every", "1"][..]
-            })
-            .args(["--intra-threads", "1"])
-            .args(["--decode-threads", "2", "--drain-timeout-secs", "8"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
