@@ -79,10 +79,20 @@ async fn run_on_topics(
     recs: &[Rec],
     expect: usize,
 ) -> Result<(Topics, Vec<(ViolationEvent, Vec<u8>)>)> {
+    run_with(recs, expect, Worker::start).await
+}
+
+/// Runs frames through a fresh pipeline whose worker `start` starts; returns its topics and
+/// events.
+async fn run_with(
+    recs: &[Rec],
+    expect: usize,
+    start: fn(&Topics, &str, &[&str]) -> Result<Worker>,
+) -> Result<(Topics, Vec<(ViolationEvent, Vec<u8>)>)> {
     let topics = create_topics(2).await?;
     produce(&topics.frames, recs).await?;
     let rules = rules_file()?;
-    let w = Worker::start(
+    let w = start(
         &topics,
         &unique("g"),
         &["--rules", rules.path().to_str().unwrap()],
@@ -105,17 +115,7 @@ fn fresh_t0() -> i64 {
 
 /// Runs frames through a fresh pipeline whose worker has the shipped defaults.
 async fn run_default(recs: &[Rec], expect: usize) -> Result<Vec<(ViolationEvent, Vec<u8>)>> {
-    let topics = create_topics(2).await?;
-    produce(&topics.frames, recs).await?;
-    let rules = rules_file()?;
-    let w = Worker::start_default(
-        &topics,
-        &unique("g"),
-        &["--rules", rules.path().to_str().unwrap()],
-    )?;
-    events_until(&topics.violations, expect, Duration::from_secs(120))
-        .await
-        .with_context(|| w.log_text())
+    Ok(run_with(recs, expect, Worker::start_default).await?.1)
 }
 
 /// One JSON value per line of a command's output.

@@ -130,22 +130,10 @@ fn alive(worker: &mut Worker, when: &str) -> Result {
 /// Produces records all at once (one batch, so that the worker reads them together) and returns
 /// the (partition, offset) of each.
 async fn produce_burst(topic: &str, recs: &[Rec]) -> Result<Vec<(i32, i64)>> {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::FutureRecord;
     let p = producer()?;
-    let sends = recs.iter().map(|r| {
-        let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-            h.insert(Header {
-                key: k,
-                value: Some(v),
-            })
-        });
-        let mut rec = FutureRecord::to(topic).payload(&r.payload).headers(headers);
-        if let Some(k) = &r.key {
-            rec = rec.key(k);
-        }
-        p.send(rec, Duration::from_secs(30))
-    });
+    let sends = recs
+        .iter()
+        .map(|r| p.send(record(topic, r), Duration::from_secs(30)));
     futures_util::future::join_all(sends)
         .await
         .into_iter()

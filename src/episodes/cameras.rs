@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::contract::Stamp;
 use crate::contract::StateRecord;
 
-use super::store::{camera_key, shed_key, StateValue};
+use super::store::{camera_key, shed_key, StateRef};
 
 /// Largest lead (ms) of a frame over the partition clock, measured on its own camera's clock,
 /// that is taken as time passing rather than as a clock jump. Frames a camera sends late (a
@@ -278,13 +278,15 @@ impl CameraBook {
         let (cams, swept) = all
             .entry(partition)
             .or_insert_with(|| (PartitionCameras::default(), i64::MIN));
-        let before = cams.get(camera).cloned();
         let result = cams.admit(site, camera, captured_at_ms, offset);
         let mut states = Vec::new();
-        if let Some(rec) = cams.get(camera).filter(|r| Some(*r) != before.as_ref()) {
+        // Every admitted frame changes its camera's record (a refused jump its count); only a
+        // frame of another site leaves the owner's record as it was.
+        let changed = !matches!(result, Err(Refusal::SiteConflict { .. }));
+        if let Some(rec) = cams.get(camera).filter(|_| changed) {
             states.push(StateRecord {
                 key: camera_key(&rec.site, &rec.camera),
-                value: Some(StateValue::Camera(rec.clone()).to_bytes()),
+                value: Some(StateRef::Camera(rec).to_bytes()),
             });
         }
         let clock = cams.clock_ms().unwrap_or(captured_at_ms);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::machine::{Event, EventKind};
-use super::store::{shed_key, RaisedEvent, StateStore, StateValue};
+use super::store::{shed_key, RaisedEvent, StateRef, StateStore};
 use crate::contract::{
     EvidenceRef, Judged, Observation, Observed, Outcome, Stamp, StateRecord, ViolationEvent,
 };
@@ -103,7 +103,7 @@ impl Judge {
             .iter()
             .map(|s| StateRecord {
                 key: s.key(),
-                value: Some(StateValue::Episode(Box::new(s.clone())).to_bytes()),
+                value: Some(StateRef::Episode(s).to_bytes()),
             })
             .collect();
         for e in &j.evicted {
@@ -115,7 +115,7 @@ impl Judge {
         if let (true, Some(shed)) = (self.shedding, j.shed) {
             states.push(StateRecord {
                 key: shed_key(&shed.site, &shed.camera),
-                value: Some(StateValue::Shed(shed).to_bytes()),
+                value: Some(StateRef::Shed(&shed).to_bytes()),
             });
         }
         Judged {

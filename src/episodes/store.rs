@@ -78,7 +78,7 @@ pub struct ShedRecord {
 }
 
 /// A state record's value, of any kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StateValue {
     Episode(Box<StoredState>),
@@ -86,22 +86,42 @@ pub enum StateValue {
     Shed(ShedRecord),
 }
 
-#[derive(Serialize, Deserialize)]
-struct Versioned {
-    v: u32,
-    #[serde(flatten)]
-    value: StateValue,
+/// A state value to write, borrowed (the same JSON as [`StateValue`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StateRef<'a> {
+    Episode(&'a StoredState),
+    Camera(&'a CameraRecord),
+    Shed(&'a ShedRecord),
+}
+
+impl StateRef<'_> {
+    /// The value as written: JSON with the format version.
+    pub fn to_bytes(self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Versioned<'a> {
+            v: u32,
+            #[serde(flatten)]
+            value: StateRef<'a>,
+        }
+        // Strings and numbers: serialising cannot fail.
+        serde_json::to_vec(&Versioned {
+            v: STATE_VERSION,
+            value: self,
+        })
+        .unwrap_or_default()
+    }
 }
 
 impl StateValue {
     /// The value as written: JSON with the format version.
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Strings and numbers: serialising cannot fail.
-        serde_json::to_vec(&Versioned {
-            v: STATE_VERSION,
-            value: self.clone(),
-        })
-        .unwrap_or_default()
+        match self {
+            StateValue::Episode(e) => StateRef::Episode(e),
+            StateValue::Camera(c) => StateRef::Camera(c),
+            StateValue::Shed(s) => StateRef::Shed(s),
+        }
+        .to_bytes()
     }
 
     /// Reads a value of any version this release knows. A newer one is an error naming it.
@@ -112,8 +132,8 @@ impl StateValue {
                 .map(|e| StateValue::Episode(Box::new(e)))
                 .map_err(|e| format!("version 1 episode record: {e}")),
             Some(Some(v)) if v == u64::from(STATE_VERSION) => {
-                serde_json::from_value::<Versioned>(json)
-                    .map(|r| r.value)
+                // The `v` beside `kind` and the fields is read above.
+                serde_json::from_value::<StateValue>(json)
                     .map_err(|e| format!("version {v} record: {e}"))
             }
             Some(Some(v)) if v > u64::from(STATE_VERSION) => Err(format!(

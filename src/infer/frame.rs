@@ -1,8 +1,8 @@
 //! What the infer stage's parts share: its fixed settings ([`Infer`]), a frame on its way
 //! through the models ([`InFrame`]), and the messages between the collector and the model tasks
-//! ([`InferItem`], [`Reply`]). The parts depend on this module, not on each other: the model
-//! tasks ([`super::stage`]) start the collector ([`super::collect`]), which hands finished frames
-//! to [`super::observe`].
+//! ([`InferItem`], [`Reply`]). The parts depend on this module, and this module on none of
+//! them: the model tasks (`stage`) start the collector (`collect`), which hands finished frames
+//! to `observe`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::contract::{StageError, StateRecord};
 use crate::episodes::cameras::CameraBook;
-use crate::episodes::store::StateValue;
+use crate::episodes::store::StateRef;
 use crate::episodes::StateStore;
 use crate::infer::shed::Shedder;
 use crate::kafka::KafkaArgs;
@@ -80,7 +80,7 @@ impl PartitionHooks for Restorer {
                     .iter()
                     .map(|e| StateRecord {
                         key: e.key(),
-                        value: Some(StateValue::Episode(Box::new(e.clone())).to_bytes()),
+                        value: Some(StateRef::Episode(e).to_bytes()),
                     })
                     .collect();
                 moved.extend(r.legacy_keys.iter().map(|k| StateRecord {

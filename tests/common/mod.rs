@@ -136,23 +136,28 @@ pub fn producer() -> Result<FutureProducer> {
         .create()?)
 }
 
+/// The record `r` as rdkafka sends it to `topic`.
+pub fn record<'a>(topic: &'a str, r: &'a Rec) -> FutureRecord<'a, Vec<u8>, Vec<u8>> {
+    let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header {
+            key: k,
+            value: Some(v),
+        })
+    });
+    let rec = FutureRecord::to(topic).payload(&r.payload).headers(headers);
+    match &r.key {
+        Some(k) => rec.key(k),
+        None => rec,
+    }
+}
+
 /// Produces records in order and returns the (partition, offset) of each.
 pub async fn produce(topic: &str, recs: &[Rec]) -> Result<Vec<(i32, i64)>> {
     let p = producer()?;
     let mut out = Vec::new();
     for r in recs {
-        let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-            h.insert(Header {
-                key: k,
-                value: Some(v),
-            })
-        });
-        let mut rec = FutureRecord::to(topic).payload(&r.payload).headers(headers);
-        if let Some(k) = &r.key {
-            rec = rec.key(k);
-        }
         let d = p
-            .send(rec, Timeout::After(Duration::from_secs(30)))
+            .send(record(topic, r), Timeout::After(Duration::from_secs(30)))
             .await
             .map_err(|(e, _)| anyhow!("produce: {e}"))?;
         out.push((d.partition, d.offset));
