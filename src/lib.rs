@@ -20,6 +20,8 @@
 //! ─────────
 //! pipeline/   wires the stages with bounded channels and supervises them (`vigil worker`)
 //! commands/   the command line: gateway, worker, ingest, console, topics, tail, alerts
+//! gateway/    `vigil gateway --cameras-file`: the site gateway (cameras over RTSP and HTTP,
+//!             reconnects, camera health, caps, store and forward on disk)
 //! console/    `vigil console`: the page of open violations with their pictures
 //! ingest/     `vigil ingest`: HTTP(S) uploads from cameras and phones become frames
 //! codec/      Avro, the schema registry client
@@ -59,6 +61,7 @@ pub mod contract;
 pub mod decode;
 pub mod episodes;
 pub mod evidence;
+pub mod gateway;
 pub mod http;
 pub mod infer;
 pub mod ingest;
