@@ -355,3 +355,108 @@ async fn over_its_limits_the_buffer_drops_the_oldest_and_memory_stays_bounded() 
     );
     Ok(())
 }
+
+/// A tiny HTTP camera: `/snap.jpg` (basic auth required) answers a JPEG, `/garbage` some
+/// text. Serves until the test ends (a detached thread on a listener the test owns).
+fn http_camera(jpeg: Vec<u8>) -> Result<u16> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = vec![0u8; 4096];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let (status, kind, body) = if !req.to_ascii_lowercase().contains("authorization: basic")
+            {
+                ("401 Unauthorized", "text/plain", b"who are you".to_vec())
+            } else if req.starts_with("GET /snap.jpg") {
+                ("200 OK", "image/jpeg", jpeg.clone())
+            } else {
+                ("200 OK", "text/plain", b"not a picture".to_vec())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = c
+                .write_all(head.as_bytes())
+                .and_then(|_| c.write_all(&body));
+        }
+    });
+    Ok(port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_snapshot_cameras_publish_and_garbage_is_counted() -> Result {
+    let topics = create_topics(1).await?;
+    let port = http_camera(face("grace_hopper.jpg"))?;
+    let closed = free_port()?;
+    let dir = tempfile::tempdir()?;
+    let auth = "${SNAP_USER}:${SNAP_PASS}";
+    let file = format!(
+        "site = \"site-http\"\n\
+         [[camera]]\nid = \"snap\"\nurl = \"http://{auth}@127.0.0.1:{port}/snap.jpg\"\nfps = 4.0\n\
+         [[camera]]\nid = \"small\"\nurl = \"http://{auth}@127.0.0.1:{port}/snap.jpg\"\nfps = 2.0\nwidth = 160\n\
+         [[camera]]\nid = \"junk\"\nurl = \"http://{auth}@127.0.0.1:{port}/garbage\"\nfps = 2.0\n\
+         [[camera]]\nid = \"gone\"\nurl = \"http://127.0.0.1:{closed}/snap.jpg\"\n"
+    );
+    let cameras = dir.path().join("site.toml");
+    std::fs::write(&cameras, file)?;
+    let mut gw = Gateway::start(
+        &brokers(),
+        &topics.frames,
+        &format!("{}.status", topics.frames),
+        &cameras,
+        &dir.path().join("buffer"),
+        &[],
+        &[("SNAP_USER", "viewer"), ("SNAP_PASS", "hunter2-secret")],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        gw.alive("while fetching snapshots")?;
+        let s = gw.scrape();
+        let garbage = scraped(
+            &s,
+            "vigil_gateway_frames_dropped_total{camera=\"junk\",reason=\"garbage\"",
+        )
+        .unwrap_or(0.0);
+        if gw.camera(&s, PUBLISHED, "snap") >= 8.0
+            && gw.camera(&s, PUBLISHED, "small") >= 2.0
+            && garbage >= 2.0
+            && gw.camera(&s, "vigil_gateway_camera_reconnects_total", "gone") >= 1.0
+        {
+            break s;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "snapshots not published:\n{s}\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    ensure!(gw.camera(&s, PUBLISHED, "junk") == 0.0, "{s}");
+    ensure!(
+        gw.camera(&s, UP, "gone") == 0.0 && gw.camera(&s, UP, "snap") == 1.0,
+        "{s}"
+    );
+    gw.signal("TERM")?;
+    ensure!(
+        gw.wait(Duration::from_secs(30))?.success(),
+        "{}",
+        gw.log_text()
+    );
+    ensure!(!gw.log_text().contains("hunter2"), "{}", gw.log_text());
+    let frames = read_frames(&brokers(), &topics.frames, Duration::from_secs(3))?;
+    in_order_once(&frames)?;
+    let original = face("grace_hopper.jpg").len() as u64;
+    ensure!(frames
+        .iter()
+        .any(|f| f.camera == "snap" && f.bytes == original));
+    ensure!(frames
+        .iter()
+        .filter(|f| f.camera == "small")
+        .all(|f| f.bytes < original / 2));
+    Ok(())
+}

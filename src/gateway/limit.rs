@@ -41,6 +41,18 @@ impl TokenBucket {
         self.tokens >= n.min(self.burst)
     }
 
+    /// Tokens there now.
+    pub fn available(&mut self, now: Instant) -> f64 {
+        self.refill(now);
+        self.tokens
+    }
+
+    /// Takes `n` tokens, going below zero if there are fewer: a pace, not a cap (the debt is
+    /// repaid by waiting).
+    pub fn owe(&mut self, n: f64) {
+        self.tokens -= n;
+    }
+
     /// Takes `n` tokens (after [`has`](Self::has) said yes). A request larger than the burst
     /// (one frame bigger than a second's bytes) passes on a full bucket and empties it.
     pub fn take(&mut self, n: f64) {
@@ -171,6 +183,16 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(caps.admit(1, 1500, t1), Ok(()));
         assert_eq!(caps.admit(1, 1500, t1), Err(Over::CameraBytes));
+    }
+
+    #[test]
+    fn a_pace_lends_one_frame_and_waits_for_the_debt() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1000.0, 1000.0, t0);
+        assert_eq!(b.available(t0), 1000.0);
+        b.owe(3000.0);
+        assert!(b.available(t0 + Duration::from_secs(1)) < 1.0);
+        assert_eq!(b.available(t0 + Duration::from_secs(3)), 1000.0);
     }
 
     #[test]

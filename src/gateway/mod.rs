@@ -147,6 +147,9 @@ pub async fn run(
         status_topic: cfg.status_topic.clone(),
         buffer: Arc::new(Mutex::new(buffer)),
         caps,
+        pace: site
+            .max_bytes_per_sec
+            .map(|r| limit::TokenBucket::new(r as f64, r as f64, now)),
         metrics: metrics.clone(),
     };
     let stop = Arc::new(capture::Stop::default());
@@ -174,20 +177,26 @@ pub async fn run(
     }
     drop((tx, status_tx));
     readiness.set(Phase::Ready);
-    // Captures run meanwhile: a gateway starts during an outage as well, and buffers until
-    // the brokers answer. Settings the brokers refuse (TLS, credentials) stop it.
-    if let Err(e) = prepare_topics(&cfg).await {
-        stop.set();
-        let _ = publishing.await;
-        return Err(e);
-    }
     tracing::info!(site = %site.site, cameras = site.cameras.len(), topic = %cfg.topic, "gateway started");
     tokio::pin!(shutdown);
+    // Captures run meanwhile: a gateway starts during an outage as well, and buffers until
+    // the brokers answer. Settings the brokers refuse (TLS, credentials) stop it.
+    let prepared = prepare_topics(&cfg);
+    tokio::pin!(prepared);
+    let mut checking = true;
+    let mut failed = None;
     let mut progress = tokio::time::interval(cfg.progress_interval.max(Duration::from_secs(1)));
     progress.tick().await;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            checked = &mut prepared, if checking => {
+                checking = false;
+                if let Err(e) = checked {
+                    failed = Some(e);
+                    break;
+                }
+            }
             _ = progress.tick() => log_progress(&metrics, &ids),
         }
     }
@@ -202,7 +211,10 @@ pub async fn run(
     if let Some(server) = endpoint {
         server.shutdown().await;
     }
-    result
+    match failed {
+        Some(e) => Err(e),
+        None => result,
+    }
 }
 
 /// Checks the frames topic and creates the status topic if the brokers answer now; if they do

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use super::buffer::{Buffer, Frame};
 use super::capture::{Captured, Stop};
 use super::health::StatusRecord;
-use super::limit::Caps;
+use super::limit::{Caps, TokenBucket};
 use crate::contract::error::{Domain, StageError};
 use crate::contract::{header, now_ms};
 use crate::kafka::{self, BrokerLink, OutputProducer};
@@ -55,8 +55,11 @@ pub struct Publisher {
     pub status_topic: String,
     /// The store-and-forward buffer, used on the blocking pool only.
     pub buffer: Arc<Mutex<Buffer>>,
-    /// The bandwidth caps.
+    /// The bandwidth caps (frames over them are dropped).
     pub caps: Caps,
+    /// The site's bytes/s cap as a pace for sending: a backlog drained after an outage goes
+    /// out no faster than the live frames may (it waits, it is not dropped).
+    pub pace: Option<TokenBucket>,
     /// The gateway's metrics.
     pub metrics: Arc<SiteMetrics>,
 }
@@ -177,19 +180,30 @@ impl Publisher {
 
     /// Hands the oldest buffered frames to the producer, up to the window.
     async fn fill(
-        &self,
+        &mut self,
         inflight: &mut FuturesUnordered<Delivery>,
         inflight_bytes: &mut u64,
         sizes: &mut std::collections::HashMap<u64, u64>,
     ) -> Result<(), StageError> {
         let room = WINDOW_FRAMES.saturating_sub(inflight.len());
-        let bytes = WINDOW_BYTES.saturating_sub(*inflight_bytes);
+        let mut bytes = WINDOW_BYTES.saturating_sub(*inflight_bytes);
+        if let Some(pace) = &mut self.pace {
+            let available = pace.available(Instant::now());
+            if available < 1.0 {
+                return Ok(());
+            }
+            bytes = bytes.min(available as u64);
+        }
         if room == 0 || bytes == 0 {
             return Ok(());
         }
         let frames = self.blocking(move |b| b.take(room, bytes)).await?;
         for (id, f) in frames {
             let n = f.jpeg.len() as u64;
+            if let Some(pace) = &mut self.pace {
+                // One frame larger than what is left is sent on credit, repaid before the next.
+                pace.owe(n as f64);
+            }
             *inflight_bytes += n;
             sizes.insert(id, n);
             inflight.push(self.send(id, f));
