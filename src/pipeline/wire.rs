@@ -30,7 +30,7 @@ use crate::contract::{
 use crate::decode::{DecodeJob, Decoder, Pending};
 use crate::episodes::cameras::{CameraBook, Refusal};
 use crate::episodes::{Judge, StateStore};
-use crate::infer::shed::{Shedder, SKIPPED_STALE};
+use crate::infer::shed::{At, Shedder, SKIPPED_STALE};
 use crate::infer::{FramePlan, Infer, Planner};
 use crate::kafka;
 use crate::sink::{Checkpoints, Emitter, Sink, Topics};
@@ -92,7 +92,7 @@ pub async fn run(
         .kafka
         .output_producer(64 * 1024 * 1024, None, &link)
         .map_err(|e| anyhow!(e))?;
-    check_topics(&cfg, &producer).await?;
+    let co_partitioned = check_topics(&cfg, &producer).await?;
     let dlq_limit = kafka::check_message_sizes(
         &cfg.kafka,
         &[&cfg.frames_topic, &cfg.dlq_topic],
@@ -141,6 +141,10 @@ pub async fn run(
         store: store.clone(),
         cameras: cameras.clone(),
         shedder: shedder.clone(),
+        frames_topic: cfg.frames_topic.clone(),
+        observations_topic: cfg.observations_topic.clone(),
+        co_partitioned,
+        max_in_flight: cfg.max_in_flight,
         checkpoints: checkpoints.clone(),
         readiness: readiness.clone(),
     });
@@ -174,6 +178,7 @@ pub async fn run(
         worker_id: cfg.worker_id.clone(),
         dlq_producer: dlq_producer.clone(),
         dlq_limit,
+        co_partitioned,
     });
     let emitter = spawn_stage(
         "sink",
@@ -306,7 +311,16 @@ pub async fn run(
                     && shedder
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .would_skip(&meta.site, &meta.camera, meta.captured_at_ms, now_ms())
+                        .skip_unread(
+                            At {
+                                partition: origin.ticket.partition,
+                                offset: origin.ticket.offset,
+                            },
+                            &meta.site,
+                            &meta.camera,
+                            meta.captured_at_ms,
+                            now_ms(),
+                        )
                 {
                     // Hopeless already: not even decoded.
                     metrics
@@ -397,7 +411,11 @@ pub async fn run(
 }
 
 /// Every topic must exist, and the state topic must have as many partitions as the frames topic.
-async fn check_topics(cfg: &WorkerConfig, producer: &kafka::OutputProducer) -> anyhow::Result<()> {
+/// Whether the observations topic has as many too (then observations are co-partitioned).
+async fn check_topics(
+    cfg: &WorkerConfig,
+    producer: &kafka::OutputProducer,
+) -> anyhow::Result<bool> {
     let p = producer.clone();
     let topics = [
         cfg.frames_topic.clone(),
@@ -419,5 +437,15 @@ async fn check_topics(cfg: &WorkerConfig, producer: &kafka::OutputProducer) -> a
             cfg.state_topic, counts[4], cfg.frames_topic, counts[0]
         ));
     }
-    Ok(())
+    let co_partitioned = counts[0] == counts[1];
+    if !co_partitioned {
+        tracing::warn!(
+            observations = counts[1],
+            frames = counts[0],
+            "the observations topic has another partition count than the frames topic: a frame \
+             read again after a restart is admitted afresh, and load shedding may decide it \
+             otherwise than its first reader did; give both topics the same count"
+        );
+    }
+    Ok(co_partitioned)
 }

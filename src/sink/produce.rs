@@ -13,9 +13,10 @@ use rdkafka::util::Timeout;
 
 use crate::codec::Codecs;
 use crate::contract::{
-    header, DeadLetter, Judged, Observation, Origin, Outcome, RawFrame, Reason, Rejection,
-    StateRecord, ViolationEvent,
+    admission, header, DeadLetter, Judged, Observation, Origin, Outcome, RawFrame, Reason,
+    Rejection, StateRecord, ViolationEvent,
 };
+use crate::infer::shed::SKIPPED_STALE;
 use crate::kafka::{self, OutputProducer};
 
 /// Where the sink publishes, and how it encodes.
@@ -38,6 +39,11 @@ pub struct Sink {
     pub dlq_producer: OutputProducer,
     /// The dead-letter topic's `max.message.bytes`, when the brokers said.
     pub dlq_limit: Option<usize>,
+    /// The observations topic has as many partitions as the frames topic: each observation goes
+    /// to its frame's partition number, where the next owner of that partition reads back how
+    /// the frames it will read again were decided ([`super::replay`]). Otherwise they are keyed
+    /// by camera.
+    pub co_partitioned: bool,
 }
 
 /// Bytes a dead letter takes beyond its payload and headers (record and batch framing).
@@ -91,7 +97,7 @@ impl Sink {
                     events,
                     states,
                 } = *judged;
-                match sink.observation(&producer, &obs, &events).await {
+                match sink.observation(&producer, &origin, &obs, &events).await {
                     Err(DeliveryError::Encode(e)) => {
                         // A defect, not the frame's fault; but it would fail again after every
                         // restart, so the frame is dead-lettered (its bytes are gone by now: the
@@ -161,6 +167,7 @@ impl Sink {
     async fn observation(
         &self,
         producer: &OutputProducer,
+        origin: &Origin,
         obs: &Observation,
         events: &[ViolationEvent],
     ) -> Result<(), DeliveryError> {
@@ -174,19 +181,29 @@ impl Sink {
             ));
         }
         let mut first = Vec::with_capacity(1 + events.len());
-        let obs_headers = kafka::headers_from([
+        let (partition, offset) = (
+            origin.ticket.partition.to_string(),
+            origin.ticket.offset.to_string(),
+        );
+        let mut obs_headers = vec![
             (header::CAMERA, obs.camera.as_bytes()),
             (header::SITE, obs.site.as_bytes()),
             ("content-type", AVRO),
-        ]);
+            (header::SOURCE_TOPIC, self.topics.frames.as_bytes()),
+            (header::SOURCE_PARTITION, partition.as_bytes()),
+            (header::SOURCE_OFFSET, offset.as_bytes()),
+        ];
+        if let Some(admission) = admission_of(obs) {
+            obs_headers.push((header::ADMISSION, admission.as_bytes()));
+        }
         first.push(
             enqueue(
                 producer,
                 &self.topics.observations,
                 obs.camera.as_bytes(),
                 Some(&payload),
-                obs_headers,
-                None,
+                kafka::headers_from(obs_headers),
+                self.co_partitioned.then_some(origin.ticket.partition),
             )
             .await,
         );
@@ -286,6 +303,22 @@ impl Sink {
             );
         }
         settle_all(sends).await
+    }
+}
+
+/// How load shedding admitted the frame an observation is of: `None` when no rule applies (the
+/// shedder was not asked).
+pub fn admission_of(obs: &Observation) -> Option<&'static str> {
+    if obs.rules.is_empty() {
+        None
+    } else if obs
+        .rules
+        .iter()
+        .all(|r| r.reason.as_deref() == Some(SKIPPED_STALE))
+    {
+        Some(admission::SKIPPED)
+    } else {
+        Some(admission::JUDGED)
     }
 }
 
