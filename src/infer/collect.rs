@@ -252,7 +252,7 @@ fn schedule_crops(
     let mut jobs: Vec<(usize, Slot, [f32; 4], f32)> = Vec::new();
     for &r in &f.plan.rules {
         let rule = &infer.planner.rules[r];
-        if rule.detector != Some(detector) {
+        if rule.detector != Some(detector) || f.plan.not_due.contains(&r) {
             continue;
         }
         let kept = cascade::select(&rule.rule, rule.classes.as_deref(), dets, w, h);

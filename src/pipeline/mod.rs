@@ -3,6 +3,7 @@
 //! ([`progress`]). Nothing here decides anything about a frame: that is the stages' work.
 
 pub mod config;
+mod intake;
 mod load;
 mod progress;
 pub mod supervise;

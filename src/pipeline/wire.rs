@@ -23,18 +23,17 @@ use tokio::sync::mpsc;
 use super::config::WorkerConfig;
 use super::progress::watch_queues;
 use super::supervise::{spawn_infallible, spawn_stage};
+use super::intake::{Intake, Taken};
 use super::{load, Restorer};
-use crate::contract::{
-    now_ms, DeadLetter, Domain, Observed, Outcome, Reason, Rejection, StageError,
-};
-use crate::decode::{DecodeJob, Decoder, Pending};
-use crate::episodes::cameras::{CameraBook, Refusal};
+use crate::contract::{Domain, Observed, Outcome, StageError};
+use crate::decode::{Decoder, Pending};
+use crate::episodes::cameras::CameraBook;
 use crate::episodes::{Judge, StateStore};
-use crate::infer::shed::{At, Shedder, SKIPPED_STALE};
-use crate::infer::{FramePlan, Infer, Planner};
+use crate::infer::shed::Shedder;
+use crate::infer::{FramePlan, Infer};
 use crate::kafka;
 use crate::sink::{Checkpoints, Emitter, Sink, Topics};
-use crate::source::{self, Record, SourceConfig};
+use crate::source::{self, SourceConfig};
 use crate::telemetry::{self, Metrics, Phase, Readiness};
 
 /// How often delivered frames' episode state is checkpointed and their offsets stored (the
@@ -226,6 +225,14 @@ pub async fn run(
         crate::decode::sequence(decode_rx, infer.input, out_tx.clone()),
     );
     let decoder = Arc::new(Decoder::new(planner.input_specs(), metrics.clone()));
+    let intake = Intake {
+        limits: cfg.limits.clone(),
+        cameras: cameras.clone(),
+        planner: planner.clone(),
+        shedder: shedder.clone(),
+        evidence: evidence.is_some(),
+        metrics: metrics.clone(),
+    };
     let gauges = tokio::spawn(watch_queues(
         metrics.clone(),
         store.clone(),
@@ -253,92 +260,13 @@ pub async fn run(
                 }
             },
         };
-        let Record { mut origin, raw } = record;
-        match source::validate(
-            raw.key.as_deref(),
-            &raw.headers,
-            &raw.payload,
-            &cfg.limits,
-            now_ms(),
-        )
-        .and_then(|(meta, info)| {
-            // Which site owns the camera, and the frame's place on the partition clock.
-            let (admitted, states) = cameras.admit(
-                origin.ticket.partition,
-                origin.ticket.offset,
-                &meta.site,
-                &meta.camera,
-                meta.captured_at_ms,
-            );
-            origin.states = states;
-            match admitted {
-                Ok(stamp) => {
-                    origin.stamp = Some(stamp);
-                    Ok((meta, info))
-                }
-                Err(refusal) => {
-                    let reason = match refusal {
-                        Refusal::SiteConflict { .. } => Reason::SiteConflict,
-                        Refusal::ClockJump { .. } => Reason::ClockJump,
-                    };
-                    Err(Rejection::new(
-                        reason,
-                        refusal.detail(&meta.site, &meta.camera),
-                    ))
-                }
-            }
-        }) {
-            Err(rejection) => {
-                let dl = DeadLetter {
-                    origin,
-                    raw,
-                    rejection,
-                };
-                if out_tx
-                    .send(Outcome::DeadLetter(Box::new(dl)))
-                    .await
-                    .is_err()
-                {
+        match intake.take(record) {
+            Taken::Refused(dl) => {
+                if out_tx.send(Outcome::DeadLetter(dl)).await.is_err() {
                     break;
                 }
             }
-            Ok((meta, info)) => {
-                if let Some(c) = &metrics.cameras {
-                    c.frame(&meta.site, &meta.camera, meta.captured_at_ms as f64 / 1e3);
-                }
-                let mut plan = planner.plan(&meta);
-                if !plan.rules.is_empty()
-                    && shedder
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .skip_unread(
-                            At {
-                                partition: origin.ticket.partition,
-                                offset: origin.ticket.offset,
-                            },
-                            &meta.site,
-                            &meta.camera,
-                            meta.captured_at_ms,
-                            now_ms(),
-                        )
-                {
-                    // Hopeless already: not even decoded.
-                    metrics
-                        .frames_skipped
-                        .with_label_values(&[SKIPPED_STALE])
-                        .inc();
-                    plan = Planner::skip(plan, SKIPPED_STALE);
-                }
-                let job = DecodeJob {
-                    origin,
-                    meta,
-                    info,
-                    raw,
-                    inputs: plan.whole_frame.clone(),
-                    // Evidence pictures are drawn on the decoded frame.
-                    keep_image: plan.needs_crops || (evidence.is_some() && !plan.rules.is_empty()),
-                    plan,
-                };
+            Taken::Decode(job) => {
                 let decoder = decoder.clone();
                 let pending = tokio::task::spawn_blocking(move || decoder.run(job));
                 if decode_tx.send(pending).await.is_err() {

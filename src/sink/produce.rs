@@ -16,6 +16,8 @@ use crate::contract::{
     admission, header, DeadLetter, Judged, Observation, Origin, Outcome, RawFrame, Reason,
     Rejection, StateRecord, ViolationEvent,
 };
+use crate::contract::observation::RuleResult;
+use crate::infer::plan::NOT_DUE;
 use crate::infer::shed::SKIPPED_STALE;
 use crate::kafka::{self, OutputProducer};
 
@@ -306,19 +308,18 @@ impl Sink {
     }
 }
 
-/// How load shedding admitted the frame an observation is of: `None` when no rule applies (the
-/// shedder was not asked).
+/// How load shedding admitted the frame an observation is of: `None` when no rule was to be
+/// judged on it (none applies, or none was due: the shedder was not asked).
 pub fn admission_of(obs: &Observation) -> Option<&'static str> {
-    if obs.rules.is_empty() {
-        None
-    } else if obs
-        .rules
-        .iter()
-        .all(|r| r.reason.as_deref() == Some(SKIPPED_STALE))
-    {
+    fn reason(r: &RuleResult) -> Option<&str> {
+        r.reason.as_deref()
+    }
+    if obs.rules.iter().any(|r| reason(r) == Some(SKIPPED_STALE)) {
         Some(admission::SKIPPED)
-    } else {
+    } else if obs.rules.iter().any(|r| reason(r) != Some(NOT_DUE)) {
         Some(admission::JUDGED)
+    } else {
+        None
     }
 }
 
