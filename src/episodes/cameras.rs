@@ -250,6 +250,10 @@ impl PartitionCameras {
     }
 }
 
+/// A frame's admission: its stamp and which of the asked cadences are due on it, or why it is
+/// refused.
+pub type Admitted = Result<(Stamp, Vec<bool>), Refusal>;
+
 /// How often (on the partition clock) a partition's cameras are swept for silent ones.
 const SWEEP_EVERY_MS: i64 = 60_000;
 
@@ -303,18 +307,20 @@ impl CameraBook {
         camera: &str,
         captured_at_ms: i64,
         cadences: &[(&str, i64)],
-    ) -> (Result<(Stamp, Vec<bool>), Refusal>, Vec<StateRecord>) {
+    ) -> (Admitted, Vec<StateRecord>) {
         let mut all = self.lock();
         let (cams, swept) = all
             .entry(partition)
             .or_insert_with(|| (PartitionCameras::default(), i64::MIN));
-        let result = cams.admit(site, camera, captured_at_ms, offset).map(|stamp| {
-            let due = cadences
-                .iter()
-                .map(|&(rule, every)| cams.due(camera, rule, every, captured_at_ms))
-                .collect();
-            (stamp, due)
-        });
+        let result = cams
+            .admit(site, camera, captured_at_ms, offset)
+            .map(|stamp| {
+                let due = cadences
+                    .iter()
+                    .map(|&(rule, every)| cams.due(camera, rule, every, captured_at_ms))
+                    .collect();
+                (stamp, due)
+            });
         let mut states = Vec::new();
         // Every admitted frame changes its camera's record (a refused jump its count); only a
         // frame of another site leaves the owner's record as it was.
@@ -473,7 +479,11 @@ mod tests {
                 judged.push(i);
             }
         }
-        assert_eq!(judged, [0, 4, 8, 12, 16], "every fourth frame, jitter or not");
+        assert_eq!(
+            judged,
+            [0, 4, 8, 12, 16],
+            "every fourth frame, jitter or not"
+        );
         // The record carries it: a restored partition goes on where this one was.
         let rec = p.get("cam").unwrap().clone();
         assert_eq!(rec.judged["animals"], T0 + 16 * 500);

@@ -412,7 +412,10 @@ mod tests {
         // Alone, the deferred rule's detector does not run; nor do crops for a deferred cascade.
         let deferred = p.defer(kitchen, vec![animals, people, masks]);
         assert!(deferred.whole_frame.is_empty() && !deferred.needs_crops);
-        assert!(!deferred.judges(), "nothing to judge: load shedding is not asked");
+        assert!(
+            !deferred.judges(),
+            "nothing to judge: load shedding is not asked"
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub struct Intake {
 /// What becomes of a record.
 pub enum Taken {
     Refused(Box<DeadLetter>),
-    Decode(DecodeJob<FramePlan>),
+    Decode(Box<DecodeJob<FramePlan>>),
 }
 
 impl Intake {
@@ -122,7 +122,7 @@ impl Intake {
                 .inc();
             plan = Planner::skip(plan, SKIPPED_STALE);
         }
-        Taken::Decode(DecodeJob {
+        Taken::Decode(Box::new(DecodeJob {
             origin,
             meta,
             info,
@@ -131,6 +131,6 @@ impl Intake {
             // Evidence pictures are drawn on the decoded frame.
             keep_image: plan.needs_crops || (self.evidence && plan.judges()),
             plan,
-        })
+        }))
     }
 }

@@ -21,9 +21,9 @@ use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 
 use super::config::WorkerConfig;
+use super::intake::{Intake, Taken};
 use super::progress::watch_queues;
 use super::supervise::{spawn_infallible, spawn_stage};
-use super::intake::{Intake, Taken};
 use super::{load, Restorer};
 use crate::contract::{Domain, Observed, Outcome, StageError};
 use crate::decode::{Decoder, Pending};
@@ -226,7 +226,7 @@ pub async fn run(
     );
     let decoder = Arc::new(Decoder::new(planner.input_specs(), metrics.clone()));
     let intake = Intake {
-        limits: cfg.limits.clone(),
+        limits: cfg.limits,
         cameras: cameras.clone(),
         planner: planner.clone(),
         shedder: shedder.clone(),
@@ -268,7 +268,7 @@ pub async fn run(
             }
             Taken::Decode(job) => {
                 let decoder = decoder.clone();
-                let pending = tokio::task::spawn_blocking(move || decoder.run(job));
+                let pending = tokio::task::spawn_blocking(move || decoder.run(*job));
                 if decode_tx.send(pending).await.is_err() {
                     break;
                 }

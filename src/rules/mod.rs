@@ -439,7 +439,11 @@ mod tests {
             )
         };
         assert_eq!(r("2.5").unwrap().rules["a"].every_ms(), Some(2_500));
-        assert_eq!(r("0").unwrap().rules["a"].every_ms(), None, "0: every frame");
+        assert_eq!(
+            r("0").unwrap().rules["a"].every_ms(),
+            None,
+            "0: every frame"
+        );
         let e = r("-1").unwrap_err().to_string();
         assert!(e.contains("rules.a.every_secs"), "{e}");
         let e = r("'often'").unwrap_err().to_string();

@@ -12,11 +12,11 @@ use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::codec::Codecs;
+use crate::contract::observation::RuleResult;
 use crate::contract::{
     admission, header, DeadLetter, Judged, Observation, Origin, Outcome, RawFrame, Reason,
     Rejection, StateRecord, ViolationEvent,
 };
-use crate::contract::observation::RuleResult;
 use crate::infer::plan::NOT_DUE;
 use crate::infer::shed::SKIPPED_STALE;
 use crate::kafka::{self, OutputProducer};
