@@ -111,8 +111,7 @@ async fn frames_in_observations_out() -> Result {
         let objectron = o.models.iter().any(|m| m.name == "objectron");
         if o.seq % 4 == 0 {
             ensure!(
-                o.rules[1].verdict == vigil::contract::observation::Verdict::Compliant
-                    && objectron,
+                o.rules[1].verdict == vigil::contract::observation::Verdict::Compliant && objectron,
                 "no animal in these photos: {:?}",
                 o.rules[1]
             );
