@@ -216,17 +216,17 @@ pub struct GatewayArgs {
     /// Simulator: directory of images, video file, or stream URL (rtsp://…).
     #[arg(long, required_unless_present = "cameras_file")]
     pub source: Option<String>,
-    /// Frames per second, per camera.
-    #[arg(long, default_value_t = 2.0)]
+    /// Simulator: frames per second, per camera (a camera file gives each camera's `fps`).
+    #[arg(long, conflicts_with = "cameras_file", default_value_t = 2.0)]
     pub fps: f64,
     /// JPEG quality of published frames (1–100).
-    #[arg(long, default_value_t = 85)]
+    #[arg(long, conflicts_with = "cameras_file", default_value_t = 85)]
     pub quality: i32,
     /// Number of simulated cameras.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, conflicts_with = "cameras_file", default_value_t = 1)]
     pub cameras: usize,
     /// Number of sites the cameras are spread over.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, conflicts_with = "cameras_file", default_value_t = 1)]
     pub sites: usize,
     /// Zones given to cameras round-robin, comma-separated (e.g. kitchen,dining).
     #[arg(long, value_delimiter = ',')]
@@ -239,10 +239,10 @@ pub struct GatewayArgs {
     #[arg(long)]
     pub still: bool,
     /// Stop after this many frames per camera.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cameras_file")]
     pub frames: Option<u64>,
     /// Resize frames to this width (keeping aspect ratio) before encoding.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cameras_file")]
     pub width: Option<u32>,
     /// Largest frame published, in bytes; larger frames are counted and skipped.
     #[arg(long, env = "VIGIL_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
