@@ -33,8 +33,9 @@
 //!
 //! # The path of a frame
 //!
-//! 1. [`commands::gateway`] publishes a JPEG to the frames topic (key = camera, headers per
-//!    [`contract::frame`]).
+//! 1. A site gateway ([`gateway`]) publishes a JPEG to the frames topic (key = camera, headers
+//!    per [`contract::frame`]), through its on-disk buffer; the simulator
+//!    ([`commands::gateway`]) publishes one source as many cameras.
 //! 2. [`source::consumer`] reads it on the consumer thread, registers it in flight
 //!    ([`source::offsets`]) and hands it to the intake, which checks headers, size, JPEG
 //!    structure and pixel budget ([`source::intake`]); a refused frame becomes a

@@ -193,7 +193,7 @@ pub struct GatewayArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub topics: TopicArgs,
-    /// The site's camera file (TOML: site, [[camera]] id, zone, url, fps…): runs the site
+    /// The site's camera file (TOML: `site`, `[[camera]]` with `id`, `zone`, `url`, `fps`…): runs the site
     /// gateway, with reconnects, camera health, caps and the on-disk buffer.
     #[arg(long, conflicts_with = "source", value_name = "FILE")]
     pub cameras_file: Option<PathBuf>,
