@@ -101,7 +101,11 @@ impl CameraHealth {
                 .get(),
         };
         if self.status.try_send(record).is_err() {
-            tracing::warn!(camera = %self.camera, state, "camera status record not published: its queue is full");
+            tracing::warn!(
+                camera = %self.camera,
+                state,
+                "camera status record not published: its queue is full"
+            );
         }
     }
 
@@ -125,7 +129,12 @@ impl CameraHealth {
                 .camera_up
                 .with_label_values(&[&self.camera])
                 .set(0);
-            tracing::warn!(camera = %self.camera, url = %self.url, reason, "camera down; reconnecting with backoff");
+            tracing::warn!(
+                camera = %self.camera,
+                url = %self.url,
+                reason,
+                "camera down; reconnecting with backoff"
+            );
             self.announce("down", reason);
         } else {
             tracing::debug!(camera = %self.camera, reason, "camera still down");

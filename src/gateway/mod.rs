@@ -177,7 +177,12 @@ pub async fn run(
     }
     drop((tx, status_tx));
     readiness.set(Phase::Ready);
-    tracing::info!(site = %site.site, cameras = site.cameras.len(), topic = %cfg.topic, "gateway started");
+    tracing::info!(
+        site = %site.site,
+        cameras = site.cameras.len(),
+        topic = %cfg.topic,
+        "gateway started"
+    );
     tokio::pin!(shutdown);
     // Captures run meanwhile: a gateway starts during an outage as well, and buffers until
     // the brokers answer. Settings the brokers refuse (TLS, credentials) stop it.
@@ -236,12 +241,14 @@ async fn prepare_topics(cfg: &SiteConfig) -> Result<(), StageError> {
         match kafka::create_topics(&cfg.kafka, topic, 1, replication, &[], &[]).await {
             Ok(t) => {
                 if t.iter().any(|(_, new)| *new) {
-                    tracing::info!(topic = %cfg.status_topic, replication, "camera status topic created");
+                    let topic = &cfg.status_topic;
+                    tracing::info!(%topic, replication, "camera status topic created");
                 }
                 break;
             }
             Err(e) if replication == 1 => {
-                tracing::warn!(topic = %cfg.status_topic, error = %e, "cannot create the camera status topic")
+                let topic = &cfg.status_topic;
+                tracing::warn!(%topic, error = %e, "cannot create the camera status topic")
             }
             Err(_) => {}
         }

@@ -283,7 +283,12 @@ impl Publisher {
             match outcome {
                 Ok(()) => metrics.status_records.inc(),
                 Err(error) => {
-                    tracing::warn!(camera = %record.camera, state = %record.state, error, "camera status record not published")
+                    tracing::warn!(
+                        camera = %record.camera,
+                        state = %record.state,
+                        error,
+                        "camera status record not published"
+                    )
                 }
             }
         })

@@ -59,8 +59,11 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> 
     m
 }
 
-fn by_camera(name: &str, help: &str) -> Opts {
-    Opts::new(name, help)
+fn counters(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
+    )
 }
 
 impl SiteMetrics {
@@ -68,18 +71,95 @@ impl SiteMetrics {
     pub fn new(site: &str, cameras: &[String]) -> SiteMetrics {
         let r = Registry::new_custom(None, Some([("site".to_string(), site.to_string())].into()))
             .expect("a valid site label");
+        let labels: &[&str] = &["camera"];
         let m = SiteMetrics {
-            camera_up: reg(&r, IntGaugeVec::new(by_camera("vigil_gateway_camera_up", "1 while the camera delivers frames, 0 while it is down or not yet connected."), &["camera"]).expect("valid")),
-            last_frame: reg(&r, GaugeVec::new(by_camera("vigil_gateway_camera_last_frame_timestamp_seconds", "Unix time of the camera's last captured frame."), &["camera"]).expect("valid")),
-            reconnects: reg(&r, IntCounterVec::new(by_camera("vigil_gateway_camera_reconnects_total", "Reconnection attempts after the camera failed."), &["camera"]).expect("valid")),
-            captured: reg(&r, IntCounterVec::new(by_camera("vigil_gateway_frames_captured_total", "Frames sampled from the camera."), &["camera"]).expect("valid")),
-            published: reg(&r, IntCounterVec::new(by_camera("vigil_gateway_frames_published_total", "Frames of the camera the broker acknowledged."), &["camera"]).expect("valid")),
-            dropped: reg(&r, IntCounterVec::new(by_camera("vigil_gateway_frames_dropped_total", "Frames dropped unpublished, by camera and reason."), &["camera", "reason"]).expect("valid")),
-            buffer_frames: reg(&r, IntGauge::new("vigil_gateway_buffer_frames", "Frames in the store-and-forward buffer (waiting or in flight).").expect("valid")),
-            buffer_bytes: reg(&r, IntGauge::new("vigil_gateway_buffer_bytes", "JPEG bytes in the store-and-forward buffer.").expect("valid")),
-            broker_reachable: reg(&r, IntGauge::new("vigil_gateway_broker_reachable", "1 while a broker answers, 0 while none does.").expect("valid")),
-            status_records: reg(&r, IntCounter::new("vigil_gateway_camera_status_records_total", "Camera-status records published (a camera went down or came back).").expect("valid")),
-            buffer_oldest: reg(&r, Gauge::new("vigil_gateway_buffer_oldest_timestamp_seconds", "Capture time of the oldest frame in the buffer (0 when empty).").expect("valid")),
+            camera_up: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "vigil_gateway_camera_up",
+                        "1 while the camera delivers frames, 0 while it is down or not yet \
+                         connected.",
+                    ),
+                    labels,
+                )
+                .expect("valid"),
+            ),
+            last_frame: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "vigil_gateway_camera_last_frame_timestamp_seconds",
+                        "Unix time of the camera's last captured frame.",
+                    ),
+                    labels,
+                )
+                .expect("valid"),
+            ),
+            reconnects: counters(
+                &r,
+                "vigil_gateway_camera_reconnects_total",
+                "Reconnection attempts after the camera failed.",
+                labels,
+            ),
+            captured: counters(
+                &r,
+                "vigil_gateway_frames_captured_total",
+                "Frames sampled from the camera.",
+                labels,
+            ),
+            published: counters(
+                &r,
+                "vigil_gateway_frames_published_total",
+                "Frames of the camera the broker acknowledged.",
+                labels,
+            ),
+            dropped: counters(
+                &r,
+                "vigil_gateway_frames_dropped_total",
+                "Frames dropped unpublished, by camera and reason.",
+                &["camera", "reason"],
+            ),
+            buffer_frames: reg(
+                &r,
+                IntGauge::new(
+                    "vigil_gateway_buffer_frames",
+                    "Frames in the store-and-forward buffer (waiting or in flight).",
+                )
+                .expect("valid"),
+            ),
+            buffer_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "vigil_gateway_buffer_bytes",
+                    "JPEG bytes in the store-and-forward buffer.",
+                )
+                .expect("valid"),
+            ),
+            broker_reachable: reg(
+                &r,
+                IntGauge::new(
+                    "vigil_gateway_broker_reachable",
+                    "1 while a broker answers, 0 while none does.",
+                )
+                .expect("valid"),
+            ),
+            status_records: reg(
+                &r,
+                IntCounter::new(
+                    "vigil_gateway_camera_status_records_total",
+                    "Camera-status records published (a camera went down or came back).",
+                )
+                .expect("valid"),
+            ),
+            buffer_oldest: reg(
+                &r,
+                Gauge::new(
+                    "vigil_gateway_buffer_oldest_timestamp_seconds",
+                    "Capture time of the oldest frame in the buffer (0 when empty).",
+                )
+                .expect("valid"),
+            ),
             registry: r,
         };
         m.broker_reachable.set(1);
@@ -115,7 +195,12 @@ mod tests {
             text.contains(r#"vigil_gateway_camera_up{camera="cam-01",site="site-001"} 0"#),
             "{text}"
         );
-        assert!(text.contains(r#"vigil_gateway_frames_dropped_total{camera="cam-02",reason="buffer_full",site="site-001"} 1"#));
-        assert!(text.contains(r#"vigil_gateway_frames_dropped_total{camera="cam-01",reason="queue_full",site="site-001"} 0"#));
+        let dropped = "vigil_gateway_frames_dropped_total";
+        assert!(text.contains(&format!(
+            r#"{dropped}{{camera="cam-02",reason="buffer_full",site="site-001"}} 1"#
+        )));
+        assert!(text.contains(&format!(
+            r#"{dropped}{{camera="cam-01",reason="queue_full",site="site-001"}} 0"#
+        )));
     }
 }
