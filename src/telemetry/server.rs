@@ -577,3 +577,10 @@ mod tests {
         assert_eq!(r.phase(), Phase::Stopping, "nothing revives it");
     }
 }
+
+/// Handlers read the client's address as `ConnectInfo<PeerAddr>` (sign-in throttling).
+impl axum::extract::connect_info::Connected<PeerAddr> for PeerAddr {
+    fn connect_info(addr: PeerAddr) -> Self {
+        addr
+    }
+}
