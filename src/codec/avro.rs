@@ -249,7 +249,7 @@ mod tests {
         let pinned = [
             ("violation_event", "f77aa5f1610749ee"),
             ("observation", "9ac2e4429d0f4efc"),
-            ("acknowledgement", "0000000000000000"),
+            ("acknowledgement", "2e8af05d5d4ae3cf"),
         ];
         for rt in RECORD_TYPES {
             let (_, want) = pinned.iter().find(|(n, _)| *n == rt.name).unwrap();

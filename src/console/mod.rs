@@ -25,6 +25,7 @@
 pub mod acks;
 pub mod auth;
 pub mod pages;
+mod reports;
 mod routes;
 pub mod scorecard;
 pub mod store;
@@ -358,8 +359,7 @@ async fn serve(
     let handle = axum_server::Handle::new();
     let service = app.into_make_service_with_connect_info::<PeerAddr>();
     let server = limited_server(listener, limits).handle(handle.clone());
-    let serving: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls
-    {
+    let serving: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
         Some(tls) => Box::pin(
             server
                 .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls))
@@ -374,4 +374,29 @@ async fn serve(
     }
     handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
     serving.await
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+impl AppState {
+    /// A console without a broker: records are applied directly, acknowledgements are not
+    /// published.
+    fn for_tests(users: Option<Users>, evidence: Option<EvidenceStore>) -> AppState {
+        AppState {
+            view: RwLock::new(View::default()),
+            db: Arc::new(Mutex::new(Store::open(None).expect("sqlite in memory"))),
+            evidence,
+            refresh_secs: 5,
+            users: users.map(Arc::new),
+            sessions: Mutex::new(Sessions::default()),
+            throttle: Mutex::new(Throttle::new(3, Duration::from_secs(60))),
+            open_csrf: auth::random_token(),
+            secure: false,
+            acks: None,
+            ack_overdue: Duration::from_secs(600),
+            console_id: "test".into(),
+        }
+    }
 }

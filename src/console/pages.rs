@@ -151,7 +151,12 @@ pub fn open_page(
         "<script>{}</script>",
         include_str!("refresh.js").replace("REFRESH_SECS", &refresh_secs.to_string())
     );
-    shell(&format!("vigil: {count} open violations"), Some(viewer), &head, &body)
+    shell(
+        &format!("vigil: {count} open violations"),
+        Some(viewer),
+        &head,
+        &body,
+    )
 }
 
 /// One history row (also the episode page).

@@ -211,8 +211,14 @@ mod tests {
         let text = csv(&m);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
-        assert!(lines.contains(&"site-1,2026-04-19,mask,3,4,0.7500,2,2.5,5.0,2,1"), "{text}");
-        assert!(lines.contains(&"'=evil,2026-04-19,,0,0,,0,2.5,5.0,2,1"), "{text}");
+        assert!(
+            lines.contains(&"site-1,2026-04-19,mask,3,4,0.7500,2,2.5,5.0,2,1"),
+            "{text}"
+        );
+        assert!(
+            lines.contains(&"'=evil,2026-04-19,,0,0,,0,2.5,5.0,2,1"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -225,6 +231,9 @@ mod tests {
         assert_eq!(r, ["b", "a", "c"]);
         let days = vec!["d1".to_string(), "d2".to_string()];
         let svg = chart("b", &days, &m);
-        assert!(svg.starts_with("<svg") && svg.contains("d1: 90.0%"), "{svg}");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("d1: 90.0%"),
+            "{svg}"
+        );
     }
 }

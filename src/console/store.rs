@@ -149,7 +149,10 @@ impl Store {
     }
 
     /// The acknowledgement of an episode: `(user, note, acked_at)`.
-    pub fn ack_of(&self, episode_id: &str) -> rusqlite::Result<Option<(String, Option<String>, i64)>> {
+    pub fn ack_of(
+        &self,
+        episode_id: &str,
+    ) -> rusqlite::Result<Option<(String, Option<String>, i64)>> {
         self.conn
             .query_row(
                 "SELECT user, note, acked_at FROM acks WHERE episode_id = ?1",
@@ -198,11 +201,7 @@ impl Store {
             .collect())
     }
 
-    fn query(
-        &self,
-        sql: &str,
-        p: &[&dyn rusqlite::ToSql],
-    ) -> rusqlite::Result<Vec<EpisodeRow>> {
+    fn query(&self, sql: &str, p: &[&dyn rusqlite::ToSql]) -> rusqlite::Result<Vec<EpisodeRow>> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut rows: Vec<EpisodeRow> = stmt
             .query_map(p, |r| {
@@ -274,7 +273,10 @@ impl Store {
         })?;
         for j in judged {
             let (site, day, rule, c, v) = j?;
-            out.entry((site, day)).or_default().judged.insert(rule, (c, v));
+            out.entry((site, day))
+                .or_default()
+                .judged
+                .insert(rule, (c, v));
         }
         let mut stmt = self.conn.prepare_cached(
             "SELECT e.site, e.opened_at, e.resolved_at, a.acked_at FROM episodes e LEFT JOIN acks a ON a.episode_id = e.episode_id",
@@ -306,7 +308,11 @@ impl Store {
             "SELECT site, day, COUNT(*) FROM camera_days WHERE day >= ?1 AND day <= ?2 GROUP BY site, day",
         )?;
         let seen = stmt.query_map([from, to], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })?;
         for s in seen {
             let (site, day, n) = s?;
@@ -432,15 +438,25 @@ mod tests {
         assert_eq!(h[0].resolved_at, Some(61_000));
         assert_eq!(h[0].timeline.len(), 2, "{:?}", h[0].timeline);
         assert_eq!(h[0].ack.as_ref().unwrap().0, "ana");
-        assert_eq!(s.history(&Access::All, &HistoryFilter::default(), 100).unwrap().len(), 2);
+        assert_eq!(
+            s.history(&Access::All, &HistoryFilter::default(), 100)
+                .unwrap()
+                .len(),
+            2
+        );
         let f = HistoryFilter {
             site: Some("site-2".into()),
             severity: Some(Severity::Minor.as_str().into()),
             ..Default::default()
         };
         assert_eq!(s.history(&Access::All, &f, 100).unwrap().len(), 1);
-        let facts = s.day_facts(&Access::All, "1970-01-01", "1970-01-01").unwrap();
+        let facts = s
+            .day_facts(&Access::All, "1970-01-01", "1970-01-01")
+            .unwrap();
         let f1 = &facts[&("site-1".to_string(), "1970-01-01".to_string())];
-        assert_eq!((f1.opened, f1.resolve_ms.clone(), f1.ack_ms.clone()), (1, vec![60_000], vec![30_000]));
+        assert_eq!(
+            (f1.opened, f1.resolve_ms.clone(), f1.ack_ms.clone()),
+            (1, vec![60_000], vec![30_000])
+        );
     }
 }
