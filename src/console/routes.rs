@@ -95,16 +95,31 @@ async fn require_viewer(State(s): St, mut req: Request, next: Next) -> Response 
 }
 
 fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, Response> {
+    let bad = |why: &str| (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
     if body.len() > MAX_FORM_BYTES {
-        return Err((StatusCode::BAD_REQUEST, "form too large\n").into_response());
+        return Err(bad("form too large"));
     }
     let mut out = HashMap::new();
-    if std::str::from_utf8(body).is_err() {
-        return Err((StatusCode::BAD_REQUEST, "form is not UTF-8\n").into_response());
-    }
-    for (k, v) in form_urlencoded::parse(body) {
-        if out.insert(k.into_owned(), v.into_owned()).is_some() {
-            return Err((StatusCode::BAD_REQUEST, "a form field repeats\n").into_response());
+    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        // Percent-decoded bytes must be UTF-8: nothing is replaced silently.
+        let decode = |x: &[u8]| {
+            let plus: Vec<u8> = x
+                .iter()
+                .map(|b| if *b == b'+' { b' ' } else { *b })
+                .collect();
+            percent_encoding::percent_decode(&plus)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+        };
+        let (Ok(k), Ok(v)) = (decode(k), decode(v)) else {
+            return Err(bad("form is not UTF-8"));
+        };
+        if out.insert(k, v).is_some() {
+            return Err(bad("a form field repeats"));
         }
     }
     Ok(out)

@@ -276,6 +276,15 @@ async fn a_manager_sees_only_their_sites_and_state_changes_need_the_token() {
     );
     assert_eq!(
         status(
+            ack("ep-a", format!("csrf={csrf}&note=%FF"), Some(&own))
+                .await
+                .unwrap()
+        ),
+        400,
+        "not UTF-8 once decoded"
+    );
+    assert_eq!(
+        status(
             ack("ep-a", format!("csrf={csrf}&csrf={csrf}"), Some(&own))
                 .await
                 .unwrap()
