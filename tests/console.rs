@@ -533,12 +533,17 @@ async fn managers_sign_in_see_their_sites_acknowledge_and_score() -> Result {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let dan2 = dan_on(&c2).await?;
-    let (_, board) = get_as(&c2, &dan2, &format!("/scorecard?from={DAY}&to={DAY}")).await?;
+    // The district manager's scorecard: both sites ranked, a chart each.
+    let r = browser(serde_json::json!([
+        {"goto": c2.url("/")},
+        {"submit": format!("document.querySelector('input[name=username]').value='dan';document.querySelector('input[name=password]').value='{PASSWORD}';document.getElementById('login').submit()")},
+        {"goto": c2.url(&format!("/scorecard?from=2026-03-23&to={DAY}"))},
+        {"eval": "[[...document.querySelectorAll('table.ranking tr[data-site]')].map(r => r.dataset.site), document.querySelectorAll('svg.chart').length]"},
+        {"screenshot": shot("console-scorecard-district.png")},
+    ]))?;
     ensure!(
-        board.contains(r#"<table class="ranking">"#)
-            && board.contains(r#"<tr data-site="site-002">"#),
-        "the district's ranking: {board}"
+        r[3] == serde_json::json!([["site-002", "site-001"], 2]),
+        "site-002 (masked in the end) ranks above site-001, a chart each: {r:?}"
     );
 
     // Wrong passwords throttle: 401 five times, then 429 (the right one too).

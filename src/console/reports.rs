@@ -37,7 +37,7 @@ fn some(s: &Option<String>) -> Option<String> {
 }
 
 /// Parses a day; `Err` is a 400 answer.
-fn day(s: &Option<String>, default: i64) -> Result<(String, i64), Response> {
+fn day(s: &Option<String>, default: i64) -> Result<(String, i64), (StatusCode, &'static str)> {
     match some(s) {
         None => Ok((
             day_of(default),
@@ -45,7 +45,7 @@ fn day(s: &Option<String>, default: i64) -> Result<(String, i64), Response> {
         )),
         Some(d) => match start_of(&d) {
             Some(ms) => Ok((d, ms)),
-            None => Err((StatusCode::BAD_REQUEST, "days are YYYY-MM-DD\n").into_response()),
+            None => Err((StatusCode::BAD_REQUEST, "days are YYYY-MM-DD\n")),
         },
     }
 }
@@ -65,7 +65,7 @@ pub(super) async fn history(
     let now = now_ms();
     let ((from, from_ms), (to, to_ms)) = match (day(&q.from, now - 7 * DAY_MS), day(&q.to, now)) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
     };
     let filter = HistoryFilter {
         from_ms: Some(from_ms),
@@ -133,8 +133,8 @@ async fn facts_for(
     p: &Period,
 ) -> Result<(Vec<String>, Facts), Response> {
     let now = now_ms();
-    let (from, from_ms) = day(&p.from, now - 27 * DAY_MS)?;
-    let (to, to_ms) = day(&p.to, now)?;
+    let (from, from_ms) = day(&p.from, now - 27 * DAY_MS).map_err(IntoResponse::into_response)?;
+    let (to, to_ms) = day(&p.to, now).map_err(IntoResponse::into_response)?;
     if to_ms < from_ms || to_ms - from_ms > 366 * DAY_MS {
         return Err((
             StatusCode::BAD_REQUEST,

@@ -19,7 +19,7 @@ use super::acks::{self, Acknowledgement, MAX_FORM_BYTES};
 use super::auth::{self, RequestOrigin, Viewer};
 use super::pages::{self, esc};
 use super::reports;
-use super::store::{EpisodeRow, HistoryFilter};
+use super::store::EpisodeRow;
 use super::users::{Access, Role};
 use super::view::OpenEpisode;
 use super::{lock, AppState};
@@ -54,7 +54,7 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -94,8 +94,9 @@ async fn require_viewer(State(s): St, mut req: Request, next: Next) -> Response 
     }
 }
 
-fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, Response> {
-    let bad = |why: &str| (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
+/// A form's fields; `Err` is the 400 answer.
+fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, (StatusCode, String)> {
+    let bad = |why: &str| (StatusCode::BAD_REQUEST, format!("{why}\n"));
     if body.len() > MAX_FORM_BYTES {
         return Err(bad("form too large"));
     }
@@ -147,7 +148,7 @@ async fn login(
     }
     let form = match parse_form(&body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (Some(name), Some(password)) = (form.get("username"), form.get("password")) else {
         return (
@@ -216,7 +217,7 @@ async fn logout(
 ) -> Response {
     let form = match parse_form(&body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if let Err(r) = auth::check_csrf(
         &origin_of(&h),
@@ -315,15 +316,11 @@ async fn api_open(State(s): St, Extension(v): Extension<Viewer>) -> Response {
 async fn visible_episode(s: &Arc<AppState>, v: &Viewer, id: &str) -> Result<EpisodeRow, Response> {
     let db = s.db.clone();
     let key = id.to_string();
-    let row = tokio::task::spawn_blocking(move || {
-        let db = lock(&db);
-        db.history(&Access::All, &HistoryFilter::default(), usize::MAX)
-            .map(|rows| rows.into_iter().find(|r| r.episode_id == key))
-    })
-    .await
-    .ok()
-    .and_then(|r| r.ok())
-    .flatten();
+    let row = tokio::task::spawn_blocking(move || lock(&db).episode(&key))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten();
     let row = match row {
         Some(r) => r,
         None => {
@@ -433,7 +430,7 @@ async fn acknowledge(
 ) -> Response {
     let form = match parse_form(&body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if let Err(r) = auth::check_csrf(
         &origin_of(&h),

@@ -364,6 +364,13 @@ impl AsyncWrite for Connection {
     }
 }
 
+/// Handlers read the client's address as `ConnectInfo<PeerAddr>` (sign-in throttling).
+impl axum::extract::connect_info::Connected<PeerAddr> for PeerAddr {
+    fn connect_info(addr: PeerAddr) -> Self {
+        addr
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,12 +582,5 @@ mod tests {
         r.set(Phase::Ready);
         r.set_reachable(true);
         assert_eq!(r.phase(), Phase::Stopping, "nothing revives it");
-    }
-}
-
-/// Handlers read the client's address as `ConnectInfo<PeerAddr>` (sign-in throttling).
-impl axum::extract::connect_info::Connected<PeerAddr> for PeerAddr {
-    fn connect_info(addr: PeerAddr) -> Self {
-        addr
     }
 }
