@@ -58,12 +58,33 @@ impl Drop for Proc {
 struct Console {
     _proc: Proc,
     addr: String,
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// A client that trusts the console's certificate and follows no redirects.
+    client: reqwest::Client,
 }
 
 impl Console {
-    fn start(t: &Topics, acks: &str, users: &std::path::Path, evidence: &str) -> Result<Console> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["console", "--brokers", &brokers(), "--topic", &t.violations])
+    /// A console replica; with `tls`, serving HTTPS with the test PKI's server certificate.
+    fn start(
+        t: &Topics,
+        acks: &str,
+        users: &std::path::Path,
+        evidence: &str,
+        tls: Option<&pki::Pki>,
+    ) -> Result<Console> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        cmd.args(["console", "--brokers", &brokers(), "--topic", &t.violations]);
+        let mut client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        if let Some(p) = tls {
+            cmd.arg("--tls-cert")
+                .arg(&p.server_cert)
+                .arg("--tls-key")
+                .arg(&p.server_key);
+            client = client
+                .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&p.ca)?)?);
+        }
+        let mut child = cmd
             .args([
                 "--acks-topic",
                 acks,
@@ -89,11 +110,13 @@ impl Console {
         Ok(Console {
             _proc: Proc(child),
             addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            client: client.build()?,
         })
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 }
 
@@ -106,7 +129,8 @@ fn client() -> reqwest::Client {
 
 /// Signs in with reqwest; returns the status and the session cookie (`name=value`).
 async fn sign_in(c: &Console, user: &str, password: &str) -> Result<(u16, Option<String>)> {
-    let r = client()
+    let r = c
+        .client
         .post(c.url("/login"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!(
@@ -125,7 +149,8 @@ async fn sign_in(c: &Console, user: &str, password: &str) -> Result<(u16, Option
 }
 
 async fn get_as(c: &Console, cookie: &str, path: &str) -> Result<(u16, String)> {
-    let r = client()
+    let r = c
+        .client
         .get(c.url(path))
         .header("cookie", cookie)
         .send()
@@ -354,8 +379,10 @@ async fn managers_sign_in_see_their_sites_acknowledge_and_score() -> Result {
     );
     let (ida, idb) = (a.episode_id.clone(), b.episode_id.clone());
 
-    let c1 = Console::start(&topics, &acks, users.path(), &evidence)?;
-    let c2 = Console::start(&topics, &acks, users.path(), &evidence)?;
+    // Replica 2 serves HTTPS itself: its session cookie is Secure.
+    let tls = pki::Pki::generate()?;
+    let c1 = Console::start(&topics, &acks, users.path(), &evidence, None)?;
+    let c2 = Console::start(&topics, &acks, users.path(), &evidence, Some(&tls))?;
     // Without a session pages go to the sign-in and the API answers 401.
     for (path, want) in [
         ("/", 303),
@@ -363,7 +390,7 @@ async fn managers_sign_in_see_their_sites_acknowledge_and_score() -> Result {
         ("/evidence/x", 303),
         ("/api/open", 401),
     ] {
-        let r = client().get(c2.url(path)).send().await?;
+        let r = c2.client.get(c2.url(path)).send().await?;
         ensure!(r.status().as_u16() == want, "{path}: {}", r.status());
     }
     // Replica 1 has read the episode (its JSON, as the district manager).
@@ -481,6 +508,21 @@ async fn managers_sign_in_see_their_sites_acknowledge_and_score() -> Result {
     // The second replica and vigil alerts see the acknowledgement.
     let (_, ana2) = sign_in(&c2, "ana", PASSWORD).await?;
     let ana2 = ana2.context("ana's session on replica 2")?;
+    let set = c2
+        .client
+        .post(c2.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "username=ana&password={}",
+            PASSWORD.replace(' ', "+")
+        ))
+        .send()
+        .await?;
+    let set = set.headers()["set-cookie"].to_str()?.to_string();
+    ensure!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Secure"),
+        "{set}"
+    );
     wait_for(
         "replica 2 shows the acknowledgement",
         Duration::from_secs(30),

@@ -174,8 +174,8 @@ pub async fn run(
         .transpose()
         .map_err(|e| anyhow!(e))?;
     let tls = match &cfg.tls {
-        Some((cert, key)) => Some(
-            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        Some((cert, key)) => {
+            let loaded = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .with_context(|| {
                     format!(
@@ -183,8 +183,15 @@ pub async fn run(
                         cert.display(),
                         key.display()
                     )
-                })?,
-        ),
+                })?;
+            // The server speaks HTTP/1.1 only: offering h2 in ALPN would make browsers speak
+            // HTTP/2 to it.
+            let mut config = (*loaded.get_inner()).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(axum_server::tls_rustls::RustlsConfig::from_config(
+                Arc::new(config),
+            ))
+        }
         None => None,
     };
     let db_path = cfg.db.clone();

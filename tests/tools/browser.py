@@ -46,6 +46,8 @@ class Browser:
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--hide-scrollbars",
                 "--window-size=1280,1000", "--remote-debugging-pipe",
+                # The tests' consoles serve HTTPS with a private test CA.
+                "--ignore-certificate-errors",
                 f"--user-data-dir={self.profile}", "about:blank",
             ],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
