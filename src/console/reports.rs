@@ -25,10 +25,15 @@ pub(super) struct HistoryQuery {
     from: Option<String>,
     /// Last day shown (`YYYY-MM-DD`, UTC), default today.
     to: Option<String>,
+    /// The filters, empty meaning any ([`HistoryFilter`]).
     site: Option<String>,
+    /// See `site`.
     camera: Option<String>,
+    /// See `site`.
     zone: Option<String>,
+    /// See `site`.
     rule: Option<String>,
+    /// See `site`.
     severity: Option<String>,
 }
 
@@ -121,7 +126,9 @@ pub(super) async fn history(
 /// The scorecard's period: from and to (days, inclusive), default the last four weeks.
 #[derive(Debug, Default, serde::Deserialize)]
 pub(super) struct Period {
+    /// First day (`YYYY-MM-DD`, UTC).
     from: Option<String>,
+    /// Last day, inclusive.
     to: Option<String>,
 }
 

@@ -64,16 +64,27 @@ pub enum Record {
 /// A past or open episode, as the history shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EpisodeRow {
+    /// The episode's stable id (links, acknowledgements).
     pub episode_id: String,
+    /// Whose episode it is: access is decided on it.
     pub site: String,
+    /// Where it was seen (a filter and a column).
     pub camera: String,
+    /// The camera's zone, when it has one (a filter and a column).
     pub zone: Option<String>,
+    /// The rule broken (a filter and a column).
     pub rule: String,
+    /// The latest severity (`minor`, `major`, `critical`).
     pub severity: String,
+    /// When it opened (event time, epoch ms): the period filter and the scorecard's day.
     pub opened_at: i64,
+    /// When it resolved, if it has.
     pub resolved_at: Option<i64>,
+    /// Why it resolved (`cleared`, `camera_silent`).
     pub resolve_reason: Option<String>,
+    /// Frames it lasted, as its latest event says.
     pub frames: i64,
+    /// Its latest picture, to serve at `/evidence/{id}`.
     pub evidence_uri: Option<String>,
     /// `(kind, severity, reason, event_time)` of each event, oldest first.
     pub timeline: Vec<(String, String, Option<String>, i64)>,
@@ -88,10 +99,15 @@ pub struct HistoryFilter {
     pub from_ms: Option<i64>,
     /// Opened before (epoch ms).
     pub to_ms: Option<i64>,
+    /// Only this site (still within the viewer's access).
     pub site: Option<String>,
+    /// Only this camera.
     pub camera: Option<String>,
+    /// Only this zone.
     pub zone: Option<String>,
+    /// Only this rule.
     pub rule: Option<String>,
+    /// Only this severity (the latest one).
     pub severity: Option<String>,
 }
 
@@ -458,5 +474,50 @@ mod tests {
             (f1.opened, f1.resolve_ms.clone(), f1.ack_ms.clone()),
             (1, vec![60_000], vec![30_000])
         );
+    }
+
+    fn observation(camera: &str, site: &str, at: i64, offset: i64, verdict: &str) -> Record {
+        let o: Observation = serde_json::from_value(serde_json::json!({
+            "camera": camera, "site": site, "zone": null, "captured_at_ms": at, "seq": offset,
+            "frame": {"width": 1, "height": 1, "decoded_width": 1, "decoded_height": 1},
+            "rules": [{"rule": "mask", "verdict": verdict, "reason": null, "level": null, "detections": 1}],
+            "detections": [], "classifications": [], "models": [],
+            "timings": {"decode_ms": 0.0, "preprocess_ms": 0.0, "crop_ms": 0.0, "stages": [], "total_ms": 0.0},
+            "source": {"topic": "frames", "partition": 0, "offset": offset},
+            "worker": "w", "processed_at_ms": at
+        }))
+        .unwrap();
+        Record::Observation(Box::new(o))
+    }
+
+    #[test]
+    fn judged_frames_count_once_and_silent_cameras_are_offline() {
+        const DAY_MS: i64 = 86_400_000;
+        let mut s = Store::open(None).unwrap();
+        s.apply(&[
+            observation("cam-1", "site-1", 0, 0, "compliant"),
+            observation("cam-1", "site-1", 1, 1, "violation"),
+            // The same frame judged again by a replacement worker.
+            observation("cam-1", "site-1", 1, 1, "violation"),
+            observation("cam-1", "site-1", 2, 2, "unknown"),
+            observation("cam-2", "site-1", 3, 3, "compliant"),
+            // The next day only cam-1 sends frames.
+            observation("cam-1", "site-1", DAY_MS, 4, "compliant"),
+        ])
+        .unwrap();
+        let facts = s
+            .day_facts(&Access::All, "1970-01-01", "1970-01-02")
+            .unwrap();
+        let d1 = &facts[&("site-1".to_string(), "1970-01-01".to_string())];
+        assert_eq!(d1.judged["mask"], (2, 1));
+        assert_eq!((d1.cameras_seen, d1.cameras_offline), (2, 0));
+        let d2 = &facts[&("site-1".to_string(), "1970-01-02".to_string())];
+        assert_eq!(d2.judged["mask"], (1, 0));
+        assert_eq!((d2.cameras_seen, d2.cameras_offline), (1, 1));
+        let none = Access::Sites(["site-9".to_string()].into());
+        assert!(s
+            .day_facts(&none, "1970-01-01", "1970-01-02")
+            .unwrap()
+            .is_empty());
     }
 }
