@@ -87,6 +87,17 @@ pub struct ServeArgs {
     /// How long failed sign-ins are counted, and a lock-out lasts.
     #[arg(long, default_value_t = 900)]
     pub login_window_secs: u64,
+    /// Addresses of reverse proxies that authenticate users, comma-separated: their
+    /// --proxy-user-header and --proxy-groups-header are believed (from nowhere else).
+    #[arg(long, env = "VIGIL_CONSOLE_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
+    /// The header naming the user, set by the trusted proxy.
+    #[arg(long, default_value = "X-Forwarded-User")]
+    pub proxy_user_header: String,
+    /// The header listing the user's groups (comma-separated: vigil-admin, vigil-district,
+    /// vigil-site:<site>), set by the trusted proxy.
+    #[arg(long, default_value = "X-Forwarded-Groups")]
+    pub proxy_groups_header: String,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -120,12 +131,25 @@ pub async fn run(
         secure_cookies: a.secure_cookies,
         login_max_failures: a.login_max_failures,
         login_window: Duration::from_secs(a.login_window_secs),
+        proxy: crate::console::proxy::ProxyConfig {
+            trusted: a.trusted_proxy,
+            user_header: a.proxy_user_header.to_ascii_lowercase(),
+            groups_header: a.proxy_groups_header.to_ascii_lowercase(),
+        },
     };
-    if cfg.users.is_none() && !cfg.addr.ip().is_loopback() {
+    for h in [&cfg.proxy.user_header, &cfg.proxy.groups_header] {
+        axum::http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+            (
+                2,
+                anyhow::anyhow!("--proxy-*-header {h:?} is not a header name"),
+            )
+        })?;
+    }
+    if cfg.users.is_none() && cfg.proxy.trusted.is_empty() && !cfg.addr.ip().is_loopback() {
         return Err((
             2,
             anyhow::anyhow!(
-                "--users is required to serve on {} (only a loopback address may go without sign-in)",
+                "--users or --trusted-proxy is required to serve on {} (only a loopback address may go without sign-in)",
                 cfg.addr
             ),
         ));

@@ -25,6 +25,7 @@
 pub mod acks;
 pub mod auth;
 pub mod pages;
+pub mod proxy;
 mod reports;
 mod routes;
 pub mod scorecard;
@@ -104,6 +105,8 @@ pub struct ConsoleConfig {
     pub login_max_failures: u32,
     /// How long failed sign-ins are counted, and a refusal lasts.
     pub login_window: Duration,
+    /// Identities from a trusted reverse proxy's headers.
+    pub proxy: proxy::ProxyConfig,
 }
 
 /// Publishes acknowledgements.
@@ -141,6 +144,18 @@ pub(crate) struct AppState {
     ack_overdue: Duration,
     /// This replica's name in acknowledgements.
     console_id: String,
+    /// Identities from a trusted reverse proxy's headers.
+    proxy: proxy::ProxyConfig,
+    /// CSRF tokens of proxy-authenticated users.
+    proxy_tokens: Mutex<proxy::ProxyTokens>,
+}
+
+impl AppState {
+    /// Whether anyone must be identified (a users file or a trusted proxy): without either the
+    /// console is open (loopback only).
+    fn signs_in(&self) -> bool {
+        self.users.is_some() || !self.proxy.trusted.is_empty()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -158,12 +173,16 @@ pub async fn run(
             tracing::info!(users = u.len(), file = %path.display(), "users loaded");
             Some(Arc::new(u))
         }
+        None if !cfg.proxy.trusted.is_empty() => {
+            tracing::info!(proxies = ?cfg.proxy.trusted, "identities from the trusted proxy only (no --users)");
+            None
+        }
         None if cfg.addr.ip().is_loopback() => {
             tracing::warn!(addr = %cfg.addr, "console without sign-in (no --users): every viewer sees every site; allowed on loopback only");
             None
         }
         None => bail!(
-            "--users is required to serve on {} (only a loopback address may go without sign-in)",
+            "--users or --trusted-proxy is required to serve on {} (only a loopback address may go without sign-in)",
             cfg.addr
         ),
     };
@@ -240,6 +259,8 @@ pub async fn run(
         }),
         ack_overdue: cfg.ack_overdue,
         console_id: format!("{}/{}", host.trim(), std::process::id()),
+        proxy: cfg.proxy.clone(),
+        proxy_tokens: Mutex::new(proxy::ProxyTokens::default()),
     });
     let (tx, rx) = mpsc::channel::<Record>(RECORD_QUEUE);
     let mut tasks = vec![tokio::spawn(write_loop(state.db.clone(), rx))];
@@ -278,7 +299,7 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on --addr {}", cfg.addr))?;
     let bound = listener.local_addr()?;
-    tracing::info!(addr = %bound, topic = %cfg.topic, acks_topic = %cfg.acks_topic, tls = tls.is_some(), sign_in = cfg.users.is_some(), "console listening");
+    tracing::info!(addr = %bound, topic = %cfg.topic, acks_topic = %cfg.acks_topic, tls = tls.is_some(), sign_in = cfg.users.is_some(), trusted_proxies = cfg.proxy.trusted.len(), "console listening");
     println!("console listening on {bound}");
     let limits = ConnectionLimits {
         max_connections: MAX_CONNECTIONS,
@@ -404,6 +425,8 @@ impl AppState {
             acks: None,
             ack_overdue: Duration::from_secs(600),
             console_id: "test".into(),
+            proxy: proxy::ProxyConfig::default(),
+            proxy_tokens: Mutex::new(proxy::ProxyTokens::default()),
         }
     }
 }

@@ -18,6 +18,7 @@ use rdkafka::producer::FutureRecord;
 use super::acks::{self, Acknowledgement, MAX_FORM_BYTES};
 use super::auth::{self, RequestOrigin, Viewer};
 use super::pages::{self, esc};
+use super::proxy;
 use super::reports;
 use super::store::EpisodeRow;
 use super::users::{Access, Role};
@@ -66,31 +67,60 @@ fn origin_of(h: &HeaderMap) -> RequestOrigin<'_> {
     }
 }
 
-/// The viewer of a request, from its session cookie.
-fn viewer_of(s: &AppState, h: &HeaderMap) -> Option<Viewer> {
-    if s.users.is_none() {
-        return Some(Viewer {
+/// The viewer of a request: from a trusted proxy's headers, else from its session cookie.
+/// `Err(())`: a proxy-authenticated user who holds no site.
+fn viewer_of(s: &AppState, h: &HeaderMap, peer: Option<PeerAddr>) -> Result<Option<Viewer>, ()> {
+    if !s.signs_in() {
+        return Ok(Some(Viewer {
             name: "anonymous".into(),
             role: Role::Admin,
             access: Access::All,
             csrf: s.open_csrf.clone(),
-        });
+        }));
     }
-    let cookies = header_str(h, header::COOKIE)?;
-    let id = auth::cookie_value(cookies, auth::COOKIE)?;
-    lock(&s.sessions).get(id, Instant::now())
+    let trusted = peer.is_some_and(|p| s.proxy.trusted.contains(&p.0.ip()));
+    if trusted {
+        if let Some(name) = h
+            .get(s.proxy.user_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .filter(|n| !n.is_empty())
+        {
+            let groups = h
+                .get(s.proxy.groups_header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let Some((role, access)) = proxy::role_of(s.users.as_deref(), name, groups) else {
+                return Err(());
+            };
+            return Ok(Some(Viewer {
+                name: name.to_string(),
+                role,
+                access,
+                csrf: lock(&s.proxy_tokens).token(name),
+            }));
+        }
+    }
+    let Some(cookies) = header_str(h, header::COOKIE) else {
+        return Ok(None);
+    };
+    let Some(id) = auth::cookie_value(cookies, auth::COOKIE) else {
+        return Ok(None);
+    };
+    Ok(lock(&s.sessions).get(id, Instant::now()))
 }
 
 async fn require_viewer(State(s): St, mut req: Request, next: Next) -> Response {
-    match viewer_of(&s, req.headers()) {
-        Some(v) => {
+    let peer = req.extensions().get::<ConnectInfo<PeerAddr>>().map(|c| c.0);
+    match viewer_of(&s, req.headers(), peer) {
+        Ok(Some(v)) => {
             req.extensions_mut().insert(v);
             next.run(req).await
         }
-        None if req.uri().path().starts_with("/api/") => {
+        Err(()) => (StatusCode::FORBIDDEN, "your groups hold no site\n").into_response(),
+        Ok(None) if req.uri().path().starts_with("/api/") => {
             (StatusCode::UNAUTHORIZED, "sign in first\n").into_response()
         }
-        None => Redirect::to("/login").into_response(),
+        Ok(None) => Redirect::to("/login").into_response(),
     }
 }
 
@@ -127,7 +157,7 @@ fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, (StatusCode, Strin
 }
 
 async fn login_form(State(s): St, h: HeaderMap) -> Response {
-    if s.users.is_none() || viewer_of(&s, &h).is_some() {
+    if s.users.is_none() || matches!(viewer_of(&s, &h, None), Ok(Some(_))) {
         return Redirect::to("/").into_response();
     }
     Html(pages::login(None)).into_response()

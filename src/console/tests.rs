@@ -380,3 +380,110 @@ async fn without_users_everything_is_open_on_loopback() {
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("site-009"));
 }
+
+/// A console behind a proxy at `trusted`, with `console()`'s two episodes.
+async fn behind_proxy(trusted: &str) -> String {
+    let mut state = AppState::for_tests(None, None);
+    state.proxy = proxy::ProxyConfig {
+        trusted: vec![trusted.parse().unwrap()],
+        user_header: "x-forwarded-user".into(),
+        groups_header: "x-forwarded-groups".into(),
+    };
+    let state = Arc::new(state);
+    for (id, site) in [("ep-a", "site-001"), ("ep-b", "site-002")] {
+        let e = opened(id, site);
+        state.view.write().unwrap().apply(&e);
+        lock(&state.db)
+            .apply(&[Record::Event(Box::new(e))])
+            .unwrap();
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let limits = ConnectionLimits {
+        max_connections: 8,
+        header_timeout: Duration::from_secs(5),
+    };
+    tokio::spawn(serve(
+        listener,
+        routes::router(state),
+        limits,
+        None,
+        std::future::pending(),
+    ));
+    addr
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_names_the_user_and_their_groups_their_sites() {
+    let addr = behind_proxy("127.0.0.1").await;
+    let c = client();
+    let as_pat = |path: &str, groups: &str| {
+        c.get(format!("http://{addr}{path}"))
+            .header("x-forwarded-user", "pat")
+            .header("x-forwarded-groups", groups)
+            .send()
+    };
+    let open: serde_json::Value = as_pat("/api/open", "staff,vigil-site:site-002")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(open["user"], "pat");
+    assert_eq!(open["sites"][0]["site"], "site-002");
+    assert_eq!(open["sites"].as_array().unwrap().len(), 1);
+    let r = as_pat("/evidence/ep-a", "vigil-site:site-002")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "another site's picture");
+    assert_eq!(as_pat("/api/open", "staff").await.unwrap().status(), 403);
+    let all: serde_json::Value = as_pat("/api/open", "vigil-admin")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["sites"].as_array().unwrap().len(), 2);
+    // The proxy user acknowledges with their own CSRF token.
+    let page = as_pat("/", "vigil-site:site-002")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(format!("http://{addr}/episodes/ep-b/ack"))
+        .header("x-forwarded-user", "pat")
+        .header("x-forwarded-groups", "vigil-site:site-002")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    // Without the headers there is no identity.
+    let r = c
+        .get(format!("http://{addr}/api/open"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn identity_headers_from_an_untrusted_address_are_ignored() {
+    let addr = behind_proxy("10.9.8.7").await;
+    let r = client()
+        .get(format!("http://{addr}/api/open"))
+        .header("x-forwarded-user", "mallory")
+        .header("x-forwarded-groups", "vigil-admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
