@@ -524,11 +524,13 @@ async fn acknowledge(
             }
         }
         tracing::info!(user = %v.name, episode = %id, site = %open.site, "episode acknowledged");
-        // Shown at once; the copy read back from the topic changes nothing (first one wins).
+        // Shown at once; the first acknowledgement the topic holds replaces it (another
+        // replica's may have come first).
         let db = s.db.clone();
-        let _ =
-            tokio::task::spawn_blocking(move || lock(&db).apply(&[super::store::Record::Ack(ack)]))
-                .await;
+        let _ = tokio::task::spawn_blocking(move || {
+            lock(&db).apply(&[super::store::Record::AckPending(ack)])
+        })
+        .await;
     }
     Redirect::to("/").into_response()
 }

@@ -31,7 +31,7 @@ CREATE TABLE timeline (
 CREATE INDEX timeline_by_episode ON timeline (episode_id, event_time);
 CREATE TABLE acks (
   episode_id TEXT PRIMARY KEY, ack_id TEXT NOT NULL, site TEXT NOT NULL, user TEXT NOT NULL,
-  note TEXT, acked_at INTEGER NOT NULL);
+  note TEXT, acked_at INTEGER NOT NULL, from_topic INTEGER NOT NULL);
 CREATE TABLE judged (
   site TEXT NOT NULL, day TEXT NOT NULL, rule TEXT NOT NULL,
   compliant INTEGER NOT NULL, violation INTEGER NOT NULL, PRIMARY KEY (site, day, rule));
@@ -42,6 +42,9 @@ CREATE TABLE frames_seen (
   topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
   PRIMARY KEY (topic, partition, offset));
 ";
+
+/// Frames remembered to recognise one judged twice (far more than a worker holds in flight).
+const FRAMES_REMEMBERED: i64 = 200_000;
 
 /// The UTC date of an epoch-millisecond time, `YYYY-MM-DD`.
 pub fn day_of(ms: i64) -> String {
@@ -55,8 +58,11 @@ pub fn day_of(ms: i64) -> String {
 pub enum Record {
     /// From the events topic.
     Event(Box<ViolationEvent>),
-    /// From the acknowledgements topic.
+    /// From the acknowledgements topic: the first of an episode counts.
     Ack(Acknowledgement),
+    /// Given on this replica and published, not yet read back: shown at once, and replaced by
+    /// the first one the topic holds (another replica's may have come first).
+    AckPending(Acknowledgement),
     /// From the observations topic.
     Observation(Box<Observation>),
 }
@@ -154,13 +160,27 @@ impl Store {
                 Record::Event(e) => apply_event(&tx, e)?,
                 Record::Ack(a) => {
                     tx.execute(
-                        "INSERT OR IGNORE INTO acks (episode_id, ack_id, site, user, note, acked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT INTO acks (episode_id, ack_id, site, user, note, acked_at, from_topic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)
+                         ON CONFLICT (episode_id) DO UPDATE SET ack_id = ?2, user = ?4, note = ?5, acked_at = ?6, from_topic = 1
+                         WHERE from_topic = 0",
+                        params![a.episode_id, a.ack_id, a.site, a.user, a.note, a.acked_at],
+                    )?;
+                }
+                Record::AckPending(a) => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO acks (episode_id, ack_id, site, user, note, acked_at, from_topic) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
                         params![a.episode_id, a.ack_id, a.site, a.user, a.note, a.acked_at],
                     )?;
                 }
                 Record::Observation(o) => apply_observation(&tx, o)?,
             }
         }
+        // Duplicates come from a frame judged again soon after (a replaced worker): the latest
+        // frames are enough to recognise them, and memory stays bounded.
+        tx.execute(
+            "DELETE FROM frames_seen WHERE rowid <= (SELECT MAX(rowid) FROM frames_seen) - ?1",
+            [FRAMES_REMEMBERED],
+        )?;
         tx.commit()
     }
 
@@ -427,6 +447,20 @@ mod tests {
         Record::Event(Box::new(e))
     }
 
+    fn ack(user: &str) -> Acknowledgement {
+        Acknowledgement {
+            ack_id: format!("{user}-ack"),
+            episode_id: "a".into(),
+            site: "site-1".into(),
+            camera: "c".into(),
+            rule: "r".into(),
+            user: user.into(),
+            note: None,
+            acked_at: 31_000,
+            console: "t".into(),
+        }
+    }
+
     #[test]
     fn history_keeps_resolved_episodes_with_timeline_and_ack_per_site() {
         let mut s = Store::open(None).unwrap();
@@ -435,19 +469,26 @@ mod tests {
             ev(EventKind::Opened, "b", "site-2", 1_000, 0),
             ev(EventKind::Resolved, "a", "site-1", 61_000, 2),
             ev(EventKind::Opened, "a", "site-1", 1_000, 0),
-            Record::Ack(Acknowledgement {
-                ack_id: "x".into(),
-                episode_id: "a".into(),
-                site: "site-1".into(),
-                camera: "c".into(),
-                rule: "r".into(),
-                user: "ana".into(),
-                note: None,
-                acked_at: 31_000,
-                console: "t".into(),
-            }),
+            Record::Ack(ack("ana")),
         ])
         .unwrap();
+        // Another replica's acknowledgement came first on the topic: it replaces this
+        // replica's pending one; later ones change nothing.
+        let mut pending = ack("bo");
+        pending.episode_id = "b".into();
+        let mut first = ack("cy");
+        first.episode_id = "b".into();
+        let mut later = ack("di");
+        later.episode_id = "b".into();
+        s.apply(&[Record::AckPending(pending.clone())]).unwrap();
+        assert_eq!(s.ack_of("b").unwrap().unwrap().0, "bo");
+        s.apply(&[
+            Record::Ack(first),
+            Record::Ack(later),
+            Record::AckPending(pending),
+        ])
+        .unwrap();
+        assert_eq!(s.ack_of("b").unwrap().unwrap().0, "cy");
         let only1 = Access::Sites(["site-1".to_string()].into());
         let h = s.history(&only1, &HistoryFilter::default(), 100).unwrap();
         assert_eq!(h.len(), 1);
