@@ -1,14 +1,15 @@
 //! The console managers use, with real parts: a real broker, a real `vigil worker` writing
-//! evidence pictures to an S3 API (moto's server, from PyPI), two `vigil console` replicas with a
-//! users file made by `vigil console hash-password`, `vigil alerts` following acknowledgements,
-//! and headless Chromium driven over the DevTools protocol (`tests/tools/browser.py`): a
-//! manager of site-001 is sent to the sign-in page, fills the form, sees her open episode with
-//! its picture (marked overdue), acknowledges it with a note; the acknowledgement shows on the
-//! second replica and in `vigil alerts`; site-002's episode, picture and JSON are refused (403);
-//! a forged cross-site form post changes nothing. The scorecard's CSV equals the one computed by
-//! an outside client from the topics (`tests/tools/scorecard.py`, confluent-kafka + fastavro),
-//! for the manager and for the district manager. Wrong passwords throttle; a users file with a
-//! plaintext password is refused naming its line. Screenshots go to `target/test-logs/`.
+//! evidence pictures to an S3 API (moto's server, from PyPI), two `vigil console` replicas (the
+//! second serving HTTPS) with a users file made by `vigil console hash-password`, `vigil alerts`
+//! following acknowledgements, and headless Chromium driven over the DevTools protocol
+//! (`tests/tools/browser.py`): a manager of site-001 is sent to the sign-in page, fills the
+//! form, sees her open episode with its picture (marked overdue), acknowledges it with a note;
+//! the acknowledgement shows on the second replica and in `vigil alerts`; site-002's episode,
+//! picture and JSON are refused (403); forms on another site posting an acknowledgement and a
+//! sign-out change nothing. The scorecard's CSV equals the one computed by an outside client
+//! from the topics (`tests/tools/scorecard.py`, confluent-kafka + fastavro), for the manager
+//! and for the district manager. Wrong passwords throttle; a users file with a plaintext
+//! password is refused naming its line. Screenshots go to `target/test-logs/`.
 
 mod common;
 #[path = "console_parts/mod.rs"]
@@ -198,7 +199,11 @@ async fn managers_sign_in_see_their_sites_acknowledge_and_score() -> Result {
     for (path, want) in [
         ("/", 303),
         ("/history", 303),
+        ("/scorecard", 303),
+        ("/scorecard.csv", 303),
+        ("/episode/x", 303),
         ("/evidence/x", 303),
+        ("/api/episode/x", 401),
         ("/api/open", 401),
     ] {
         let r = c2.client.get(c2.url(path)).send().await?;
@@ -217,18 +222,25 @@ async fn managers_sign_in_see_their_sites_acknowledge_and_score() -> Result {
     // In the browser: sign in by the form, see the picture, acknowledge with a note.
     let shot = |name: &str| log_dir().join(name).display().to_string();
     let card = format!(r#"article[data-episode="{ida}"]"#);
+    // Forms on another site that post to the console: an acknowledgement and a sign-out.
+    let forged = |path: String| {
+        format!("data:text/html,<form id=f method=post action='{}'><input name=csrf value=forged><input name=note value=forged></form><script>document.getElementById('f').submit()</script>", c1.url(&path))
+    };
     let r = browser(serde_json::json!([
         {"goto": c1.url("/")},
         {"submit": format!("document.querySelector('input[name=username]').value='ana';document.querySelector('input[name=password]').value='{PASSWORD}';document.getElementById('login').submit()")},
         {"eval": format!(r#"(() => {{ const c = document.querySelector('{card}'); return {{ overdue: c.classList.contains('overdue'), width: c.querySelector('img').naturalWidth, sites: [...document.querySelectorAll('section.site')].map(s => s.dataset.site), other: document.body.innerHTML.includes('{idb}') }}; }})()"#)},
         {"screenshot": shot("console-signed-in.png")},
+        {"goto": forged(format!("/episodes/{ida}/ack"))},
+        {"sleep": 2},
+        {"goto": forged("/logout".into())},
+        {"sleep": 2},
+        {"goto": c1.url("/")},
+        {"eval": format!("document.querySelector('{card} .ack') === null && document.querySelector('{card} form.ackform') !== null")},
         {"submit": format!(r#"(() => {{ const c = document.querySelector('{card}'); c.querySelector('input[name=note]').value = 'mask handed out'; c.querySelector('form button').click(); }})()"#)},
         {"eval": format!(r#"document.querySelector('{card} .ack').textContent"#)},
         {"screenshot": shot("console-acknowledged.png")},
         {"eval": format!("Promise.all(['/evidence/{idb}', '/api/episode/{idb}', '/episode/{idb}', '/api/episode/{ida}', '/evidence/{ida}'].map(p => fetch(p).then(r => r.status)))")},
-        {"goto": format!("data:text/html,<form id=f method=post action='{}'><input name=csrf value=forged><input name=note value=forged></form><script>document.getElementById('f').submit()</script>", c1.url(&format!("/episodes/{ida}/ack")))},
-        {"sleep": 1},
-        {"eval": "location.href"},
         {"goto": c1.url(&format!("/history?from={DAY}&to={DAY}"))},
         {"eval": "[...document.querySelectorAll('tr[data-episode]')].map(r => [r.dataset.episode, r.querySelector('.ackcell').textContent])"},
         {"screenshot": shot("console-history.png")},
@@ -246,28 +258,28 @@ async fn managers_sign_in_see_their_sites_acknowledge_and_score() -> Result {
         "the open episode with its picture, overdue, and nothing of site-002: {r:?}"
     );
     ensure!(r[2]["sites"] == serde_json::json!(["site-001"]), "{r:?}");
-    let ack_text = r[5].as_str().unwrap_or_default();
+    // The forged sign-out changed nothing (still signed in), nor did the forged acknowledgement.
+    ensure!(
+        r[8] == c1.url("/") && r[9] == true,
+        "forged posts refused: {r:?}"
+    );
+    let ack_text = r[11].as_str().unwrap_or_default();
     ensure!(
         ack_text.contains("acknowledged by ana") && ack_text.contains("mask handed out"),
         "{ack_text}"
     );
     ensure!(
-        r[7] == serde_json::json!([403, 403, 403, 200, 200]),
+        r[13] == serde_json::json!([403, 403, 403, 200, 200]),
         "another site's picture, JSON and page are refused: {r:?}"
     );
-    // The forged form from another site carried no cookie (SameSite): it met the sign-in.
-    ensure!(
-        r[10].as_str().is_some_and(|u| u.ends_with("/login")),
-        "{r:?}"
-    );
-    let rows = r[12].as_array().context("history rows")?;
+    let rows = r[15].as_array().context("history rows")?;
     ensure!(
         rows.len() == 1
             && rows[0][0] == ida.as_str()
             && rows[0][1].as_str().is_some_and(|t| t.contains("ana")),
         "history shows site-001's episode with its acknowledgement: {rows:?}"
     );
-    ensure!(r[15].as_i64() >= Some(1), "a point on the chart: {r:?}");
+    ensure!(r[18].as_i64() >= Some(1), "a point on the chart: {r:?}");
 
     // A forged post with a stolen cookie but a foreign origin, or without the token: 403.
     let (_, ana) = sign_in(&c1, "ana", PASSWORD).await?;
@@ -331,7 +343,7 @@ async fn managers_sign_in_see_their_sites_acknowledge_and_score() -> Result {
         .await?;
     let set = set.headers()["set-cookie"].to_str()?.to_string();
     ensure!(
-        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Secure"),
+        set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Secure"),
         "{set}"
     );
     wait_for(
@@ -356,6 +368,13 @@ async fn managers_sign_in_see_their_sites_acknowledge_and_score() -> Result {
     )
     .await?;
     let alerts_text = std::fs::read_to_string(&alerts_log)?;
+    // Site 001's episode was overdue (opened in April) before anyone acknowledged it.
+    ensure!(
+        alerts_text
+            .lines()
+            .any(|l| l.starts_with("OVERDUE") && l.contains("site=site-001")),
+        "re-notified as overdue: {alerts_text}"
+    );
     ensure!(
         alerts_text
             .lines()

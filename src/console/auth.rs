@@ -1,7 +1,8 @@
 //! Sessions, CSRF checks and sign-in throttling: the pure parts of the console's sign-in, with
 //! time passed in so that tests need no clock.
 //!
-//! - A session is a random 256-bit token in a cookie (`HttpOnly`, `SameSite=Strict`, `Secure`
+//! - A session is a random 256-bit token in a cookie (`HttpOnly`, `SameSite=Lax`: a link from
+//!   an alert opens the page signed in, a cross-site POST carries no cookie; `Secure`
 //!   when the console is reached over TLS), valid for [`SESSION_TTL`] after sign-in. Sessions
 //!   live in this replica's memory: a restart or another replica asks to sign in again.
 //! - Every state change (a POST) must carry the session's CSRF token in a form field (compared
@@ -119,7 +120,7 @@ pub fn session_cookie(id: Option<&str>, secure: bool) -> String {
         None => ("", 0),
     };
     format!(
-        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={age}{}",
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={age}{}",
         if secure { "; Secure" } else { "" }
     )
 }
@@ -264,7 +265,7 @@ mod tests {
     #[test]
     fn cookies_are_http_only_strict_and_secure_over_tls() {
         let c = session_cookie(Some("abc"), true);
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("Secure"));
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Lax") && c.ends_with("Secure"));
         assert!(!session_cookie(Some("abc"), false).contains("Secure"));
         assert!(session_cookie(None, false).contains("Max-Age=0"));
         assert_eq!(

@@ -187,7 +187,7 @@ async fn a_manager_sees_only_their_sites_and_state_changes_need_the_token() {
     assert_eq!(r.status(), 303);
     let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
-        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
         "{set}"
     );
     let cookie = set.split(';').next().unwrap().to_string();
