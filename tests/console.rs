@@ -405,6 +405,7 @@ async fn managers_sign_in_see_their_sites_acknowledge_and_score() -> Result {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    let dan2 = dan_on(&c2).await?;
     // The district manager's scorecard: both sites ranked, a chart each.
     let r = browser(serde_json::json!([
         {"goto": c2.url("/")},
@@ -417,6 +418,30 @@ async fn managers_sign_in_see_their_sites_acknowledge_and_score() -> Result {
         r[3] == serde_json::json!([["site-002", "site-001"], 2]),
         "site-002 (masked in the end) ranks above site-001, a chart each: {r:?}"
     );
+
+    // The district's history, filtered: site-002's resolved episode with its whole timeline.
+    let (_, hist) = get_as(
+        &c2,
+        &dan2,
+        &format!("/history?from={DAY}&to={DAY}&camera=cam-b&severity=minor"),
+    )
+    .await?;
+    ensure!(
+        hist.contains(&format!(r#"<tr data-episode="{idb}">"#))
+            && !hist.contains(&format!(r#"data-episode="{ida}""#))
+            && hist.contains(" opened ")
+            && hist.contains(" resolved "),
+        "{hist}"
+    );
+    let (_, hist) = get_as(
+        &c2,
+        &dan2,
+        &format!("/history?from={DAY}&to={DAY}&zone=nowhere"),
+    )
+    .await?;
+    ensure!(hist.contains("<p>0 episodes</p>"), "{hist}");
+    let (status, _) = get_as(&c2, &dan2, "/history?from=yesterday").await?;
+    ensure!(status == 400, "a malformed day: {status}");
 
     // Wrong passwords throttle: 401 five times, then 429 (the right one too).
     for i in 0..5 {
