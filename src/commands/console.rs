@@ -94,6 +94,11 @@ pub struct ServeArgs {
     /// The header naming the user, set by the trusted proxy.
     #[arg(long, default_value = "X-Forwarded-User")]
     pub proxy_user_header: String,
+    /// The address browsers reach the console at through a proxy that rewrites `Host`
+    /// (https://console.example.com): state changes from it pass the origin check.
+    /// Repeatable.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Vec<url::Url>,
     /// The header listing the user's groups (comma-separated: vigil-admin, vigil-district,
     /// vigil-site:<site>), set by the trusted proxy.
     #[arg(long, default_value = "X-Forwarded-Groups")]
@@ -136,6 +141,11 @@ pub async fn run(
             user_header: a.proxy_user_header.to_ascii_lowercase(),
             groups_header: a.proxy_groups_header.to_ascii_lowercase(),
         },
+        public_origins: a
+            .public_url
+            .iter()
+            .map(|u| u.origin().ascii_serialization())
+            .collect(),
     };
     for h in [&cfg.proxy.user_header, &cfg.proxy.groups_header] {
         axum::http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {

@@ -155,6 +155,9 @@ pub struct RequestOrigin<'a> {
     pub origin: Option<&'a str>,
     /// `Sec-Fetch-Site`, if the browser sent one.
     pub fetch_site: Option<&'a str>,
+    /// Origins the console is also reached at (`--public-url`): behind a proxy that rewrites
+    /// `Host`, the browser's `Origin` names the public address, not the one this process sees.
+    pub public: &'a [String],
 }
 
 /// Refuses a request that a browser says came from another site.
@@ -168,9 +171,11 @@ pub fn check_origin(r: &RequestOrigin) -> Result<(), CsrfRefusal> {
         let authority = origin
             .strip_prefix("https://")
             .or_else(|| origin.strip_prefix("http://"));
-        match (authority, r.host) {
-            (Some(a), Some(host)) if a.eq_ignore_ascii_case(host) => {}
-            _ => return Err(CsrfRefusal::ForeignOrigin),
+        let own_host =
+            matches!((authority, r.host), (Some(a), Some(host)) if a.eq_ignore_ascii_case(host));
+        let public = r.public.iter().any(|p| p.eq_ignore_ascii_case(origin));
+        if !own_host && !public {
+            return Err(CsrfRefusal::ForeignOrigin);
         }
     }
     Ok(())
@@ -281,6 +286,7 @@ mod tests {
             host: Some("127.0.0.1:8080"),
             origin: Some("http://127.0.0.1:8080"),
             fetch_site: Some("same-origin"),
+            public: &[],
         };
         assert_eq!(check_csrf(&own, "tok", Some("tok")), Ok(()));
         assert_eq!(
@@ -309,6 +315,20 @@ mod tests {
             ..own
         };
         assert_eq!(check_origin(&cross), Err(CsrfRefusal::CrossSite));
+        // Behind a proxy that rewrites Host, the public origin is accepted.
+        let public = ["https://console.example".to_string()];
+        let proxied = RequestOrigin {
+            host: Some("10.0.0.7:8080"),
+            origin: Some("https://console.example"),
+            fetch_site: Some("same-origin"),
+            public: &public,
+        };
+        assert_eq!(check_csrf(&proxied, "tok", Some("tok")), Ok(()));
+        let elsewhere = RequestOrigin {
+            origin: Some("https://evil.example"),
+            ..proxied
+        };
+        assert_eq!(check_origin(&elsewhere), Err(CsrfRefusal::ForeignOrigin));
         // A client that sends neither header (curl) needs only the token.
         let bare = RequestOrigin {
             host: Some("h"),

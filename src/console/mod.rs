@@ -107,6 +107,9 @@ pub struct ConsoleConfig {
     pub login_window: Duration,
     /// Identities from a trusted reverse proxy's headers.
     pub proxy: proxy::ProxyConfig,
+    /// Origins (`scheme://host[:port]`) the console is reached at through a proxy that
+    /// rewrites `Host` (`--public-url`): accepted in `Origin`.
+    pub public_origins: Vec<String>,
 }
 
 /// Publishes acknowledgements.
@@ -148,6 +151,8 @@ pub(crate) struct AppState {
     proxy: proxy::ProxyConfig,
     /// CSRF tokens of proxy-authenticated users.
     proxy_tokens: Mutex<proxy::ProxyTokens>,
+    /// Origins the console is also reached at (`--public-url`).
+    public_origins: Vec<String>,
 }
 
 impl AppState {
@@ -261,6 +266,7 @@ pub async fn run(
         console_id: format!("{}/{}", host.trim(), std::process::id()),
         proxy: cfg.proxy.clone(),
         proxy_tokens: Mutex::new(proxy::ProxyTokens::default()),
+        public_origins: cfg.public_origins.clone(),
     });
     let (tx, rx) = mpsc::channel::<Record>(RECORD_QUEUE);
     let mut tasks = vec![tokio::spawn(write_loop(state.db.clone(), rx))];
@@ -427,6 +433,7 @@ impl AppState {
             console_id: "test".into(),
             proxy: proxy::ProxyConfig::default(),
             proxy_tokens: Mutex::new(proxy::ProxyTokens::default()),
+            public_origins: Vec::new(),
         }
     }
 }

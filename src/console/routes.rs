@@ -59,11 +59,12 @@ fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn origin_of(h: &HeaderMap) -> RequestOrigin<'_> {
+fn origin_of<'a>(s: &'a AppState, h: &'a HeaderMap) -> RequestOrigin<'a> {
     RequestOrigin {
         host: header_str(h, header::HOST),
         origin: header_str(h, header::ORIGIN),
         fetch_site: h.get("sec-fetch-site").and_then(|v| v.to_str().ok()),
+        public: &s.public_origins,
     }
 }
 
@@ -172,7 +173,7 @@ async fn login(
     let Some(users) = s.users.clone() else {
         return Redirect::to("/").into_response();
     };
-    if let Err(r) = auth::check_origin(&origin_of(&h)) {
+    if let Err(r) = auth::check_origin(&origin_of(&s, &h)) {
         tracing::warn!(reason = r.as_str(), peer = %peer.0, "sign-in refused");
         return (StatusCode::FORBIDDEN, "cross-site sign-in refused\n").into_response();
     }
@@ -250,7 +251,7 @@ async fn logout(
         Err(r) => return r.into_response(),
     };
     if let Err(r) = auth::check_csrf(
-        &origin_of(&h),
+        &origin_of(&s, &h),
         &v.csrf,
         form.get("csrf").map(String::as_str),
     ) {
@@ -463,7 +464,7 @@ async fn acknowledge(
         Err(r) => return r.into_response(),
     };
     if let Err(r) = auth::check_csrf(
-        &origin_of(&h),
+        &origin_of(&s, &h),
         &v.csrf,
         form.get("csrf").map(String::as_str),
     ) {
