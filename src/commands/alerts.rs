@@ -260,7 +260,8 @@ pub async fn run(
             m = kafka::next_message(&consumer, cfg.idle_timeout, shutdown.as_mut()) => m,
             _ = tick.tick(), if cfg.renotify_overdue.is_some() => {
                 for ev in overdue.due(crate::contract::now_ms(), cfg.renotify_overdue.unwrap_or_default()) {
-                    let line = format!("OVERDUE  site={} camera={} rule={} episode={} unacknowledged since {}", ev.site, ev.camera, ev.rule, ev.episode_id.chars().take(12).collect::<String>(), ev.opened_at);
+                    let since = chrono::DateTime::from_timestamp_millis(ev.opened_at).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default();
+                    let line = format!("OVERDUE  site={} camera={} rule={} episode={} opened={since} unacknowledged", ev.site, ev.camera, ev.rule, ev.episode_id.chars().take(12).collect::<String>());
                     println!("{line}");
                     if let Some(hook) = &hook {
                         let body = serde_json::to_vec(&serde_json::json!({"overdue": true, "event": ev}))?;
