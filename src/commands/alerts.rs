@@ -255,9 +255,14 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let (mut shown, mut repeats) = (0u64, 0u64);
     tokio::pin!(shutdown);
+    // The idle limit counts from the last record, not from the last overdue check.
+    let mut last_record = std::time::Instant::now();
     loop {
+        let idle = cfg
+            .idle_timeout
+            .map(|d| d.saturating_sub(last_record.elapsed()));
         let next = tokio::select! {
-            m = kafka::next_message(&consumer, cfg.idle_timeout, shutdown.as_mut()) => m,
+            m = kafka::next_message(&consumer, idle, shutdown.as_mut()) => m,
             _ = tick.tick(), if cfg.renotify_overdue.is_some() => {
                 for ev in overdue.due(crate::contract::now_ms(), cfg.renotify_overdue.unwrap_or_default()) {
                     let since = chrono::DateTime::from_timestamp_millis(ev.opened_at).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default();
@@ -275,6 +280,7 @@ pub async fn run(
             break;
         };
         let msg = msg?;
+        last_record = std::time::Instant::now();
         let payload = msg.payload().unwrap_or_default();
         if cfg.acks_topic.as_deref() == Some(msg.topic()) {
             match ack_reader.decode(payload).await {
