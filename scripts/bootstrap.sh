@@ -3,7 +3,9 @@
 #   - Debian packages: OpenCV headers/libraries, clang/libclang (for the opencv crate's bindings),
 #     prometheus and promtool (the tests check dashboards and alert rules against them),
 #     OpenSSL headers (Kafka over TLS and SASL/SCRAM in librdkafka), stunnel4 and openssl (the
-#     tests put a TLS listener with a private CA in front of the broker)
+#     tests put a TLS listener with a private CA in front of the broker), and GStreamer's RTSP
+#     server with the Python bindings and the H.264 encoder (the site gateway's tests serve
+#     RTSP cameras with tests/tools/rtsp_cameras.py)
 #   - .venv: a project-local Python venv with the onnxruntime wheel (its libonnxruntime.so is
 #     what the worker loads) and confluent-kafka (an outside client for tests)
 #   - the nisshi broker (Kafka protocol) for the demo and the tests: built once per user into
@@ -21,7 +23,9 @@ say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # --- Debian packages ---------------------------------------------------------------------
 need=()
-for pkg in libopencv-dev clang libclang-dev pkg-config cmake prometheus libssl-dev stunnel4 openssl curl chromium; do
+for pkg in libopencv-dev clang libclang-dev pkg-config cmake prometheus libssl-dev stunnel4 openssl curl chromium \
+    python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+    gstreamer1.0-plugins-ugly; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -21,6 +21,8 @@
 //! pipeline/   wires the stages with bounded channels and supervises them (`vigil worker`)
 //! commands/   the command line: gateway, worker, ingest, console, topics, tail, alerts (which
 //!             also follows acknowledgements and re-notifies overdue episodes)
+//! gateway/    `vigil gateway --cameras-file`: the site gateway (cameras over RTSP and HTTP,
+//!             reconnects, camera health, caps, store and forward on disk)
 //! console/    `vigil console`: sign-in and per-site access, open violations with their pictures,
 //!             acknowledgements (their own topic), history and the compliance scorecard (SQLite)
 //! ingest/     `vigil ingest`: HTTP(S) uploads from cameras and phones become frames
@@ -61,6 +63,7 @@ pub mod contract;
 pub mod decode;
 pub mod episodes;
 pub mod evidence;
+pub mod gateway;
 pub mod http;
 pub mod infer;
 pub mod ingest;

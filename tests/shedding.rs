@@ -231,3 +231,101 @@ async fn an_old_backlog_is_judged_the_same_across_a_sigkill() -> Result {
     }
     Ok(())
 }
+
+/// A frame judged while fresh and read again once stale is judged again. Worker A (shipped
+/// defaults, `--max-staleness-secs` 60) judges a camera's frames, stamped 45 s in the past, as
+/// they come; it is SIGKILLed the moment its 25th observation is out, before it commits the
+/// latest. Its replacement B reads those frames again more than 60 s after they were captured:
+/// on its own it would skip them as stale (its restored memory has a frame judged less than a
+/// minute before them), but it reads back how A admitted each (the observations' `admission`
+/// header) and decides the same. Frames A never published an outcome for are B's to decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_judged_fresh_is_judged_again_when_it_is_read_again_stale() -> Result {
+    const FRAMES: u64 = 40;
+    let topics = create_topics(1).await?;
+    let group = unique("g");
+    let mut a = Worker::start_default(&topics, &group, &[])?;
+    wait_for("worker A assigned", Duration::from_secs(60), || {
+        a.assigned().is_some_and(|p| !p.is_empty())
+    })
+    .await
+    .with_context(|| a.log_text())?;
+    // Ten frames a second, each stamped 45 s before it is sent.
+    let frames_topic = topics.frames.clone();
+    let sender = tokio::spawn(async move {
+        let p = producer()?;
+        for seq in 0..FRAMES {
+            let mut r = frame("cam-r", "site-004", seq, face("grace_hopper.jpg"));
+            r.headers[2].1 = (vigil::contract::now_ms() - 45_000)
+                .to_string()
+                .into_bytes();
+            p.send(record(&frames_topic, &r), Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    });
+    collect(
+        &topics.observations,
+        25,
+        Duration::from_secs(120),
+        Duration::ZERO,
+    )
+    .await
+    .with_context(|| a.log_text())?;
+    a.signal("KILL")?;
+    a.wait(Duration::from_secs(10))?;
+    sender.await??;
+    // What A judged while fresh is more than a minute old before B reads it again.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let b = Worker::start_default(&topics, &group, &[])?;
+    let got = collect(
+        &topics.observations,
+        FRAMES as usize,
+        Duration::from_secs(120),
+        Duration::from_secs(3),
+    )
+    .await
+    .with_context(|| b.log_text())?;
+    // Per frame offset: how each of its observations admitted it.
+    let mut admissions: HashMap<i64, Vec<bool>> = HashMap::new();
+    for g in &got {
+        let o = g.observation()?;
+        let skipped = o
+            .rules
+            .iter()
+            .all(|r| r.reason.as_deref() == Some("skipped_stale"));
+        ensure!(
+            g.header("admission").as_deref() == Some(if skipped { "skipped" } else { "judged" }),
+            "the admission header says how the frame was admitted: {:?}",
+            g.header("admission")
+        );
+        admissions
+            .entry(o.source.offset)
+            .or_default()
+            .push(!skipped);
+    }
+    ensure!(
+        admissions.len() == FRAMES as usize,
+        "every frame has an observation"
+    );
+    let again: Vec<(&i64, &Vec<bool>)> = admissions.iter().filter(|(_, v)| v.len() > 1).collect();
+    ensure!(
+        !again.is_empty(),
+        "no frame was read again: A committed all it had published before the kill\n{}",
+        b.log_text()
+    );
+    for (offset, v) in &again {
+        ensure!(
+            v.iter().all(|&j| j == v[0]),
+            "frame {offset} was admitted differently when read again: {v:?} (judged = true)\n{}",
+            b.log_text()
+        );
+    }
+    ensure!(
+        again.iter().any(|(_, v)| v[0]),
+        "some frame A judged fresh was read again: {again:?}"
+    );
+    Ok(())
+}

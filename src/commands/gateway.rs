@@ -1,5 +1,6 @@
-//! `vigil gateway`: publishes JPEG frames for one or many cameras, the way a site's camera
-//! gateway does. Sources: a directory of images, a video file or a stream URL (OpenCV
+//! `vigil gateway`: with `--cameras-file`, the site gateway ([`crate::gateway`]); with
+//! `--source`, the simulator for load tests, which publishes one source for `--cameras N`
+//! simulated cameras: a directory of images, a video file or a stream URL (OpenCV
 //! VideoCapture, e.g. RTSP), sampled at `--fps` and re-encoded at `--quality`.
 
 use std::path::{Path, PathBuf};
@@ -50,6 +51,63 @@ pub struct GatewayConfig {
     pub progress_interval: Duration,
     /// Address of the gateway's `/metrics` endpoint, if any.
     pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Runs `vigil gateway` as parsed: the site gateway or the simulator. Exit code 2 for a
+/// configuration error, 1 for anything else.
+pub async fn run_args(
+    a: super::GatewayArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), (u8, anyhow::Error)> {
+    let bad = |e: String| (2, anyhow!(e));
+    let progress_interval = super::secs("--progress-secs", a.progress_secs).map_err(bad)?;
+    if let Some(cameras_file) = a.cameras_file {
+        let buffer_dir = a
+            .buffer_dir
+            .ok_or_else(|| bad("--buffer-dir is required with --cameras-file".into()))?;
+        let max_age = super::secs("--buffer-max-age-secs", a.buffer_max_age_secs).map_err(bad)?;
+        let cfg = crate::gateway::SiteConfig {
+            kafka: a.kafka,
+            topic: a.topics.frames_topic,
+            status_topic: a.status_topic,
+            cameras_file,
+            buffer_dir,
+            buffer_limits: crate::gateway::buffer::Limits {
+                max_bytes: a.buffer_max_bytes,
+                max_age_ms: max_age.as_millis().min(i64::MAX as u128) as i64,
+            },
+            max_frame_bytes: a.max_frame_bytes,
+            metrics_addr: a.metrics_addr,
+            progress_interval,
+        };
+        return crate::gateway::run(cfg, shutdown).await.map_err(|e| {
+            let code = if e.domain == crate::contract::error::Domain::User {
+                2
+            } else {
+                1
+            };
+            (code, anyhow!(e))
+        });
+    }
+    let cfg = GatewayConfig {
+        kafka: a.kafka,
+        topic: a.topics.frames_topic,
+        source: a.source.unwrap_or_default(),
+        fps: a.fps,
+        quality: a.quality,
+        cameras: a.cameras,
+        sites: a.sites,
+        zones: a.zones,
+        repeat: a.repeat,
+        still: a.still,
+        frames: a.frames,
+        width: a.width,
+        max_frame_bytes: a.max_frame_bytes,
+        camera_prefix: a.camera_prefix,
+        metrics_addr: a.metrics_addr,
+        progress_interval,
+    };
+    run(cfg, shutdown).await.map_err(|e| (1, e))
 }
 
 /// Camera id, site and zone of simulated camera `i`.

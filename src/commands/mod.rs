@@ -47,7 +47,8 @@ pub enum LogFormat {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Publish JPEG frames for simulated cameras from images, a video file or a stream.
+    /// Publish JPEG frames: a site's cameras (--cameras-file), or simulated cameras from images,
+    /// a video file or a stream (--source, for load tests).
     Gateway(GatewayArgs),
     /// Consume frames, run the model, publish observations (a consumer-group member).
     Worker(WorkerArgs),
@@ -203,9 +204,29 @@ pub struct GatewayArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub topics: TopicArgs,
-    /// Directory of images, video file, or stream URL (rtsp://…).
-    #[arg(long)]
-    pub source: String,
+    /// The site's camera file (TOML: site, [[camera]] id, zone, url, fps…): runs the site
+    /// gateway, with reconnects, camera health, caps and the on-disk buffer.
+    #[arg(long, conflicts_with = "source", value_name = "FILE")]
+    pub cameras_file: Option<PathBuf>,
+    /// With --cameras-file: the store-and-forward buffer's folder (kept across restarts).
+    #[arg(long, env = "VIGIL_GATEWAY_BUFFER_DIR", requires = "cameras_file")]
+    pub buffer_dir: Option<PathBuf>,
+    /// With --cameras-file: the buffer's size limit in bytes; past it the oldest frames are dropped.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub buffer_max_bytes: u64,
+    /// With --cameras-file: frames older than this are dropped from the buffer.
+    #[arg(long, default_value_t = 86_400.0)]
+    pub buffer_max_age_secs: f64,
+    /// With --cameras-file: the topic camera-status records (JSON) go to.
+    #[arg(
+        long,
+        env = "VIGIL_CAMERA_STATUS_TOPIC",
+        default_value = "vigil.camera-status"
+    )]
+    pub status_topic: String,
+    /// Simulator: directory of images, video file, or stream URL (rtsp://…).
+    #[arg(long, required_unless_present = "cameras_file")]
+    pub source: Option<String>,
     /// Frames per second, per camera.
     #[arg(long, default_value_t = 2.0)]
     pub fps: f64,
@@ -268,7 +289,7 @@ pub struct TailArgs {
     pub registry: RegistryArgs,
 }
 
-fn secs(name: &str, v: f64) -> Result<Duration, String> {
+pub(crate) fn secs(name: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v)
         .map_err(|_| format!("{name} must be a non-negative number of seconds, got {v}"))
 }
@@ -332,30 +353,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     .await
                     .map_err(|e| (1, e))
             }
-            Command::Gateway(a) => {
-                let cfg = gateway::GatewayConfig {
-                    kafka: a.kafka,
-                    topic: a.topics.frames_topic,
-                    source: a.source,
-                    fps: a.fps,
-                    quality: a.quality,
-                    cameras: a.cameras,
-                    sites: a.sites,
-                    zones: a.zones,
-                    repeat: a.repeat,
-                    still: a.still,
-                    frames: a.frames,
-                    width: a.width,
-                    max_frame_bytes: a.max_frame_bytes,
-                    camera_prefix: a.camera_prefix,
-                    metrics_addr: a.metrics_addr,
-                    progress_interval: secs("--progress-secs", a.progress_secs)
-                        .map_err(|e| (2, anyhow::anyhow!(e)))?,
-                };
-                gateway::run(cfg, shutdown_signal())
-                    .await
-                    .map_err(|e| (1, e))
-            }
+            Command::Gateway(a) => gateway::run_args(a, shutdown_signal()).await,
             Command::Topics(args) => topics::run(args).await.map_err(|e| (1, e)),
             Command::Console(a) => console::run(a, shutdown_signal()).await,
             Command::Ingest(a) => match a.action {

@@ -18,7 +18,8 @@ pub mod header {
     pub const REASON: &str = "reason";
     /// Added by the worker on dead-lettered records: a human-readable explanation.
     pub const REASON_DETAIL: &str = "reason_detail";
-    /// Added by the worker on dead-lettered records: where the frame came from.
+    /// Added by the worker on dead-lettered records and observations: where the frame came
+    /// from (a frame read again after a restart is found by them).
     pub const SOURCE_TOPIC: &str = "source_topic";
     pub const SOURCE_PARTITION: &str = "source_partition";
     pub const SOURCE_OFFSET: &str = "source_offset";
@@ -26,6 +27,15 @@ pub mod header {
     /// Added by the worker on a dead letter sent without its payload (the dead-letter topic
     /// refused it as too large): the payload's size in bytes.
     pub const PAYLOAD_DROPPED: &str = "payload_dropped";
+    /// Added by the worker on observations of frames that rules apply to: `judged`, or
+    /// `skipped` by load shedding. A frame read again after a restart is decided the same way.
+    pub const ADMISSION: &str = "admission";
+}
+
+/// Values of the `admission` header.
+pub mod admission {
+    pub const JUDGED: &str = "judged";
+    pub const SKIPPED: &str = "skipped";
 }
 
 /// Default largest frame, in bytes, that gateways publish and workers accept.

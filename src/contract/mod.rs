@@ -21,7 +21,7 @@ pub use envelope::{
 pub use error::{Domain, StageError};
 pub use event::{EventKind, EvidenceRef, ModelVersion, Severity, ViolationEvent};
 pub use frame::{
-    header, parse_meta, FrameMeta, Limits, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_PIXELS,
+    admission, header, parse_meta, FrameMeta, Limits, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_PIXELS,
 };
 pub use observation::{now_ms, Observation, Verdict};
 pub use reject::{Reason, Rejection};

@@ -25,7 +25,7 @@
 //! Everything is a function of the partition's frames in offset order (and of the records a
 //! restore brings back), so a new owner of the partition decides exactly as the old one did.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -62,7 +62,16 @@ pub struct CameraRecord {
     pub jump_ms: i64,
     /// Offset of the camera's newest accepted frame.
     pub last_offset: i64,
+    /// Rules judged at a cadence (`every_secs`): `captured_at` of the camera's last frame that
+    /// judged each. Records of earlier releases have none (every such rule is due at once).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub judged: BTreeMap<String, i64>,
 }
+
+/// A rule with `every_secs` is due again once this share of its period has passed (frames are
+/// stamped with some jitter: a camera sending every second must not skip a beat every time it
+/// stamps a frame 2 ms early).
+const DUE_SLACK_PERMILLE: i64 = 100;
 
 /// Why a frame is refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +152,7 @@ impl PartitionCameras {
                     jumps: 0,
                     jump_ms: 0,
                     last_offset: offset,
+                    judged: BTreeMap::new(),
                 },
             );
             return Ok(Stamp {
@@ -206,6 +216,24 @@ impl PartitionCameras {
         })
     }
 
+    /// Whether `rule`, judged once per `every_ms` of the camera's footage, is due on the
+    /// camera's frame captured at `captured_at_ms` (an admitted frame); if so, the frame is the
+    /// one that judges it. A clock stepped back by more than the period makes it due too.
+    pub fn due(&mut self, camera: &str, rule: &str, every_ms: i64, captured_at_ms: i64) -> bool {
+        let Some(rec) = self.cameras.get_mut(camera) else {
+            return true;
+        };
+        let period = every_ms - every_ms * DUE_SLACK_PERMILLE / 1000;
+        let due = rec
+            .judged
+            .get(rule)
+            .is_none_or(|&last| (captured_at_ms - last).abs() >= period);
+        if due {
+            rec.judged.insert(rule.to_string(), captured_at_ms);
+        }
+        due
+    }
+
     /// Forgets cameras silent (on the partition clock) for longer than `ttl_ms`; returns them.
     pub fn evict(&mut self, ttl_ms: i64) -> Vec<CameraRecord> {
         let Some(clock) = self.clock_ms else {
@@ -221,6 +249,10 @@ impl PartitionCameras {
         gone.iter().filter_map(|k| self.cameras.remove(k)).collect()
     }
 }
+
+/// A frame's admission: its stamp and which of the asked cadences are due on it, or why it is
+/// refused.
+pub type Admitted = Result<(Stamp, Vec<bool>), Refusal>;
 
 /// How often (on the partition clock) a partition's cameras are swept for silent ones.
 const SWEEP_EVERY_MS: i64 = 60_000;
@@ -263,7 +295,8 @@ impl CameraBook {
             .collect()
     }
 
-    /// Admits one frame (in the partition's offset order): its stamp, or why it is refused;
+    /// Admits one frame (in the partition's offset order): its stamp and which of `cadences`
+    /// (rules judged once per so many ms of footage) are due on it, or why it is refused;
     /// either way the state records the frame changed (the camera's record, tombstones of
     /// cameras swept out), to be checkpointed with the frame's outcome.
     pub fn admit(
@@ -273,12 +306,21 @@ impl CameraBook {
         site: &str,
         camera: &str,
         captured_at_ms: i64,
-    ) -> (Result<Stamp, Refusal>, Vec<StateRecord>) {
+        cadences: &[(&str, i64)],
+    ) -> (Admitted, Vec<StateRecord>) {
         let mut all = self.lock();
         let (cams, swept) = all
             .entry(partition)
             .or_insert_with(|| (PartitionCameras::default(), i64::MIN));
-        let result = cams.admit(site, camera, captured_at_ms, offset);
+        let result = cams
+            .admit(site, camera, captured_at_ms, offset)
+            .map(|stamp| {
+                let due = cadences
+                    .iter()
+                    .map(|&(rule, every)| cams.due(camera, rule, every, captured_at_ms))
+                    .collect();
+                (stamp, due)
+            });
         let mut states = Vec::new();
         // Every admitted frame changes its camera's record (a refused jump its count); only a
         // frame of another site leaves the owner's record as it was.
@@ -423,6 +465,43 @@ mod tests {
         p.admit("s", "cam-a", T0, 0).unwrap();
         let s = p.admit("s", "cam-a", T0 + 600_000, 1).unwrap();
         assert_eq!(s.clock_ms, T0 + 600_000);
+    }
+
+    #[test]
+    fn a_rule_with_a_cadence_is_due_once_per_period_of_the_cameras_own_footage() {
+        let mut p = PartitionCameras::default();
+        let mut judged = Vec::new();
+        // Two frames a second, stamped with a few ms of jitter; a 2 s cadence.
+        for i in 0..20i64 {
+            let at = T0 + i * 500 + [0, -3, 4, -2][i as usize % 4];
+            p.admit("s", "cam", at, i).unwrap();
+            if p.due("cam", "animals", 2_000, at) {
+                judged.push(i);
+            }
+        }
+        assert_eq!(
+            judged,
+            [0, 4, 8, 12, 16],
+            "every fourth frame, jitter or not"
+        );
+        // The record carries it: a restored partition goes on where this one was.
+        let rec = p.get("cam").unwrap().clone();
+        assert_eq!(rec.judged["animals"], T0 + 16 * 500);
+        let mut restored = PartitionCameras::restored([rec]);
+        let at = T0 + 20 * 500;
+        restored.admit("s", "cam", at, 20).unwrap();
+        assert!(restored.due("cam", "animals", 2_000, at));
+        // Another rule has its own period; another camera its own clock.
+        assert!(restored.due("cam", "lights", 60_000, at));
+        assert!(!restored.due("cam", "lights", 60_000, at + 1_000));
+        // A clock stepped back by more than the period: due again at once.
+        assert!(restored.due("cam", "animals", 2_000, at - 10_000));
+        // A record of an earlier release (no `judged`) reads, with every rule due.
+        let old: CameraRecord = serde_json::from_str(
+            r#"{"site":"s","camera":"c","last_ms":1,"place_ms":1,"last_offset":0}"#,
+        )
+        .unwrap();
+        assert!(old.judged.is_empty());
     }
 
     #[test]

@@ -336,7 +336,10 @@ impl StateStore {
         let ids = scope(&obs.site, &obs.camera);
         let mut judged = false;
         for r in &obs.rules {
-            if r.reason.as_deref() != Some(crate::infer::shed::SKIPPED_STALE) {
+            if !matches!(
+                r.reason.as_deref(),
+                Some(crate::infer::shed::SKIPPED_STALE | crate::infer::plan::NOT_DUE)
+            ) {
                 judged = true;
             }
             let Some(policy) = policies.get(&r.rule) else {

@@ -17,7 +17,7 @@ use super::frame::{ms, InFrame, Infer, InferItem, Reply, Slot};
 use super::model::{Detection, ModelOutput};
 use super::observe::finish;
 use super::plan::FramePlan;
-use super::shed::{Admission, SKIPPED_STALE};
+use super::shed::{Admission, At, SKIPPED_STALE};
 use super::track::{CropPlan, Tracker};
 use crate::contract::{FrameMeta, Observation, Observed, Origin};
 use crate::decode::{preprocess, Decoded, Letterbox, Resize};
@@ -65,7 +65,8 @@ pub(crate) async fn collect(
                         whole_scores: HashMap::new(), stages: Vec::new(), used_models: Vec::new(),
                         decode_ms: d.decode_ms, preprocess_ms: d.preprocess_ms, crop_ms: 0.0, started: Instant::now(),
                     };
-                    let admission = Arc::new(Admission::new(&f.meta.site, &f.meta.camera, f.meta.captured_at_ms));
+                    let at = At { partition: f.origin.ticket.partition, offset: f.origin.ticket.offset };
+                    let admission = Arc::new(Admission::new(at, &f.meta.site, &f.meta.camera, f.meta.captured_at_ms));
                     for (m, tensor) in d.tensors {
                         f.used_models.push(m);
                         let item = InferItem {
@@ -251,7 +252,7 @@ fn schedule_crops(
     let mut jobs: Vec<(usize, Slot, [f32; 4], f32)> = Vec::new();
     for &r in &f.plan.rules {
         let rule = &infer.planner.rules[r];
-        if rule.detector != Some(detector) {
+        if rule.detector != Some(detector) || f.plan.not_due.contains(&r) {
             continue;
         }
         let kept = cascade::select(&rule.rule, rule.classes.as_deref(), dets, w, h);

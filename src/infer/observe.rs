@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::cascade;
 use super::debug::draw_debug;
 use super::frame::{ms, InFrame, Infer};
+use super::plan::NOT_DUE;
 use crate::contract::observation::{
     Classification, DetectionResult, RuleResult, SourceRef, Timings,
 };
@@ -22,6 +23,7 @@ pub(crate) fn finish(
         let cr = &infer.planner.rules[r];
         let kept = f.kept.get(&r).map(Vec::as_slice).unwrap_or_default();
         let (verdict, level, n, reason) = match (cr.kind, cr.detector, cr.classifier) {
+            _ if f.plan.not_due.contains(&r) => (Verdict::Unknown, None, 0, Some(NOT_DUE)),
             _ if f.plan.skipped.is_some() => (Verdict::Unknown, None, 0, f.plan.skipped),
             (RuleKind::Presence, Some(d), _) => {
                 let detector = &infer.planner.models[d];

@@ -82,6 +82,19 @@ pub struct FramePlan {
     pub needs_crops: bool,
     /// Why the frame is not judged at all (load shedding), if it is not.
     pub skipped: Option<&'static str>,
+    /// Rules of `rules` not judged on this frame: their `every_secs` has not passed since the
+    /// camera's last frame that judged them (observed `unknown`, reason [`NOT_DUE`]).
+    pub not_due: Vec<usize>,
+}
+
+/// The reason of a rule not judged on a frame because its `every_secs` has not passed.
+pub const NOT_DUE: &str = "not_due";
+
+impl FramePlan {
+    /// Whether any rule is judged on the frame (then load shedding has a say).
+    pub fn judges(&self) -> bool {
+        self.rules.len() > self.not_due.len()
+    }
 }
 
 impl Planner {
@@ -217,8 +230,31 @@ impl Planner {
             .iter()
             .filter_map(|n| self.rule_index.get(n).copied())
             .collect();
+        self.plan_rules(rules, Vec::new())
+    }
+
+    /// The rules of `plan` judged at a cadence (`every_secs`): (rule index, name, period ms).
+    pub fn cadences<'a>(&'a self, plan: &FramePlan) -> Vec<(usize, &'a str, i64)> {
+        plan.rules
+            .iter()
+            .filter_map(|&r| {
+                let cr = &self.rules[r];
+                cr.rule.every_ms().map(|ms| (r, cr.name.as_str(), ms))
+            })
+            .collect()
+    }
+
+    /// `plan` with `not_due` rules left unjudged: the models only they need do not run.
+    pub fn defer(&self, plan: FramePlan, not_due: Vec<usize>) -> FramePlan {
+        if not_due.is_empty() {
+            return plan;
+        }
+        self.plan_rules(plan.rules, not_due)
+    }
+
+    fn plan_rules(&self, rules: Vec<usize>, not_due: Vec<usize>) -> FramePlan {
         let mut whole_frame = Vec::new();
-        for &r in &rules {
+        for &r in rules.iter().filter(|r| !not_due.contains(r)) {
             let m = match (self.rules[r].detector, self.rules[r].classifier) {
                 (Some(d), _) => d,
                 (None, Some(c)) => c,
@@ -230,12 +266,13 @@ impl Planner {
         }
         let needs_crops = rules
             .iter()
-            .any(|&r| self.rules[r].kind == RuleKind::Cascade);
+            .any(|&r| self.rules[r].kind == RuleKind::Cascade && !not_due.contains(&r));
         FramePlan {
             rules,
             whole_frame,
             needs_crops,
             skipped: None,
+            not_due,
         }
     }
 
@@ -353,6 +390,32 @@ mod tests {
         let dining = p.plan(&meta("dining"));
         assert_eq!(dining.whole_frame, [1]);
         assert!(!dining.needs_crops, "a presence rule crops nothing");
+    }
+
+    #[test]
+    fn a_rule_not_due_runs_none_of_the_models_only_it_needs() {
+        let rules = RULES.replace(
+            "[rules.animals]",
+            "[rules.animals]\n        every_secs = 2.0",
+        );
+        let p = Planner::new(RuleSet::parse(&rules, "t").unwrap(), pack()).unwrap();
+        let kitchen = p.plan(&meta("kitchen"));
+        let animals = p.rules.iter().position(|r| r.name == "animals").unwrap();
+        let people = p.rules.iter().position(|r| r.name == "people").unwrap();
+        let masks = p.rules.iter().position(|r| r.name == "masks").unwrap();
+        assert_eq!(p.cadences(&kitchen), [(animals, "animals", 2_000)]);
+        // People share the objects detector: it still runs for them.
+        let deferred = p.defer(kitchen.clone(), vec![animals]);
+        assert_eq!(deferred.rules.len(), 3, "every rule is still observed");
+        assert_eq!(deferred.whole_frame, [0, 1]);
+        assert!(deferred.judges());
+        // Alone, the deferred rule's detector does not run; nor do crops for a deferred cascade.
+        let deferred = p.defer(kitchen, vec![animals, people, masks]);
+        assert!(deferred.whole_frame.is_empty() && !deferred.needs_crops);
+        assert!(
+            !deferred.judges(),
+            "nothing to judge: load shedding is not asked"
+        );
     }
 
     #[test]

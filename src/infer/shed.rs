@@ -13,6 +13,13 @@
 //! no inference), and the backlog drains until frames are fresh again. Skipped frames are not
 //! lost: each still yields an observation whose rules say `unknown` (reason `skipped_stale`),
 //! its offset is committed, and the episodes treat it as a gap, not as evidence.
+//!
+//! A frame read again after a restart or a rebalance (its offset was not committed yet) is
+//! decided as its previous owner decided it, whenever that owner's observation of it was
+//! published: each observation says how its frame was admitted (the `admission` header) and
+//! where it was read from, and the new owner reads them back ([`crate::sink::replay`]) before
+//! it reads the frames ([`Shedder::inherit`]). Without that, a frame judged while it was fresh
+//! would be skipped as stale on its replay a minute later, and the episodes could differ.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -24,6 +31,13 @@ pub const SKIPPED_STALE: &str = "skipped_stale";
 /// stale frame is judged, which errs on the side of judging).
 const MAX_CAMERAS: usize = 100_000;
 
+/// Where a frame was read: a previous owner's decision about it is found by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct At {
+    pub partition: i32,
+    pub offset: i64,
+}
+
 /// Decides, frame by frame, which stale frames are skipped.
 #[derive(Debug)]
 pub struct Shedder {
@@ -31,6 +45,10 @@ pub struct Shedder {
     max_staleness_ms: Option<i64>,
     /// `captured_at` of each camera's last judged frame, keyed by (site, camera).
     last_judged: HashMap<(String, String), i64>,
+    /// Per partition, by offset: whether a previous owner judged (`true`) or skipped a frame it
+    /// published an outcome for but did not commit. Each is used once, when the frame is read
+    /// again, and the partition's are dropped when it is revoked.
+    inherited: HashMap<i32, HashMap<i64, bool>>,
 }
 
 impl Shedder {
@@ -38,13 +56,69 @@ impl Shedder {
         Shedder {
             max_staleness_ms: max_staleness_ms.filter(|&m| m > 0),
             last_judged: HashMap::new(),
+            inherited: HashMap::new(),
         }
+    }
+
+    /// Takes over a partition's decisions from its previous owner (replacing any held).
+    pub fn inherit(&mut self, partition: i32, decisions: HashMap<i64, bool>) {
+        if decisions.is_empty() {
+            self.inherited.remove(&partition);
+        } else {
+            self.inherited.insert(partition, decisions);
+        }
+    }
+
+    /// Decisions still held for frames not read again yet, over all partitions.
+    pub fn inherited(&self) -> usize {
+        self.inherited.values().map(HashMap::len).sum()
+    }
+
+    /// Drops a revoked partition's inherited decisions.
+    pub fn forget_partition(&mut self, partition: i32) {
+        self.inherited.remove(&partition);
+    }
+
+    fn decided_before(&self, at: At) -> Option<bool> {
+        self.inherited
+            .get(&at.partition)
+            .and_then(|d| d.get(&at.offset))
+            .copied()
+    }
+
+    /// [`Shedder::would_skip`], and when it says skip, the frame is settled: an inherited
+    /// decision for it is used up (the frame is not decoded, so `admit` never sees it).
+    pub fn skip_unread(
+        &mut self,
+        at: At,
+        site: &str,
+        camera: &str,
+        captured_at_ms: i64,
+        now_ms: i64,
+    ) -> bool {
+        let skip = self.would_skip(at, site, camera, captured_at_ms, now_ms);
+        if skip {
+            if let Some(d) = self.inherited.get_mut(&at.partition) {
+                d.remove(&at.offset);
+            }
+        }
+        skip
     }
 
     /// Whether `admit` would skip this frame now, without recording anything. A frame skipped
     /// now would be skipped later too: its age only grows, and so does its camera's last
     /// judged time.
-    pub fn would_skip(&self, site: &str, camera: &str, captured_at_ms: i64, now_ms: i64) -> bool {
+    pub fn would_skip(
+        &self,
+        at: At,
+        site: &str,
+        camera: &str,
+        captured_at_ms: i64,
+        now_ms: i64,
+    ) -> bool {
+        if let Some(judged) = self.decided_before(at) {
+            return !judged;
+        }
         let Some(max) = self.max_staleness_ms else {
             return false;
         };
@@ -57,19 +131,35 @@ impl Shedder {
     }
 
     /// Whether this frame is judged (`true`) or skipped as stale (`false`).
-    pub fn admit(&mut self, site: &str, camera: &str, captured_at_ms: i64, now_ms: i64) -> bool {
-        let Some(max) = self.max_staleness_ms else {
-            return true;
-        };
-        let age = now_ms.saturating_sub(captured_at_ms);
-        let fresh = age <= max;
+    pub fn admit(
+        &mut self,
+        at: At,
+        site: &str,
+        camera: &str,
+        captured_at_ms: i64,
+        now_ms: i64,
+    ) -> bool {
+        let inherited = self
+            .inherited
+            .get_mut(&at.partition)
+            .and_then(|d| d.remove(&at.offset));
         let key = (site.to_string(), camera.to_string());
-        let due = self
-            .last_judged
-            .get(&key)
-            .is_none_or(|&last| captured_at_ms.saturating_sub(last) >= max.max(age));
-        if !(fresh || due) {
-            return false;
+        match (inherited, self.max_staleness_ms) {
+            // As its previous owner decided.
+            (Some(false), _) => return false,
+            (Some(true), _) => {}
+            (None, None) => return true,
+            (None, Some(max)) => {
+                let age = now_ms.saturating_sub(captured_at_ms);
+                let fresh = age <= max;
+                let due = self
+                    .last_judged
+                    .get(&key)
+                    .is_none_or(|&last| captured_at_ms.saturating_sub(last) >= max.max(age));
+                if !(fresh || due) {
+                    return false;
+                }
+            }
         }
         if self.last_judged.len() >= MAX_CAMERAS && !self.last_judged.contains_key(&key) {
             self.forget_oldest_half();
@@ -103,6 +193,7 @@ impl Shedder {
 /// One frame's admission, decided once by whichever of its whole-frame models runs it first.
 #[derive(Debug)]
 pub struct Admission {
+    pub at: At,
     pub site: String,
     pub camera: String,
     pub captured_at_ms: i64,
@@ -110,8 +201,9 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(site: &str, camera: &str, captured_at_ms: i64) -> Admission {
+    pub fn new(at: At, site: &str, camera: &str, captured_at_ms: i64) -> Admission {
         Admission {
+            at,
             site: site.to_string(),
             camera: camera.to_string(),
             captured_at_ms,
@@ -123,6 +215,7 @@ impl Admission {
     pub fn admitted(&self, shedder: &Mutex<Shedder>, now_ms: i64) -> bool {
         *self.decided.get_or_init(|| {
             shedder.lock().unwrap_or_else(|e| e.into_inner()).admit(
+                self.at,
                 &self.site,
                 &self.camera,
                 self.captured_at_ms,
@@ -137,20 +230,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Where the frames of tests without a previous owner were read (nothing is inherited).
+    const AT: At = At {
+        partition: 0,
+        offset: 0,
+    };
+
     #[test]
     fn fresh_frames_are_always_judged() {
         let mut s = Shedder::new(Some(3_000));
         for i in 0..100 {
-            assert!(s.admit("s", "c", i * 100, i * 100 + 2_000));
+            assert!(s.admit(AT, "s", "c", i * 100, i * 100 + 2_000));
         }
     }
 
     #[test]
     fn off_means_everything_is_judged() {
         let mut s = Shedder::new(None);
-        assert!((0..50).all(|i| s.admit("s", "c", i, 1_000_000)));
+        assert!((0..50).all(|i| s.admit(AT, "s", "c", i, 1_000_000)));
         let mut s = Shedder::new(Some(0));
-        assert!((0..50).all(|i| s.admit("s", "c", i, 1_000_000)));
+        assert!((0..50).all(|i| s.admit(AT, "s", "c", i, 1_000_000)));
     }
 
     #[test]
@@ -162,7 +261,7 @@ mod tests {
         for i in 0..90 {
             for cam in ["a", "b"] {
                 let t = i * 100;
-                if s.admit("s", cam, t, t + 3_500) {
+                if s.admit(AT, "s", cam, t, t + 3_500) {
                     judged.entry(cam).or_default().push(t);
                 }
             }
@@ -177,7 +276,7 @@ mod tests {
         let mut s = Shedder::new(Some(3_000));
         let judged: Vec<i64> = (0..600)
             .map(|i| i * 100)
-            .filter(|&t| s.admit("s", "c", t, t + 20_000))
+            .filter(|&t| s.admit(AT, "s", "c", t, t + 20_000))
             .collect();
         assert_eq!(judged, [0, 20_000, 40_000]);
     }
@@ -185,21 +284,24 @@ mod tests {
     #[test]
     fn would_skip_agrees_with_admit_and_changes_nothing() {
         let mut s = Shedder::new(Some(1_000));
-        assert!(!s.would_skip("s", "c", 0, 5_000), "first frame of a camera");
-        assert!(s.admit("s", "c", 0, 5_000));
-        assert!(s.would_skip("s", "c", 500, 5_000));
         assert!(
-            s.would_skip("s", "c", 500, 5_000),
+            !s.would_skip(AT, "s", "c", 0, 5_000),
+            "first frame of a camera"
+        );
+        assert!(s.admit(AT, "s", "c", 0, 5_000));
+        assert!(s.would_skip(AT, "s", "c", 500, 5_000));
+        assert!(
+            s.would_skip(AT, "s", "c", 500, 5_000),
             "asking twice changes nothing"
         );
-        assert!(!s.admit("s", "c", 500, 5_000));
-        assert!(!s.would_skip("s", "c", 4_500, 5_000), "fresh");
+        assert!(!s.admit(AT, "s", "c", 500, 5_000));
+        assert!(!s.would_skip(AT, "s", "c", 4_500, 5_000), "fresh");
         assert!(
-            !s.would_skip("s", "c", 3_000, 5_000),
+            !s.would_skip(AT, "s", "c", 3_000, 5_000),
             "due: 3 s after the last, 2 s late"
         );
         assert!(
-            s.would_skip("s", "c", 1_000, 5_000),
+            s.would_skip(AT, "s", "c", 1_000, 5_000),
             "1 s after the last, 4 s late"
         );
     }
@@ -207,10 +309,10 @@ mod tests {
     #[test]
     fn a_frame_is_decided_once_for_all_its_models() {
         let shedder = Mutex::new(Shedder::new(Some(1_000)));
-        let first = Admission::new("s", "c", 0);
+        let first = Admission::new(AT, "s", "c", 0);
         assert!(first.admitted(&shedder, 5_000));
         assert!(first.admitted(&shedder, 9_000), "the second model agrees");
-        let second = Admission::new("s", "c", 10);
+        let second = Admission::new(AT, "s", "c", 10);
         assert!(!second.admitted(&shedder, 5_000));
         assert!(!second.admitted(&shedder, 5_000));
     }
@@ -218,9 +320,59 @@ mod tests {
     #[test]
     fn the_same_camera_on_another_site_is_another_camera() {
         let mut s = Shedder::new(Some(1_000));
-        assert!(s.admit("s1", "c", 0, 10_000));
-        assert!(s.admit("s2", "c", 0, 10_000));
-        assert!(!s.admit("s1", "c", 10, 10_000));
+        assert!(s.admit(AT, "s1", "c", 0, 10_000));
+        assert!(s.admit(AT, "s2", "c", 0, 10_000));
+        assert!(!s.admit(AT, "s1", "c", 10, 10_000));
+    }
+
+    #[test]
+    fn a_replayed_frame_is_decided_as_its_previous_owner_decided() {
+        let at = |offset| At {
+            partition: 3,
+            offset,
+        };
+        let mut s = Shedder::new(Some(60_000));
+        s.restore("s", "c", 0);
+        // The previous owner judged frame 11 while it was fresh and skipped 12; both come back
+        // 90 s late, when this owner would skip 11 (stale, 1 s after the last judged) and judge
+        // 12 (on its own it could not know).
+        s.inherit(3, HashMap::from([(11, true), (12, false), (14, false)]));
+        assert_eq!(s.inherited(), 3);
+        assert!(!s.would_skip(at(11), "s", "c", 1_000, 91_000));
+        assert!(
+            s.admit(at(11), "s", "c", 1_000, 91_000),
+            "judged, as before"
+        );
+        assert!(s.would_skip(at(12), "s", "c", 70_000, 160_000));
+        assert!(
+            s.skip_unread(at(12), "s", "c", 70_000, 160_000),
+            "skipped, as before"
+        );
+        assert!(
+            !s.admit(at(14), "s", "c", 200_000, 200_500),
+            "skipped although fresh"
+        );
+        assert_eq!(s.inherited(), 0, "each decision is used once");
+        // A frame the previous owner never published an outcome for is this owner's to decide:
+        // 61 s after the last judged (frame 11), 62 s late, so not yet due.
+        assert!(!s.admit(at(13), "s", "c", 62_000, 124_000));
+        assert!(s.admit(at(15), "s", "c", 130_000, 131_000), "fresh");
+        // A revoked partition's decisions go with it; a frame of another partition at the same
+        // offset is another frame.
+        s.inherit(3, HashMap::from([(20, false)]));
+        assert!(s.would_skip(at(20), "s", "c", 140_000, 140_100));
+        assert!(!s.would_skip(
+            At {
+                partition: 4,
+                offset: 20
+            },
+            "s",
+            "c",
+            140_000,
+            140_100
+        ));
+        s.forget_partition(3);
+        assert!(!s.would_skip(at(20), "s", "c", 140_000, 140_100));
     }
 
     proptest! {
@@ -237,8 +389,8 @@ mod tests {
             let mut last: HashMap<u8, i64> = HashMap::new();
             for (cam, t, age) in frames {
                 let now = t + age;
-                let would_skip = s.would_skip("s", &cam.to_string(), t, now);
-                let ok = s.admit("s", &cam.to_string(), t, now);
+                let would_skip = s.would_skip(AT, "s", &cam.to_string(), t, now);
+                let ok = s.admit(AT, "s", &cam.to_string(), t, now);
                 prop_assert_eq!(would_skip, !ok);
                 if seen.insert(cam) {
                     prop_assert!(ok, "a camera's first frame is judged");

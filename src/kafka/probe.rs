@@ -125,7 +125,7 @@ pub fn diagnose(reports: &[String], plaintext: bool) -> Option<(Cause, String)> 
         words.iter().any(|w| l.contains(w))
     };
     // Specific causes first, whichever report carries them.
-    let rules: [(Cause, &[&str]); 5] = [
+    let rules: [(Cause, &[&str]); 4] = [
         (
             Cause::UntrustedCertificate,
             &[
@@ -151,30 +151,40 @@ pub fn diagnose(reports: &[String], plaintext: bool) -> Option<(Cause, String)> 
             ],
         ),
         (Cause::Tls, &["ssl handshake failed", "ssl routines"]),
-        (
-            Cause::Plaintext,
-            &[
-                "connecting to a ssl listener",
-                "incorrect security.protocol",
-            ],
-        ),
     ];
     for (cause, words) in rules {
         if let Some(r) = reports.iter().find(|r| has(r, words)) {
             return Some((cause, r.clone()));
         }
     }
-    // A TLS listener (or terminator) drops a plaintext client's first request.
+    // A TLS listener (or terminator) drops a plaintext client's first request. So may a broker
+    // that is stopping: the cause holds only while no later report says the broker is merely
+    // away (refused connections), and the caller waits a little before it believes it.
     if plaintext {
-        if let Some(r) = reports
-            .iter()
-            .find(|r| has(r, &["disconnected"]) && has(r, &["state apiversion_query"]))
-        {
-            return Some((Cause::Plaintext, r.clone()));
+        let dropped = |r: &String| {
+            has(
+                r,
+                &[
+                    "connecting to a ssl listener",
+                    "incorrect security.protocol",
+                ],
+            ) || (has(r, &["disconnected"]) && has(r, &["state apiversion_query"]))
+        };
+        if let Some(i) = reports.iter().rposition(dropped) {
+            let away_since = reports[i + 1..]
+                .iter()
+                .any(|r| has(r, &["connection refused", "state connect"]));
+            if !away_since {
+                return Some((Cause::Plaintext, reports[i].clone()));
+            }
         }
     }
     None
 }
+
+/// How long a plaintext client sees its first requests dropped, with no sign of a broker that
+/// is merely away, before it concludes that the listener wants TLS.
+const PLAINTEXT_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Asks the brokers for metadata until they answer, a final cause shows up, or `timeout` has
 /// passed. Blocking: call it off the async runtime.
@@ -202,6 +212,8 @@ pub async fn wait_for_brokers_async(kafka: &KafkaArgs) -> Result<(), ClientError
 fn connect(kafka: &KafkaArgs, timeout: Option<Duration>) -> Result<(), ClientError> {
     let started = Instant::now();
     let mut said = false;
+    // Since when the brokers have dropped the first request, with nothing said since.
+    let mut dropped_since: Option<Instant> = None;
     // A consumer that never subscribes: its group id only gives it the queue its error
     // reports arrive on (served by `poll`).
     let client: BaseConsumer<ProbeContext> = kafka
@@ -233,10 +245,15 @@ fn connect(kafka: &KafkaArgs, timeout: Option<Duration>) -> Result<(), ClientErr
         // Serves the error callbacks (no message can come: nothing is subscribed).
         let _ = client.poll(Duration::from_millis(50));
         let reports = client.context().reports();
-        if let Some((cause, detail)) = diagnose(&reports, plaintext) {
-            if cause.is_final() {
-                return Err(fail(cause, detail));
+        match diagnose(&reports, plaintext) {
+            Some((Cause::Plaintext, detail)) => {
+                let since = *dropped_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= PLAINTEXT_PATIENCE {
+                    return Err(fail(Cause::Plaintext, detail));
+                }
             }
+            Some((cause, detail)) if cause.is_final() => return Err(fail(cause, detail)),
+            _ => dropped_since = None,
         }
         if started.elapsed() >= timeout.unwrap_or(CONNECT_TIMEOUT) {
             let detail = reports.last().cloned().unwrap_or(last);
@@ -477,6 +494,11 @@ mod tests {
         assert_eq!(
             d(&["127.0.0.1:9093/bootstrap: Disconnected: connection reset by peer (after 3ms in state APIVERSION_QUERY)", "1/1 brokers are down"]),
             Some(Cause::Plaintext)
+        );
+        // A broker that stopped while the client connected, then refused it: it is away.
+        assert_eq!(
+            d(&["127.0.0.1:9093/bootstrap: Disconnected: connection reset by peer (after 4780ms in state APIVERSION_QUERY)", "1/1 brokers are down", "127.0.0.1:9093/bootstrap: Connect to ipv4#127.0.0.1:9093 failed: Connection refused (after 0ms in state CONNECT)"]),
+            None
         );
         let r = vec![
             "ssl://127.0.0.1:9093/bootstrap: Disconnected (after 3ms in state APIVERSION_QUERY)"

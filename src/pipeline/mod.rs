@@ -3,6 +3,7 @@
 //! ([`progress`]). Nothing here decides anything about a frame: that is the stages' work.
 
 pub mod config;
+mod intake;
 mod load;
 mod progress;
 pub mod supervise;
@@ -37,8 +38,17 @@ struct Restorer {
     store: Arc<StateStore>,
     /// The intake's cameras and partition clocks, restored with the episodes.
     cameras: Arc<CameraBook>,
-    /// Load shedding's memory of each camera's last judged frame, restored with the episodes.
+    /// Load shedding's memory of each camera's last judged frame, restored with the episodes,
+    /// and how the previous owner admitted the frames that will be read again.
     shedder: Arc<std::sync::Mutex<Shedder>>,
+    frames_topic: String,
+    observations_topic: String,
+    /// Observations are co-partitioned with frames, so a previous owner's decisions can be
+    /// read back ([`crate::sink::replay`]).
+    co_partitioned: bool,
+    /// The worker's `--max-in-flight`: how far behind its commit point a partition's
+    /// observations may reach.
+    max_in_flight: usize,
     /// Delivered frames' state, checkpointed on request before a revoke commits.
     checkpoints: Arc<Checkpoints>,
     /// `/readyz`: restoring while state is read back, ready once it is.
@@ -63,12 +73,31 @@ impl PartitionHooks for Restorer {
             },
             || self.readiness.phase() == Phase::Stopping,
         )?;
+        let mut inherited = if self.co_partitioned {
+            let args = crate::sink::replay::ReplayArgs {
+                kafka: &self.kafka,
+                group: &self.group,
+                frames_topic: &self.frames_topic,
+                observations_topic: &self.observations_topic,
+                max_in_flight: self.max_in_flight,
+                timeout: RESTORE_TIMEOUT,
+            };
+            supervise::wait_out(
+                "previous owner's decisions",
+                || crate::sink::replay::inherited_admissions(&args, partitions),
+                || self.readiness.phase() == Phase::Stopping,
+            )?
+        } else {
+            Default::default()
+        };
         for &p in partitions {
             let r = restored.remove(&p).unwrap_or_default();
+            let decisions = inherited.remove(&p).unwrap_or_default();
             tracing::info!(
                 partition = p,
                 entries = r.episodes.len(),
                 cameras = r.cameras.len(),
+                inherited = decisions.len(),
                 legacy = r.legacy_keys.len(),
                 "episode state restored"
             );
@@ -94,6 +123,7 @@ impl PartitionHooks for Restorer {
                 for s in &r.shed {
                     shedder.restore(&s.site, &s.camera, s.last_judged_ms);
                 }
+                shedder.inherit(p, decisions);
             }
             self.cameras.install(p, r.cameras);
             self.store.install(p, r.episodes, r.shed);
@@ -114,6 +144,9 @@ impl PartitionHooks for Restorer {
             let mut shedder = self.shedder.lock().unwrap_or_else(|e| e.into_inner());
             for (site, camera) in &gone {
                 shedder.forget(site, camera);
+            }
+            for &p in partitions {
+                shedder.forget_partition(p);
             }
         }
         self.store.remove(partitions);

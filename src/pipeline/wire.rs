@@ -21,20 +21,19 @@ use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 
 use super::config::WorkerConfig;
+use super::intake::{Intake, Taken};
 use super::progress::watch_queues;
 use super::supervise::{spawn_infallible, spawn_stage};
 use super::{load, Restorer};
-use crate::contract::{
-    now_ms, DeadLetter, Domain, Observed, Outcome, Reason, Rejection, StageError,
-};
-use crate::decode::{DecodeJob, Decoder, Pending};
-use crate::episodes::cameras::{CameraBook, Refusal};
+use crate::contract::{Domain, Observed, Outcome, StageError};
+use crate::decode::{Decoder, Pending};
+use crate::episodes::cameras::CameraBook;
 use crate::episodes::{Judge, StateStore};
-use crate::infer::shed::{Shedder, SKIPPED_STALE};
-use crate::infer::{FramePlan, Infer, Planner};
+use crate::infer::shed::Shedder;
+use crate::infer::{FramePlan, Infer};
 use crate::kafka;
 use crate::sink::{Checkpoints, Emitter, Sink, Topics};
-use crate::source::{self, Record, SourceConfig};
+use crate::source::{self, SourceConfig};
 use crate::telemetry::{self, Metrics, Phase, Readiness};
 
 /// How often delivered frames' episode state is checkpointed and their offsets stored (the
@@ -92,7 +91,7 @@ pub async fn run(
         .kafka
         .output_producer(64 * 1024 * 1024, None, &link)
         .map_err(|e| anyhow!(e))?;
-    check_topics(&cfg, &producer).await?;
+    let co_partitioned = check_topics(&cfg, &producer).await?;
     let dlq_limit = kafka::check_message_sizes(
         &cfg.kafka,
         &[&cfg.frames_topic, &cfg.dlq_topic],
@@ -141,6 +140,10 @@ pub async fn run(
         store: store.clone(),
         cameras: cameras.clone(),
         shedder: shedder.clone(),
+        frames_topic: cfg.frames_topic.clone(),
+        observations_topic: cfg.observations_topic.clone(),
+        co_partitioned,
+        max_in_flight: cfg.max_in_flight,
         checkpoints: checkpoints.clone(),
         readiness: readiness.clone(),
     });
@@ -174,6 +177,7 @@ pub async fn run(
         worker_id: cfg.worker_id.clone(),
         dlq_producer: dlq_producer.clone(),
         dlq_limit,
+        co_partitioned,
     });
     let emitter = spawn_stage(
         "sink",
@@ -221,6 +225,14 @@ pub async fn run(
         crate::decode::sequence(decode_rx, infer.input, out_tx.clone()),
     );
     let decoder = Arc::new(Decoder::new(planner.input_specs(), metrics.clone()));
+    let intake = Intake {
+        limits: cfg.limits,
+        cameras: cameras.clone(),
+        planner: planner.clone(),
+        shedder: shedder.clone(),
+        evidence: evidence.is_some(),
+        metrics: metrics.clone(),
+    };
     let gauges = tokio::spawn(watch_queues(
         metrics.clone(),
         store.clone(),
@@ -248,85 +260,15 @@ pub async fn run(
                 }
             },
         };
-        let Record { mut origin, raw } = record;
-        match source::validate(
-            raw.key.as_deref(),
-            &raw.headers,
-            &raw.payload,
-            &cfg.limits,
-            now_ms(),
-        )
-        .and_then(|(meta, info)| {
-            // Which site owns the camera, and the frame's place on the partition clock.
-            let (admitted, states) = cameras.admit(
-                origin.ticket.partition,
-                origin.ticket.offset,
-                &meta.site,
-                &meta.camera,
-                meta.captured_at_ms,
-            );
-            origin.states = states;
-            match admitted {
-                Ok(stamp) => {
-                    origin.stamp = Some(stamp);
-                    Ok((meta, info))
-                }
-                Err(refusal) => {
-                    let reason = match refusal {
-                        Refusal::SiteConflict { .. } => Reason::SiteConflict,
-                        Refusal::ClockJump { .. } => Reason::ClockJump,
-                    };
-                    Err(Rejection::new(
-                        reason,
-                        refusal.detail(&meta.site, &meta.camera),
-                    ))
-                }
-            }
-        }) {
-            Err(rejection) => {
-                let dl = DeadLetter {
-                    origin,
-                    raw,
-                    rejection,
-                };
-                if out_tx
-                    .send(Outcome::DeadLetter(Box::new(dl)))
-                    .await
-                    .is_err()
-                {
+        match intake.take(record) {
+            Taken::Refused(dl) => {
+                if out_tx.send(Outcome::DeadLetter(dl)).await.is_err() {
                     break;
                 }
             }
-            Ok((meta, info)) => {
-                if let Some(c) = &metrics.cameras {
-                    c.frame(&meta.site, &meta.camera, meta.captured_at_ms as f64 / 1e3);
-                }
-                let mut plan = planner.plan(&meta);
-                if !plan.rules.is_empty()
-                    && shedder
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .would_skip(&meta.site, &meta.camera, meta.captured_at_ms, now_ms())
-                {
-                    // Hopeless already: not even decoded.
-                    metrics
-                        .frames_skipped
-                        .with_label_values(&[SKIPPED_STALE])
-                        .inc();
-                    plan = Planner::skip(plan, SKIPPED_STALE);
-                }
-                let job = DecodeJob {
-                    origin,
-                    meta,
-                    info,
-                    raw,
-                    inputs: plan.whole_frame.clone(),
-                    // Evidence pictures are drawn on the decoded frame.
-                    keep_image: plan.needs_crops || (evidence.is_some() && !plan.rules.is_empty()),
-                    plan,
-                };
+            Taken::Decode(job) => {
                 let decoder = decoder.clone();
-                let pending = tokio::task::spawn_blocking(move || decoder.run(job));
+                let pending = tokio::task::spawn_blocking(move || decoder.run(*job));
                 if decode_tx.send(pending).await.is_err() {
                     break;
                 }
@@ -397,7 +339,11 @@ pub async fn run(
 }
 
 /// Every topic must exist, and the state topic must have as many partitions as the frames topic.
-async fn check_topics(cfg: &WorkerConfig, producer: &kafka::OutputProducer) -> anyhow::Result<()> {
+/// Whether the observations topic has as many too (then observations are co-partitioned).
+async fn check_topics(
+    cfg: &WorkerConfig,
+    producer: &kafka::OutputProducer,
+) -> anyhow::Result<bool> {
     let p = producer.clone();
     let topics = [
         cfg.frames_topic.clone(),
@@ -419,5 +365,15 @@ async fn check_topics(cfg: &WorkerConfig, producer: &kafka::OutputProducer) -> a
             cfg.state_topic, counts[4], cfg.frames_topic, counts[0]
         ));
     }
-    Ok(())
+    let co_partitioned = counts[0] == counts[1];
+    if !co_partitioned {
+        tracing::warn!(
+            observations = counts[1],
+            frames = counts[0],
+            "the observations topic has another partition count than the frames topic: a frame \
+             read again after a restart is admitted afresh, and load shedding may decide it \
+             otherwise than its first reader did; give both topics the same count"
+        );
+    }
+    Ok(co_partitioned)
 }

@@ -39,6 +39,7 @@
 //! detector = "objectron"
 //! classes = ["cat", "dog"]
 //! min_detection_score = 0.6
+//! every_secs = 2.0              # judged at most once per 2 s of each camera's footage
 //!
 //! [rules.counter_clean]
 //! classifier = "cleanliness"    # no detector: the classifier sees the whole frame
@@ -137,6 +138,13 @@ pub struct Rule {
     /// At most this many detections per frame are kept (highest scores first).
     #[serde(default = "default_max_detections")]
     pub max_detections: usize,
+    /// How often the rule must be judged per camera, in seconds of the camera's footage
+    /// (`captured_at`); absent: on every frame. On the frames in between the rule is not judged
+    /// (`unknown`, reason `not_due`): its models do not run for it, and its episodes take
+    /// those frames as no new evidence. An animal in a kitchen does not come and go within a
+    /// second; a mask can.
+    #[serde(default)]
+    pub every_secs: Option<f64>,
     /// How verdicts become episodes (`[rules.<name>.episode]`; defaults otherwise).
     #[serde(default)]
     pub episode: EpisodePolicy,
@@ -151,6 +159,13 @@ impl Rule {
             (Some(_), None) => Some(RuleKind::Presence),
             (None, None) => None,
         }
+    }
+
+    /// `every_secs` in milliseconds, when the rule is not judged on every frame.
+    pub fn every_ms(&self) -> Option<i64> {
+        self.every_secs
+            .filter(|s| *s > 0.0)
+            .map(|s| (s * 1e3).round() as i64)
     }
 
     /// The classifier labels that mean "cannot be judged".
@@ -232,7 +247,8 @@ pub struct RulesError {
 
 /// The default when no `--rules` file is given. Every kitchen camera checks masks (a mask worn
 /// below the nose counts as a violation) and animals; cameras in the `prep` zone also check
-/// gloves; cameras in the `dining` zone are observed only. Thresholds come from the
+/// gloves; cameras in the `dining` zone are observed only. Animals are looked for once per 2 s
+/// of each camera's footage, masks and gloves on every frame. Thresholds come from the
 /// measurements in `models/README.md`.
 pub const DEFAULT_RULES: &str = r#"
 [rules.mask_required]
@@ -255,6 +271,7 @@ crop_margin = 0.8
 detector = "objectron"
 classes = ["cat", "dog"]
 min_detection_score = 0.6
+every_secs = 2.0
 
 [[assign]]
 rules = ["mask_required", "no_animals"]
@@ -315,6 +332,13 @@ impl RuleSet {
                             "rules.{name}.violation_label needs a classifier; a presence rule's violation is a detection of `classes`"
                         )));
                     }
+                }
+            }
+            if let Some(e) = r.every_secs {
+                if !e.is_finite() || !(0.0..=86_400.0).contains(&e) {
+                    return Err(err(format!(
+                        "rules.{name}.every_secs must be between 0 (every frame) and 86400 seconds, got {e}"
+                    )));
                 }
             }
             if let Some(l) = r
@@ -404,6 +428,29 @@ mod tests {
             seq: 0,
             zone: zone.map(Into::into),
         }
+    }
+
+    #[test]
+    fn every_secs_is_a_period_in_seconds() {
+        let r = |every: &str| {
+            RuleSet::parse(
+                &format!("[rules.a]\ndetector = 'd'\nevery_secs = {every}\n"),
+                "t",
+            )
+        };
+        assert_eq!(r("2.5").unwrap().rules["a"].every_ms(), Some(2_500));
+        assert_eq!(
+            r("0").unwrap().rules["a"].every_ms(),
+            None,
+            "0: every frame"
+        );
+        let e = r("-1").unwrap_err().to_string();
+        assert!(e.contains("rules.a.every_secs"), "{e}");
+        let e = r("'often'").unwrap_err().to_string();
+        assert!(e.contains("every_secs"), "{e}");
+        let d = RuleSet::parse(DEFAULT_RULES, "default").unwrap();
+        assert_eq!(d.rules["no_animals"].every_ms(), Some(2_000));
+        assert_eq!(d.rules["mask_required"].every_ms(), None);
     }
 
     #[test]

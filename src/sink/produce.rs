@@ -12,10 +12,13 @@ use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::codec::Codecs;
+use crate::contract::observation::RuleResult;
 use crate::contract::{
-    header, DeadLetter, Judged, Observation, Origin, Outcome, RawFrame, Reason, Rejection,
-    StateRecord, ViolationEvent,
+    admission, header, DeadLetter, Judged, Observation, Origin, Outcome, RawFrame, Reason,
+    Rejection, StateRecord, ViolationEvent,
 };
+use crate::infer::plan::NOT_DUE;
+use crate::infer::shed::SKIPPED_STALE;
 use crate::kafka::{self, OutputProducer};
 
 /// Where the sink publishes, and how it encodes.
@@ -38,6 +41,11 @@ pub struct Sink {
     pub dlq_producer: OutputProducer,
     /// The dead-letter topic's `max.message.bytes`, when the brokers said.
     pub dlq_limit: Option<usize>,
+    /// The observations topic has as many partitions as the frames topic: each observation goes
+    /// to its frame's partition number, where the next owner of that partition reads back how
+    /// the frames it will read again were decided ([`super::replay`]). Otherwise they are keyed
+    /// by camera.
+    pub co_partitioned: bool,
 }
 
 /// Bytes a dead letter takes beyond its payload and headers (record and batch framing).
@@ -91,7 +99,7 @@ impl Sink {
                     events,
                     states,
                 } = *judged;
-                match sink.observation(&producer, &obs, &events).await {
+                match sink.observation(&producer, &origin, &obs, &events).await {
                     Err(DeliveryError::Encode(e)) => {
                         // A defect, not the frame's fault; but it would fail again after every
                         // restart, so the frame is dead-lettered (its bytes are gone by now: the
@@ -161,6 +169,7 @@ impl Sink {
     async fn observation(
         &self,
         producer: &OutputProducer,
+        origin: &Origin,
         obs: &Observation,
         events: &[ViolationEvent],
     ) -> Result<(), DeliveryError> {
@@ -174,19 +183,29 @@ impl Sink {
             ));
         }
         let mut first = Vec::with_capacity(1 + events.len());
-        let obs_headers = kafka::headers_from([
+        let (partition, offset) = (
+            origin.ticket.partition.to_string(),
+            origin.ticket.offset.to_string(),
+        );
+        let mut obs_headers = vec![
             (header::CAMERA, obs.camera.as_bytes()),
             (header::SITE, obs.site.as_bytes()),
             ("content-type", AVRO),
-        ]);
+            (header::SOURCE_TOPIC, self.topics.frames.as_bytes()),
+            (header::SOURCE_PARTITION, partition.as_bytes()),
+            (header::SOURCE_OFFSET, offset.as_bytes()),
+        ];
+        if let Some(admission) = admission_of(obs) {
+            obs_headers.push((header::ADMISSION, admission.as_bytes()));
+        }
         first.push(
             enqueue(
                 producer,
                 &self.topics.observations,
                 obs.camera.as_bytes(),
                 Some(&payload),
-                obs_headers,
-                None,
+                kafka::headers_from(obs_headers),
+                self.co_partitioned.then_some(origin.ticket.partition),
             )
             .await,
         );
@@ -286,6 +305,21 @@ impl Sink {
             );
         }
         settle_all(sends).await
+    }
+}
+
+/// How load shedding admitted the frame an observation is of: `None` when no rule was to be
+/// judged on it (none applies, or none was due: the shedder was not asked).
+pub fn admission_of(obs: &Observation) -> Option<&'static str> {
+    fn reason(r: &RuleResult) -> Option<&str> {
+        r.reason.as_deref()
+    }
+    if obs.rules.iter().any(|r| reason(r) == Some(SKIPPED_STALE)) {
+        Some(admission::SKIPPED)
+    } else if obs.rules.iter().any(|r| reason(r) != Some(NOT_DUE)) {
+        Some(admission::JUDGED)
+    } else {
+        None
     }
 }
 

@@ -3,8 +3,10 @@
 //! `docs/metrics.md` lists them.
 
 pub mod cameras;
+pub mod gateway;
 pub mod metrics;
 pub mod server;
 
+pub use gateway::SiteMetrics;
 pub use metrics::{GatewayMetrics, IngestMetrics, Metrics};
 pub use server::{serve, Phase, Readiness};

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod site;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
