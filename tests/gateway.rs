@@ -460,3 +460,39 @@ async fn http_snapshot_cameras_publish_and_garbage_is_counted() -> Result {
         .all(|f| f.bytes < original / 2));
     Ok(())
 }
+
+#[test]
+fn a_bad_camera_file_stops_start_up_naming_the_camera_and_the_key() -> Result {
+    let dir = tempfile::tempdir()?;
+    let cameras = dir.path().join("site.toml");
+    let cases = [
+        (
+            "site = \"s\"\n[[camera]]\nid = \"cam-01\"\nurl = \"rtsp://h/x\"\nfps = -1.0\n",
+            "camera `cam-01`: key `fps`",
+        ),
+        (
+            "site = \"s\"\n[[camera]]\nid = \"cam-02\"\nurl = \"rtsp://h/x\"\nfsp = 1.0\n",
+            "camera `cam-02`: unknown field `fsp`",
+        ),
+        (
+            "site = \"s\"\n[[camera]]\nid = \"cam-03\"\nurl = \"rtsp://${NO_SUCH_VAR_28}@h/x\"\n",
+            "camera `cam-03`: key `url`: `${NO_SUCH_VAR_28}`",
+        ),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&cameras, text)?;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["gateway", "--brokers", "127.0.0.1:1", "--cameras-file"])
+            .arg(&cameras)
+            .arg("--buffer-dir")
+            .arg(dir.path().join("buffer"))
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(2) && stderr.contains(expected),
+            "{expected}: exit {:?}\n{stderr}",
+            out.status.code()
+        );
+    }
+    Ok(())
+}

@@ -48,7 +48,10 @@ impl Backoff {
 
 /// A small random source for jitter (xorshift64*, seeded from the OS); not for secrets.
 #[derive(Debug, Clone)]
-pub struct Jitter(u64);
+pub struct Jitter(
+    /// The generator's state (never zero).
+    u64,
+);
 
 impl Jitter {
     pub fn from_os() -> Jitter {

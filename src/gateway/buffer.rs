@@ -30,6 +30,9 @@ const FRAMES: TableDefinition<u64, Stored> = TableDefinition::new("frames");
 /// The index: id → (camera, captured_at ms, JPEG bytes).
 const INDEX: TableDefinition<u64, (&str, i64, u64)> = TableDefinition::new("index");
 
+/// The store's page cache: frames are written once and read back once, so a small one will do.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// A frame as published: the record's key and headers, and the JPEG.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -122,7 +125,11 @@ impl Buffer {
         std::fs::create_dir_all(dir)
             .map_err(|e| err(&format!("cannot create --buffer-dir {}", dir.display()), e))?;
         let path = dir.join("frames.redb");
-        let db = Database::create(&path).map_err(|e| err(&format!("{}", path.display()), e))?;
+        // redb caches up to 1 GiB by default; frames are written once and read once.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| err(&format!("{}", path.display()), e))?;
         let txn = db.begin_write().map_err(|e| err("open", e))?;
         txn.open_table(FRAMES).map_err(|e| err("open", e))?;
         txn.open_table(INDEX).map_err(|e| err("open", e))?;

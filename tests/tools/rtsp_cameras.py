@@ -5,7 +5,7 @@ Runs GStreamer's RTSP server (Debian: python3-gi, gir1.2-gst-rtsp-server-1.0,
 gstreamer1.0-plugins-{base,good,ugly}) with one mount per image, all on one port:
 
     /usr/bin/python3 tests/tools/rtsp_cameras.py --port 8554 \
-        --mount cam-01=tests/data/faces/grace_hopper.jpg --mount cam-02=...
+        --mount cam-01=tests/data/faces/grace_hopper.jpg --mount cam-02=pattern:snow ...
 
 serves rtsp://127.0.0.1:8554/cam-01 and so on. Each stream shows its image frozen, as a live
 camera at --fps (default 10) and --width x --height (default: the image's own size), encoded
@@ -26,15 +26,21 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
-def launch_line(image, fps, width, height):
-    """The pipeline of one mount: the image decoded once, frozen, encoded as live H.264."""
+def launch_line(image, fps, width, height, bitrate):
+    """The pipeline of one mount: the image decoded once, frozen, encoded as live H.264; or,
+    for an image named `pattern:NAME`, GStreamer's test pattern NAME (`snow`: noise, every
+    frame new, the costliest to decode at a given bitrate)."""
     caps = f"video/x-raw,framerate={fps}/1"
     if width and height:
         caps = f"video/x-raw,width={width},height={height},framerate={fps}/1"
+    if image.startswith("pattern:"):
+        source = f"videotestsrc is-live=true pattern={image[8:]}"
+    else:
+        source = f"filesrc location={image} ! jpegdec ! videoconvert ! videoscale ! imagefreeze is-live=true"
+    rate = f" bitrate={bitrate}" if bitrate else ""
     return (
-        f"( filesrc location={image} ! jpegdec ! videoconvert ! videoscale "
-        f"! imagefreeze is-live=true ! {caps} ! videoconvert "
-        f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} "
+        f"( {source} ! {caps} ! videoconvert "
+        f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps}{rate} "
         f"! rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
 
@@ -46,6 +52,7 @@ def main():
     ap.add_argument("--fps", type=int, default=10)
     ap.add_argument("--width", type=int, default=0)
     ap.add_argument("--height", type=int, default=0)
+    ap.add_argument("--bitrate", type=int, default=0, help="x264 bitrate, kbit/s (default: x264's)")
     a = ap.parse_args()
     if not a.mount:
         ap.error("give at least one --mount NAME=IMAGE")
@@ -59,7 +66,7 @@ def main():
         if not name or not image:
             ap.error(f"--mount {m}: expected NAME=IMAGE")
         factory = GstRtspServer.RTSPMediaFactory()
-        factory.set_launch(launch_line(image, a.fps, a.width, a.height))
+        factory.set_launch(launch_line(image, a.fps, a.width, a.height, a.bitrate))
         # One pipeline per mount, shared by every client (one encoder per camera, as a camera).
         factory.set_shared(True)
         mounts.add_factory(f"/{name}", factory)
