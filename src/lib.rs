@@ -19,10 +19,12 @@
 //!             on acknowledgement, state restored on assignment
 //! ─────────
 //! pipeline/   wires the stages with bounded channels and supervises them (`vigil worker`)
-//! commands/   the command line: gateway, worker, ingest, console, topics, tail, alerts
+//! commands/   the command line: gateway, worker, ingest, console, topics, tail, alerts (which
+//!             also follows acknowledgements and re-notifies overdue episodes)
 //! gateway/    `vigil gateway --cameras-file`: the site gateway (cameras over RTSP and HTTP,
 //!             reconnects, camera health, caps, store and forward on disk)
-//! console/    `vigil console`: the page of open violations with their pictures
+//! console/    `vigil console`: sign-in and per-site access, open violations with their pictures,
+//!             acknowledgements (their own topic), history and the compliance scorecard (SQLite)
 //! ingest/     `vigil ingest`: HTTP(S) uploads from cameras and phones become frames
 //! codec/      Avro, the schema registry client
 //! telemetry/  Prometheus metrics and the /metrics, /healthz, /readyz endpoint (axum)

@@ -202,9 +202,9 @@ async fn a_missing_topic_is_named_at_start_up() -> Result {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn topics_create_makes_all_five_topics_once() -> Result {
+async fn topics_create_makes_all_six_topics_once() -> Result {
     let base = unique("tc");
-    let names = ["frames", "obs", "dlq", "vio", "state"].map(|n| format!("{base}.{n}"));
+    let names = ["frames", "obs", "dlq", "vio", "state", "acks"].map(|n| format!("{base}.{n}"));
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args([
@@ -222,7 +222,7 @@ async fn topics_create_makes_all_five_topics_once() -> Result {
                 &names[1],
             ])
             .args(["--dlq-topic", &names[2], "--violations-topic", &names[3]])
-            .args(["--state-topic", &names[4]])
+            .args(["--state-topic", &names[4], "--acks-topic", &names[5]])
             .output()
     };
     let first = run()?;

@@ -44,8 +44,15 @@ pub static OBSERVATION: RecordType = RecordType {
     history: &[],
 };
 
+/// Acknowledgements of episodes on `vigil.acks` (written by `vigil console`).
+pub static ACKNOWLEDGEMENT: RecordType = RecordType {
+    name: "acknowledgement",
+    current: include_str!("../../schemas/acknowledgement.avsc"),
+    history: &[],
+};
+
 /// Every record type vigil publishes.
-pub static RECORD_TYPES: [&RecordType; 2] = [&VIOLATION_EVENT, &OBSERVATION];
+pub static RECORD_TYPES: [&RecordType; 3] = [&VIOLATION_EVENT, &OBSERVATION, &ACKNOWLEDGEMENT];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -242,6 +249,7 @@ mod tests {
         let pinned = [
             ("violation_event", "f77aa5f1610749ee"),
             ("observation", "9ac2e4429d0f4efc"),
+            ("acknowledgement", "2e8af05d5d4ae3cf"),
         ];
         for rt in RECORD_TYPES {
             let (_, want) = pinned.iter().find(|(n, _)| *n == rt.name).unwrap();

@@ -7,8 +7,9 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use crate::codec::avro::VIOLATION_EVENT;
+use crate::codec::avro::{ACKNOWLEDGEMENT, VIOLATION_EVENT};
 use crate::codec::registry::{ReadError, RecordReader};
+use crate::console::acks::Acknowledgement;
 use crate::contract::ViolationEvent;
 use crate::http::{Auth, Endpoint, HttpError, RetryPolicy, TlsSettings};
 use crate::kafka::{self, KafkaArgs};
@@ -35,6 +36,63 @@ pub struct AlertsConfig {
     pub remember: usize,
     /// Registry for events in the Confluent wire format.
     pub schema_registry: Option<crate::codec::registry::RegistryConfig>,
+    /// The acknowledgements topic to follow too (`--acks-topic`).
+    pub acks_topic: Option<String>,
+    /// Notify once more about an episode unacknowledged this long after it opened.
+    pub renotify_overdue: Option<Duration>,
+}
+
+/// Open episodes not yet acknowledged, for `--renotify-overdue-secs`: pure, time passed in.
+#[derive(Debug, Default)]
+pub struct Overdue {
+    /// Open, unacknowledged, not yet re-notified episodes: their latest event.
+    waiting: std::collections::HashMap<String, ViolationEvent>,
+    /// Episodes acknowledged, resolved or re-notified already (a replayed opening does not
+    /// bring them back).
+    done: Dedup,
+}
+
+impl Overdue {
+    pub fn new(remember: usize) -> Overdue {
+        Overdue {
+            waiting: Default::default(),
+            done: Dedup::new(remember),
+        }
+    }
+
+    pub fn event(&mut self, ev: &ViolationEvent) {
+        if self.done.contains(&ev.episode_id) {
+            return;
+        }
+        if ev.kind == crate::contract::EventKind::Resolved {
+            self.waiting.remove(&ev.episode_id);
+            self.done.first_time(&ev.episode_id);
+        } else {
+            self.waiting.insert(ev.episode_id.clone(), ev.clone());
+        }
+    }
+
+    pub fn acknowledged(&mut self, episode_id: &str) {
+        self.waiting.remove(episode_id);
+        self.done.first_time(episode_id);
+    }
+
+    /// Episodes overdue at `now_ms` (each returned once), oldest first.
+    pub fn due(&mut self, now_ms: i64, after: Duration) -> Vec<ViolationEvent> {
+        let limit = after.as_millis() as i64;
+        let mut due: Vec<ViolationEvent> = self
+            .waiting
+            .values()
+            .filter(|e| now_ms - e.opened_at > limit)
+            .cloned()
+            .collect();
+        due.sort_by_key(|e| e.opened_at);
+        for e in &due {
+            self.waiting.remove(&e.episode_id);
+            self.done.first_time(&e.episode_id);
+        }
+        due
+    }
 }
 
 /// The webhook: where, with which credential, trusting which CA.
@@ -60,10 +118,17 @@ impl WebhookConfig {
 }
 
 /// Recently seen event ids, bounded.
+#[derive(Debug)]
 pub struct Dedup {
     seen: HashSet<String>,
     order: VecDeque<String>,
     capacity: usize,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Dedup::new(100_000)
+    }
 }
 
 impl Dedup {
@@ -73,6 +138,11 @@ impl Dedup {
             order: VecDeque::new(),
             capacity: capacity.max(1),
         }
+    }
+
+    /// Whether an id has been offered (and is still remembered).
+    pub fn contains(&self, id: &str) -> bool {
+        self.seen.contains(id)
     }
 
     /// True the first time an id is offered.
@@ -170,20 +240,80 @@ pub async fn run(
         .map_err(|e| anyhow!(e))?
         .create()
         .context("cannot create consumer")?;
-    consumer.subscribe(&[&cfg.topic])?;
+    let mut topics = vec![cfg.topic.as_str()];
+    topics.extend(cfg.acks_topic.as_deref());
+    consumer.subscribe(&topics)?;
     let mut reader: RecordReader<ViolationEvent> =
         RecordReader::with_registry(&VIOLATION_EVENT, cfg.schema_registry.as_ref())
             .map_err(|e| anyhow!(e))?;
+    let mut ack_reader: RecordReader<Acknowledgement> =
+        RecordReader::with_registry(&ACKNOWLEDGEMENT, cfg.schema_registry.as_ref())
+            .map_err(|e| anyhow!(e))?;
     let mut dedup = Dedup::new(cfg.remember);
+    let mut acked = Dedup::new(cfg.remember);
+    let mut overdue = Overdue::new(cfg.remember);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     let (mut shown, mut repeats) = (0u64, 0u64);
     tokio::pin!(shutdown);
+    // The idle limit counts from the last record, not from the last overdue check.
+    let mut last_record = std::time::Instant::now();
     loop {
-        let Some(msg) = kafka::next_message(&consumer, cfg.idle_timeout, shutdown.as_mut()).await
-        else {
+        let idle = cfg
+            .idle_timeout
+            .map(|d| d.saturating_sub(last_record.elapsed()));
+        let next = tokio::select! {
+            m = kafka::next_message(&consumer, idle, shutdown.as_mut()) => m,
+            _ = tick.tick(), if cfg.renotify_overdue.is_some() => {
+                for ev in overdue.due(crate::contract::now_ms(), cfg.renotify_overdue.unwrap_or_default()) {
+                    let since = chrono::DateTime::from_timestamp_millis(ev.opened_at).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default();
+                    let line = format!("OVERDUE  site={} camera={} rule={} episode={} opened={since} unacknowledged", ev.site, ev.camera, ev.rule, ev.episode_id.chars().take(12).collect::<String>());
+                    println!("{line}");
+                    if let Some(hook) = &hook {
+                        let body = serde_json::to_vec(&serde_json::json!({"overdue": true, "event": ev}))?;
+                        post_with_retries(hook, &body, cfg.max_attempts).await.with_context(|| format!("overdue notice of {} not delivered to the webhook", ev.episode_id))?;
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(msg) = next else {
             break;
         };
         let msg = msg?;
+        last_record = std::time::Instant::now();
         let payload = msg.payload().unwrap_or_default();
+        if cfg.acks_topic.as_deref() == Some(msg.topic()) {
+            match ack_reader.decode(payload).await {
+                Ok(a) => {
+                    overdue.acknowledged(&a.episode_id);
+                    if acked.first_time(&a.episode_id) {
+                        if cfg.json {
+                            println!("{}", serde_json::to_string(&a)?);
+                        } else {
+                            println!("{}", crate::console::acks::describe(&a));
+                        }
+                        if let Some(hook) = &hook {
+                            let body =
+                                serde_json::to_vec(&serde_json::json!({"acknowledgement": a}))?;
+                            post_with_retries(hook, &body, cfg.max_attempts)
+                                .await
+                                .with_context(|| format!("acknowledgement of {} not delivered to the webhook; stopping without committing it", a.episode_id))?;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "not an acknowledgement, skipped")
+                }
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(
+                msg.topic(),
+                msg.partition(),
+                Offset::Offset(msg.offset() + 1),
+            )?;
+            consumer.store_offsets(&tpl)?;
+            continue;
+        }
         match reader.decode(payload).await {
             Err(e @ (ReadError::Registry(_) | ReadError::NeedsRegistry(_))) => {
                 // Not the record's fault: stop without storing its offset, so that a restart
@@ -198,6 +328,7 @@ pub async fn run(
                 tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "not a violation event, skipped")
             }
             Ok(ev) => {
+                overdue.event(&ev);
                 if dedup.first_time(&ev.event_id) {
                     if cfg.json {
                         println!("{}", serde_json::to_string(&ev)?);
@@ -274,6 +405,39 @@ mod tests {
         assert!(d.first_time("b"));
         assert!(d.first_time("c"));
         assert!(d.first_time("a"), "forgotten beyond capacity");
+    }
+
+    #[test]
+    fn overdue_episodes_are_renotified_once_unless_acknowledged_or_resolved() {
+        let base = crate::contract::event::tests::sample_events()[0].clone();
+        let ep = |id: &str, kind: crate::contract::EventKind| {
+            let mut e = base.clone();
+            e.episode_id = id.into();
+            e.kind = kind;
+            e.opened_at = 1_000;
+            e
+        };
+        use crate::contract::EventKind::{Opened, Resolved};
+        let mut o = Overdue::new(100);
+        o.event(&ep("a", Opened));
+        o.event(&ep("b", Opened));
+        o.event(&ep("c", Opened));
+        o.acknowledged("b");
+        o.event(&ep("c", Resolved));
+        let after = Duration::from_secs(60);
+        assert!(o.due(60_000, after).is_empty(), "not yet");
+        let due: Vec<String> = o
+            .due(62_000, after)
+            .into_iter()
+            .map(|e| e.episode_id)
+            .collect();
+        assert_eq!(due, ["a"]);
+        assert!(o.due(120_000, after).is_empty(), "once");
+        o.event(&ep("a", Opened));
+        assert!(
+            o.due(120_000, after).is_empty(),
+            "a replay does not bring it back"
+        );
     }
 
     #[test]

@@ -100,6 +100,14 @@ pub struct AlertsArgs {
     /// Stop after this many seconds without an event.
     #[arg(long)]
     pub idle_secs: Option<f64>,
+    /// Also follow this acknowledgements topic (`vigil console` writes it): print each
+    /// acknowledgement once (deduplicated by episode) and POST it to the webhook.
+    #[arg(long, env = "VIGIL_ACKS_TOPIC")]
+    pub acks_topic: Option<String>,
+    /// With --acks-topic: notify once more about an episode still open and unacknowledged this
+    /// many seconds after it opened (event time), as the console marks it overdue.
+    #[arg(long, requires = "acks_topic")]
+    pub renotify_overdue_secs: Option<u64>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -182,6 +190,9 @@ pub struct TopicArgs {
         default_value = "vigil.violations"
     )]
     pub violations_topic: String,
+    /// Topic `vigil console` publishes acknowledgements of episodes to (Avro).
+    #[arg(long, env = "VIGIL_ACKS_TOPIC", default_value = "vigil.acks")]
+    pub acks_topic: String,
     /// Compacted topic holding episode state, co-partitioned with the frames topic.
     #[arg(long, env = "VIGIL_STATE_TOPIC", default_value = "vigil.state")]
     pub state_topic: String,
@@ -371,6 +382,8 @@ pub fn run(cli: Cli) -> ExitCode {
                         .transpose()
                         .map_err(|e| (2, anyhow::anyhow!(e)))?,
                     remember: 100_000,
+                    acks_topic: a.acks_topic,
+                    renotify_overdue: a.renotify_overdue_secs.map(Duration::from_secs),
                     schema_registry: a.registry.registry().map_err(|e| (2, anyhow::anyhow!(e)))?,
                 };
                 alerts::run(cfg, shutdown_signal())

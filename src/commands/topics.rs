@@ -1,4 +1,4 @@
-//! `vigil topics create`: vigil's five topics, with the partition count, compaction and record
+//! `vigil topics create`: vigil's six topics, with the partition count, compaction and record
 //! size limits the worker relies on.
 
 use clap::{Args, Subcommand};
@@ -15,7 +15,8 @@ pub struct TopicsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsAction {
-    /// Create the frames, observations, dead-letter, violations and (compacted) state topics,
+    /// Create the frames, observations, dead-letter, violations, acknowledgements and
+    /// (compacted) state topics,
     /// all with the same partition count; existing ones are kept.
     Create {
         #[command(flatten)]
@@ -49,6 +50,7 @@ pub async fn run(args: TopicsArgs) -> anyhow::Result<()> {
         topics.dlq_topic.clone(),
         topics.violations_topic,
         topics.state_topic.clone(),
+        topics.acks_topic,
     ];
     // The state topic is compacted; all share one partition count (co-partitioned); frames and
     // their dead letters fit the frame size limit.

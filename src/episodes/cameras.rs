@@ -25,7 +25,7 @@
 //! Everything is a function of the partition's frames in offset order (and of the records a
 //! restore brings back), so a new owner of the partition decides exactly as the old one did.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -62,10 +62,12 @@ pub struct CameraRecord {
     pub jump_ms: i64,
     /// Offset of the camera's newest accepted frame.
     pub last_offset: i64,
-    /// Rules judged at a cadence (`every_secs`): `captured_at` of the camera's last frame that
-    /// judged each. Records of earlier releases have none (every such rule is due at once).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub judged: BTreeMap<String, i64>,
+    /// Rules judged at a cadence (`every_secs`): (rule, `captured_at` of the camera's last frame
+    /// that judged it). A short list, not a map: there is one per camera, and a flood of camera
+    /// ids must not cost a tree node each. Records of earlier releases have none (every such
+    /// rule is due at once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub judged: Vec<(String, i64)>,
 }
 
 /// A rule with `every_secs` is due again once this share of its period has passed (frames are
@@ -152,7 +154,7 @@ impl PartitionCameras {
                     jumps: 0,
                     jump_ms: 0,
                     last_offset: offset,
-                    judged: BTreeMap::new(),
+                    judged: Vec::new(),
                 },
             );
             return Ok(Stamp {
@@ -224,14 +226,17 @@ impl PartitionCameras {
             return true;
         };
         let period = every_ms - every_ms * DUE_SLACK_PERMILLE / 1000;
-        let due = rec
-            .judged
-            .get(rule)
-            .is_none_or(|&last| (captured_at_ms - last).abs() >= period);
-        if due {
-            rec.judged.insert(rule.to_string(), captured_at_ms);
+        match rec.judged.iter_mut().find(|(r, _)| r == rule) {
+            Some((_, last)) if (captured_at_ms - *last).abs() < period => false,
+            Some((_, last)) => {
+                *last = captured_at_ms;
+                true
+            }
+            None => {
+                rec.judged.push((rule.to_string(), captured_at_ms));
+                true
+            }
         }
-        due
     }
 
     /// Forgets cameras silent (on the partition clock) for longer than `ttl_ms`; returns them.
@@ -486,7 +491,7 @@ mod tests {
         );
         // The record carries it: a restored partition goes on where this one was.
         let rec = p.get("cam").unwrap().clone();
-        assert_eq!(rec.judged["animals"], T0 + 16 * 500);
+        assert_eq!(rec.judged, [("animals".to_string(), T0 + 16 * 500)]);
         let mut restored = PartitionCameras::restored([rec]);
         let at = T0 + 20 * 500;
         restored.admit("s", "cam", at, 20).unwrap();

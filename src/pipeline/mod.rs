@@ -132,9 +132,12 @@ impl PartitionHooks for Restorer {
         Ok(())
     }
 
-    fn revoking(&self, _partitions: &[i32]) {
-        // A rebalance: not ready until the next assignment is restored.
-        self.readiness.set(Phase::Starting);
+    fn revoking(&self, _partitions: &[i32], keeps: bool) {
+        // A rebalance that takes every partition: not ready until the next assignment is
+        // restored. One that moves only some leaves the rest judged meanwhile.
+        if !keeps {
+            self.readiness.set(Phase::Starting);
+        }
         self.checkpoints.wake.notify_one();
     }
 

@@ -112,6 +112,9 @@ pub fn start(
             ("auto.offset.reset", "earliest"),
             ("fetch.wait.max.ms", "5"),
             ("session.timeout.ms", &session_ms),
+            // A rebalance moves only the partitions that change owner; the others are judged
+            // throughout (with the eager protocol every member stops for every rebalance).
+            ("partition.assignment.strategy", "cooperative-sticky"),
             ("heartbeat.interval.ms", "1000"),
             ("statistics.interval.ms", "5000"),
         ])

@@ -26,7 +26,9 @@ pub trait PartitionHooks: Send + Sync + 'static {
     /// (unless it is stopping anyway): trouble that waiting cures is to be waited out here.
     fn assigned(&self, partitions: &[i32]) -> Result<(), StageError>;
     /// A revoke has begun: what is delivered should be checkpointed now, not at the next tick.
-    fn revoking(&self, partitions: &[i32]);
+    /// `keeps`: the worker keeps other partitions meanwhile (a cooperative rebalance moves only
+    /// some), so it goes on judging their frames.
+    fn revoking(&self, partitions: &[i32], keeps: bool);
     /// After the partitions' in-flight frames were delivered, checkpointed and committed (or
     /// abandoned because the worker is stopping).
     fn revoked(&self, partitions: &[i32]);
@@ -211,7 +213,12 @@ impl ConsumerContext for SourceContext {
             Rebalance::Revoke(tpl) => {
                 let parts = partitions_of(tpl, &self.topic);
                 let lost = consumer.assignment_lost();
-                self.hooks.revoking(&parts);
+                let keeps = consumer.assignment().is_ok_and(|a| {
+                    partitions_of(&a, &self.topic)
+                        .iter()
+                        .any(|p| !parts.contains(p))
+                });
+                self.hooks.revoking(&parts, keeps);
                 // Not drained only when the worker stops: what is left is not committed and is
                 // read again by the partitions' next owner.
                 let drained = self.drain(&parts);
@@ -234,7 +241,7 @@ impl ConsumerContext for SourceContext {
                         .consumer_lag
                         .remove_label_values(&[&self.topic, &p.to_string()]);
                 }
-                tracing::info!(partitions = ?parts, drained, committed, lost, "partitions revoked");
+                tracing::info!(partitions = ?parts, drained, committed, lost, keeps, "partitions revoked");
             }
             Rebalance::Assign(tpl) => self.resume(consumer, &partitions_of(tpl, &self.topic)),
             Rebalance::Error(_) => {}

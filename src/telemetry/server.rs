@@ -364,6 +364,13 @@ impl AsyncWrite for Connection {
     }
 }
 
+/// Handlers read the client's address as `ConnectInfo<PeerAddr>` (sign-in throttling).
+impl axum::extract::connect_info::Connected<PeerAddr> for PeerAddr {
+    fn connect_info(addr: PeerAddr) -> Self {
+        addr
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
