@@ -5,7 +5,8 @@
 //!   back within its backoff while the other seven keep publishing throughout; a camera whose
 //!   address accepts connections and never answers does not hold up start-up, and its
 //!   credentials (from the environment) appear in no log line and no metric; the camera-status
-//!   topic says which camera went down and came back; each camera's frames are in order, once.
+//!   topic says which camera went down and came back, and `vigil console` shows the silent
+//!   camera offline from it; each camera's frames are in order, once.
 //! - with the brokers unreachable, frames over the buffer's size limit and the site's cap are
 //!   dropped oldest first and counted, memory stays bounded, and a restart applies the age
 //!   limit to what the buffer kept.
@@ -211,6 +212,10 @@ async fn eight_rtsp_cameras_one_restarted_and_one_that_never_answers() -> Result
     ensure!(of("cam-mute") == ["down"], "cam-mute: {:?}", of("cam-mute"));
     ensure!(of("cam-05") == ["up"], "cam-05: {:?}", of("cam-05"));
 
+    // The console reads the same records: the site shows the silent camera offline, and
+    // cam-01 (back) and the others not.
+    console_shows_offline(&status_topic, &topics.violations, &all).await?;
+
     // The frames: the contract's headers, JPEGs, in order once per camera.
     let frames = read_frames(&brokers(), &topics.frames, Duration::from_secs(3))?;
     in_order_once(&frames)?;
@@ -228,6 +233,78 @@ async fn eight_rtsp_cameras_one_restarted_and_one_that_never_answers() -> Result
     );
     drop(silent);
     Ok(())
+}
+
+/// Starts `vigil console` (loopback, no sign-in) on the camera-status topic and waits until its
+/// JSON and page agree with the gateway's records: `cam-mute` offline, `up` cameras not.
+async fn console_shows_offline(status_topic: &str, events: &str, up: &[String]) -> Result {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["console", "--brokers", &brokers(), "--topic", events])
+        .args([
+            "--camera-status-topic",
+            status_topic,
+            "--observations-topic",
+            "",
+        ])
+        .args([
+            "--acks-topic",
+            &format!("{events}.acks"),
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(
+            log_dir().join(format!("{}.log", unique("gw-console"))),
+        )?)
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let result = async {
+        let addr = line
+            .trim()
+            .strip_prefix("console listening on ")
+            .with_context(|| format!("console said {line:?}"))?
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let cams: serde_json::Value = reqwest::get(format!("http://{addr}/api/cameras"))
+                .await?
+                .json()
+                .await?;
+            let state = |c: &str| -> Option<String> {
+                cams["sites"][0]["cameras"]
+                    .as_array()?
+                    .iter()
+                    .find(|r| r["camera"] == c)
+                    .and_then(|r| r["state"].as_str().map(String::from))
+            };
+            let seen = cams["sites"][0]["site"] == "site-gw"
+                && state("cam-mute").as_deref() == Some("down")
+                && up.iter().all(|c| state(c).as_deref() == Some("up"));
+            if seen {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "the console's cameras: {cams}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let page = reqwest::get(format!("http://{addr}/"))
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            page.contains(r#"data-site="site-gw""#)
+                && page.contains(r#"<li data-camera="cam-mute">"#)
+                && page.contains("1 camera offline")
+                && !page.contains(r#"<li data-camera="cam-01">"#),
+            "{page}"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

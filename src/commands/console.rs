@@ -49,6 +49,14 @@ pub struct ServeArgs {
         default_value = "vigil.observations"
     )]
     pub observations_topic: String,
+    /// The site gateways' camera-status topic (their --status-topic): the page shows which
+    /// cameras are offline. Empty: none.
+    #[arg(
+        long,
+        env = "VIGIL_CAMERA_STATUS_TOPIC",
+        default_value = "vigil.camera-status"
+    )]
+    pub camera_status_topic: String,
     /// Address to serve the page on.
     #[arg(long, env = "VIGIL_CONSOLE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -126,6 +134,7 @@ pub async fn run(
         topic: a.topic,
         acks_topic: a.acks_topic,
         observations_topic: Some(a.observations_topic).filter(|t| !t.is_empty()),
+        camera_status_topic: Some(a.camera_status_topic).filter(|t| !t.is_empty()),
         addr: a.addr,
         evidence_url: a.evidence_url,
         refresh_secs: a.refresh_secs,

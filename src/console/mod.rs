@@ -1,17 +1,22 @@
-//! `vigil console`: the page managers use. At start-up it reads the events, acknowledgements and
-//! observations topics from the beginning: open episodes are kept in memory ([`view`]), the rest
-//! in an SQLite read model ([`store`]) that is rebuilt each time (the topics are the record).
+//! `vigil console`: the page managers use. At start-up it reads the events, acknowledgements,
+//! observations and camera-status topics from the beginning: open episodes and each camera's
+//! last known state are kept in memory ([`view`]), the rest in an SQLite read model ([`store`])
+//! that is rebuilt each time (the topics are the record).
 //! It serves, with axum ([`routes`]):
 //!
 //! - `GET /login`, `POST /login` (form fields `username`, `password`), `POST /logout`: sign-in
 //!   against the users file ([`users`]), sessions, CSRF checks and throttling ([`auth`]);
 //! - `GET /` the open episodes of the viewer's sites, each with its picture, how long it has been
 //!   open, its acknowledgement or a form to give one, and an `overdue` mark when nobody has
-//!   acknowledged it for `--ack-overdue-secs`; it refreshes itself every few seconds;
+//!   acknowledged it for `--ack-overdue-secs`; the site's cameras its gateway reports down
+//!   (so that a quiet site reads as "camera offline", not as "no violation"; an episode of an
+//!   offline camera says so); it refreshes itself every few seconds;
 //! - `POST /episodes/{id}/ack` (fields `csrf`, `note`): publishes an acknowledgement ([`acks`]);
 //! - `GET /api/open` the open episodes as JSON; `GET /api/episode/{id}`, `GET /episode/{id}`
 //!   one episode with its timeline; `GET /evidence/{id}` its picture, read from the evidence
 //!   store (`--evidence-url`, `file://` or `s3://`), so that a browser needs no access to it;
+//! - `GET /api/cameras` the viewer's cameras with their latest status (up or down, since when,
+//!   why);
 //! - `GET /history` past and open episodes, filtered; `GET /scorecard`, `GET /scorecard.csv`
 //!   the compliance scorecard ([`scorecard`]);
 //! - `GET /healthz`.
@@ -81,6 +86,8 @@ pub struct ConsoleConfig {
     pub acks_topic: String,
     /// The observations topic (the scorecard's compliance shares); none: no shares.
     pub observations_topic: Option<String>,
+    /// The site gateways' camera-status topic (JSON); none: cameras' states are not shown.
+    pub camera_status_topic: Option<String>,
     /// Where the page is served (`--addr`).
     pub addr: SocketAddr,
     /// Where the workers keep evidence pictures (to serve them to the page).
@@ -299,6 +306,13 @@ pub async fn run(
             |o| Record::Observation(Box::new(o)),
         )?);
     }
+    if let Some(topic) = &cfg.camera_status_topic {
+        // Made here too if no gateway has yet, so that the subscription finds it at once.
+        if let Err(e) = kafka::ensure_single_partition_topic(&cfg.kafka, topic).await {
+            tracing::warn!(%topic, error = %e, "cannot create the camera status topic");
+        }
+        tasks.push(follow_status(&cfg, topic, state.clone())?);
+    }
     drop(tx);
     let app = routes::router(state);
     let listener = tokio::net::TcpListener::bind(cfg.addr)
@@ -359,6 +373,44 @@ fn follow<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>(
                 }
                 Err(e) => {
                     tracing::warn!(topic = %topic, partition = msg.partition(), offset = msg.offset(), error = %e, "record not readable, skipped")
+                }
+            }
+        }
+    }))
+}
+
+/// Reads the camera-status topic from the start into the view. A record that is not a status
+/// record is skipped and logged.
+fn follow_status(
+    cfg: &ConsoleConfig,
+    topic: &str,
+    state: Arc<AppState>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let consumer = kafka::read_from_start(&cfg.kafka, "vigil-console", topic, 100)?;
+    let topic = topic.to_string();
+    Ok(tokio::spawn(async move {
+        let mut failures = 0u64;
+        loop {
+            let msg = match consumer.recv().await {
+                Ok(m) => m,
+                Err(e) => {
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        tracing::warn!(topic = %topic, error = %e, failures, "topic read failed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let payload = msg.payload().unwrap_or_default();
+            match serde_json::from_slice::<crate::contract::StatusRecord>(payload) {
+                Ok(rec) => {
+                    if let Ok(mut v) = state.view.write() {
+                        v.apply_status(rec);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic, partition = msg.partition(), offset = msg.offset(), error = %e, "camera status record not readable, skipped")
                 }
             }
         }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use super::auth::Viewer;
 use super::store::EpisodeRow;
 use super::view::OpenEpisode;
+use crate::contract::StatusRecord;
 
 /// HTML-escapes text.
 pub fn esc(s: &str) -> String {
@@ -69,7 +70,13 @@ pub fn login(message: Option<&str>) -> String {
 }
 
 /// One open episode's card, with its acknowledgement or the form to give one.
-pub fn card(e: &OpenEpisode, ack: Option<&AckView>, overdue: bool, csrf: &str) -> String {
+pub fn card(
+    e: &OpenEpisode,
+    ack: Option<&AckView>,
+    overdue: bool,
+    offline: Option<&StatusRecord>,
+    csrf: &str,
+) -> String {
     let picture = if e.evidence_uri.is_some() {
         format!(
             r#"<img src="/evidence/{id}" alt="evidence for {camera}" data-episode="{id}">"#,
@@ -96,7 +103,7 @@ pub fn card(e: &OpenEpisode, ack: Option<&AckView>, overdue: bool, csrf: &str) -
         ),
     };
     format!(
-        r#"<article class="episode {sev}{od}" data-episode="{id}">{picture}<div class="facts"><b>{rule}</b> <span class="sev">{sev}</span>{odl}<br>camera {camera}{zone}<br>open {open} · last seen {seen} · {frames} frames · peak {peak:.2}<br><a href="/episode/{id}">timeline</a></div>{ack_html}</article>"#,
+        r#"<article class="episode {sev}{od}" data-episode="{id}">{picture}<div class="facts"><b>{rule}</b> <span class="sev">{sev}</span>{odl}{offl}<br>camera {camera}{zone}<br>open {open} · last seen {seen} · {frames} frames · peak {peak:.2}<br><a href="/episode/{id}">timeline</a></div>{ack_html}</article>"#,
         sev = e.severity.as_str(),
         od = if overdue { " overdue" } else { "" },
         odl = if overdue {
@@ -104,6 +111,12 @@ pub fn card(e: &OpenEpisode, ack: Option<&AckView>, overdue: bool, csrf: &str) -
         } else {
             ""
         },
+        offl = offline
+            .map(|c| format!(
+                r#" <span class="offline-label" title="{}">camera offline</span>"#,
+                esc(&c.reason)
+            ))
+            .unwrap_or_default(),
         id = esc(&e.episode_id),
         rule = esc(&e.rule),
         camera = esc(&e.camera),
@@ -119,10 +132,37 @@ pub fn card(e: &OpenEpisode, ack: Option<&AckView>, overdue: bool, csrf: &str) -
     )
 }
 
-/// The open episodes page.
+/// The list of a site's cameras its gateway reports down.
+fn offline_list(cameras: &[StatusRecord]) -> String {
+    let items: Vec<String> = cameras
+        .iter()
+        .map(|c| {
+            format!(
+                r#"<li data-camera="{camera}">camera {camera}{zone} offline since {since}{why}</li>"#,
+                camera = esc(&c.camera),
+                zone = c
+                    .zone
+                    .as_deref()
+                    .map(|z| format!(" ({})", esc(z)))
+                    .unwrap_or_default(),
+                since = time(c.at_ms),
+                why = if c.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", esc(&c.reason))
+                },
+            )
+        })
+        .collect();
+    format!(r#"<ul class="offline">{}</ul>"#, items.join(""))
+}
+
+/// The open episodes page: per site, its open episodes and its cameras reported offline (a
+/// site with offline cameras is shown although nothing is open there).
 pub fn open_page(
     viewer: &Viewer,
     sites: &[(String, Vec<OpenEpisode>)],
+    offline: &[(String, Vec<StatusRecord>)],
     acks: &HashMap<String, AckView>,
     overdue: &dyn Fn(&OpenEpisode) -> bool,
     refresh_secs: u32,
@@ -132,15 +172,49 @@ pub fn open_page(
     if sites.is_empty() {
         body.push_str(r#"<p class="none">No open violations.</p>"#);
     }
-    for (site, episodes) in sites {
+    let mut names: Vec<&str> = sites
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .chain(offline.iter().map(|(s, _)| s.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for site in names {
+        let episodes: &[OpenEpisode] = sites
+            .iter()
+            .find(|(s, _)| s == site)
+            .map(|(_, e)| e.as_slice())
+            .unwrap_or_default();
+        let down: &[StatusRecord] = offline
+            .iter()
+            .find(|(s, _)| s == site)
+            .map(|(_, c)| c.as_slice())
+            .unwrap_or_default();
         body.push_str(&format!(
-            r#"<section class="site" data-site="{s}"><h2>{s} <small>{n} open</small></h2><div class="grid">"#,
+            r#"<section class="site" data-site="{s}"><h2>{s} <small>{n} open{d}</small></h2>"#,
             s = esc(site),
-            n = episodes.len()
+            n = episodes.len(),
+            d = if down.is_empty() {
+                String::new()
+            } else {
+                let n = down.len();
+                format!(" · {n} camera{} offline", if n == 1 { "" } else { "s" })
+            }
         ));
+        if !down.is_empty() {
+            body.push_str(&offline_list(down));
+        }
+        body.push_str(r#"<div class="grid">"#);
         for e in episodes {
             let ack = acks.get(&e.episode_id);
-            body.push_str(&card(e, ack, ack.is_none() && overdue(e), &viewer.csrf));
+            let camera_down = down.iter().find(|c| c.camera == e.camera);
+            body.push_str(&card(
+                e,
+                ack,
+                ack.is_none() && overdue(e),
+                camera_down,
+                &viewer.csrf,
+            ));
         }
         body.push_str("</div></section>");
     }

@@ -24,7 +24,7 @@ use super::store::EpisodeRow;
 use super::users::{Access, Role};
 use super::view::OpenEpisode;
 use super::{lock, AppState};
-use crate::contract::now_ms;
+use crate::contract::{now_ms, StatusRecord};
 use crate::telemetry::server::PeerAddr;
 
 type St = State<Arc<AppState>>;
@@ -33,6 +33,7 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
     let guarded = Router::new()
         .route("/", get(open_page))
         .route("/api/open", get(api_open))
+        .route("/api/cameras", get(api_cameras))
         .route("/api/episode/{episode}", get(api_episode))
         .route("/episode/{episode}", get(episode_page))
         .route("/evidence/{episode}", get(evidence))
@@ -305,15 +306,44 @@ fn is_overdue(s: &AppState, e: &OpenEpisode) -> bool {
     now_ms() - e.opened_at > s.ack_overdue.as_millis() as i64
 }
 
+/// The viewer's cameras with their latest status records, by site.
+fn cameras_for(s: &AppState, v: &Viewer) -> Vec<(String, Vec<StatusRecord>)> {
+    s.view
+        .read()
+        .map(|view| view.cameras_by_site())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(site, _)| v.access.allows(site))
+        .collect()
+}
+
 async fn open_page(State(s): St, Extension(v): Extension<Viewer>) -> Html<String> {
     let (sites, acks) = open_for(&s, &v).await;
+    let offline: Vec<(String, Vec<StatusRecord>)> = cameras_for(&s, &v)
+        .into_iter()
+        .map(|(site, cams)| (site, cams.into_iter().filter(|c| c.is_down()).collect()))
+        .filter(|(_, cams): &(String, Vec<StatusRecord>)| !cams.is_empty())
+        .collect();
     Html(pages::open_page(
         &v,
         &sites,
+        &offline,
         &acks,
         &|e| is_overdue(&s, e),
         s.refresh_secs,
     ))
+}
+
+async fn api_cameras(State(s): St, Extension(v): Extension<Viewer>) -> Response {
+    let sites: Vec<serde_json::Value> = cameras_for(&s, &v)
+        .into_iter()
+        .map(|(site, cameras)| serde_json::json!({"site": site, "cameras": cameras}))
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({"sites": sites, "generated_at": now_ms()}).to_string(),
+    )
+        .into_response()
 }
 
 async fn api_open(State(s): St, Extension(v): Extension<Viewer>) -> Response {

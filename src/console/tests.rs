@@ -487,3 +487,76 @@ async fn identity_headers_from_an_untrusted_address_are_ignored() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_sees_which_of_their_cameras_are_offline_and_no_other_sites() {
+    let (addr, state) = console().await;
+    let status = |site: &str, camera: &str, st: &str, at_ms: i64| crate::contract::StatusRecord {
+        site: site.into(),
+        camera: camera.into(),
+        zone: Some("kitchen".into()),
+        state: st.into(),
+        reason: if st == "down" {
+            "no answer within 10 s".into()
+        } else {
+            String::new()
+        },
+        at_ms,
+        reconnects: 3,
+    };
+    {
+        let mut v = state.view.write().unwrap();
+        // ep-a is on site-001's cam-0001 (sample_events): its camera goes down.
+        v.apply_status(status("site-001", "cam-0001", "up", 1_000));
+        v.apply_status(status("site-001", "cam-0001", "down", 2_000));
+        v.apply_status(status("site-001", "cam-0002", "up", 1_500));
+        v.apply_status(status("site-002", "cam-0009", "down", 2_500));
+    }
+    let c = client();
+    let r = sign_in(&c, &addr, "ana", PASSWORD).await;
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let get = |path: &str| {
+        c.get(format!("http://{addr}{path}"))
+            .header("cookie", &cookie)
+            .send()
+    };
+    let cams: serde_json::Value = get("/api/cameras").await.unwrap().json().await.unwrap();
+    let sites = cams["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 1, "{cams}");
+    assert_eq!(sites[0]["site"], "site-001");
+    let states: Vec<(&str, &str)> = sites[0]["cameras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["camera"].as_str().unwrap(), c["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("cam-0001", "down"), ("cam-0002", "up")]);
+    let page = get("/").await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains(r#"<li data-camera="cam-0001">camera cam-0001 (kitchen) offline since"#)
+            && page.contains("no answer within 10 s")
+            && page.contains("1 camera offline")
+            && !page.contains("cam-0002\">")
+            && !page.contains("cam-0009"),
+        "{page}"
+    );
+    // The episode of the offline camera says so.
+    let card = page
+        .split(r#"<article class="episode"#)
+        .find(|a| a.contains(r#"data-episode="ep-a""#))
+        .and_then(|a| a.split("</article>").next())
+        .unwrap();
+    assert!(card.contains("camera offline"), "{page}");
+    // It comes back: no longer listed.
+    state
+        .view
+        .write()
+        .unwrap()
+        .apply_status(status("site-001", "cam-0001", "up", 3_000));
+    let page = get("/").await.unwrap().text().await.unwrap();
+    assert!(
+        !page.contains("offline since") && !page.contains("camera offline"),
+        "{page}"
+    );
+}

@@ -1,12 +1,13 @@
-//! The console's picture of the world: open episodes, rebuilt from the events topic. Pure: events
-//! go in (in any order a replay gives: duplicates, an `opened` again after its `resolved`), the
-//! page's data comes out.
+//! The console's picture of the world: open episodes, rebuilt from the events topic, and each
+//! camera's last known state, from the site gateways' camera-status topic. Pure: records go in
+//! (in any order a replay gives: duplicates, an `opened` again after its `resolved`, a status
+//! record delivered twice), the page's data comes out.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 
-use crate::contract::{EventKind, Severity, ViolationEvent};
+use crate::contract::{EventKind, Severity, StatusRecord, ViolationEvent};
 
 /// Resolved episodes remembered, so that a replayed `opened` does not bring one back.
 const REMEMBER_RESOLVED: usize = 100_000;
@@ -39,6 +40,9 @@ pub struct View {
     resolved_order: VecDeque<String>,
     /// Events applied (for the page's footer and the tests).
     pub events_seen: u64,
+    /// Each camera's latest status record, by (site, camera): a camera's id is unique only
+    /// within its site.
+    cameras: HashMap<(String, String), StatusRecord>,
 }
 
 impl View {
@@ -118,6 +122,39 @@ impl View {
     pub fn open_count(&self) -> usize {
         self.open.len()
     }
+
+    /// Takes a camera-status record; an older one than the camera's latest (a duplicate, a
+    /// replay) changes nothing.
+    pub fn apply_status(&mut self, rec: StatusRecord) {
+        let key = (rec.site.clone(), rec.camera.clone());
+        match self.cameras.get(&key) {
+            Some(known) if known.at_ms > rec.at_ms => {}
+            _ => {
+                self.cameras.insert(key, rec);
+            }
+        }
+    }
+
+    /// Whether the gateway last said this camera is down.
+    pub fn camera_down(&self, site: &str, camera: &str) -> Option<&StatusRecord> {
+        self.cameras
+            .get(&(site.to_string(), camera.to_string()))
+            .filter(|r| r.is_down())
+    }
+
+    /// Every camera's latest status, by site (sites and cameras in name order).
+    pub fn cameras_by_site(&self) -> Vec<(String, Vec<StatusRecord>)> {
+        let mut all: Vec<&StatusRecord> = self.cameras.values().collect();
+        all.sort_by(|a, b| (&a.site, &a.camera).cmp(&(&b.site, &b.camera)));
+        let mut out: Vec<(String, Vec<StatusRecord>)> = Vec::new();
+        for r in all {
+            match out.last_mut() {
+                Some((site, v)) if *site == r.site => v.push(r.clone()),
+                _ => out.push((r.site.clone(), vec![r.clone()])),
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -170,5 +207,54 @@ mod tests {
         v.apply(&ev(EventKind::Opened, "c", "site-1", 300, 0));
         assert!(v.get("c").is_none());
         assert_eq!(v.open_count(), 2);
+    }
+
+    fn status(site: &str, camera: &str, state: &str, at_ms: i64) -> StatusRecord {
+        StatusRecord {
+            site: site.into(),
+            camera: camera.into(),
+            zone: None,
+            state: state.into(),
+            reason: if state == "down" {
+                "no answer".into()
+            } else {
+                String::new()
+            },
+            at_ms,
+            reconnects: 0,
+        }
+    }
+
+    #[test]
+    fn a_camera_is_as_its_latest_status_record_says_within_its_own_site() {
+        let mut v = View::default();
+        v.apply_status(status("site-1", "cam-a", "down", 200));
+        v.apply_status(status("site-2", "cam-a", "up", 100));
+        assert!(v.camera_down("site-1", "cam-a").is_some());
+        assert!(
+            v.camera_down("site-2", "cam-a").is_none(),
+            "another site's cam-a"
+        );
+        // A duplicate of an older record, delivered late, changes nothing.
+        v.apply_status(status("site-1", "cam-a", "up", 150));
+        assert!(v.camera_down("site-1", "cam-a").is_some());
+        v.apply_status(status("site-1", "cam-a", "up", 300));
+        assert!(v.camera_down("site-1", "cam-a").is_none());
+        v.apply_status(status("site-1", "cam-b", "down", 310));
+        let by_site = v.cameras_by_site();
+        let names: Vec<(String, Vec<String>)> = by_site
+            .iter()
+            .map(|(s, c)| (s.clone(), c.iter().map(|r| r.camera.clone()).collect()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (
+                    "site-1".to_string(),
+                    vec!["cam-a".to_string(), "cam-b".to_string()]
+                ),
+                ("site-2".to_string(), vec!["cam-a".to_string()])
+            ]
+        );
     }
 }

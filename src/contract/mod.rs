@@ -5,8 +5,10 @@
 //! - [`reject`]: why a frame is dead-lettered ([`Reason`], [`Rejection`]);
 //! - [`envelope`]: what travels between stages ([`Origin`], [`Outcome`], [`DeadLetter`]…);
 //! - [`observation`] and [`event`]: the records published (observations, violation events);
+//! - [`camera_status`]: a site gateway's word that a camera went down or came back;
 //! - [`error`]: errors that cross stages, with whose fault they are.
 
+pub mod camera_status;
 pub mod envelope;
 pub mod error;
 pub mod event;
@@ -15,6 +17,7 @@ pub mod jpeg;
 pub mod observation;
 pub mod reject;
 
+pub use camera_status::StatusRecord;
 pub use envelope::{
     DeadLetter, Judged, Observed, Origin, Outcome, RawFrame, Stamp, StateRecord, Ticket,
 };

@@ -5,31 +5,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::config::CameraUrl;
-use crate::contract::now_ms;
+use crate::contract::{now_ms, StatusRecord};
 use crate::telemetry::SiteMetrics;
-
-/// A camera went down or came back: the value of a camera-status record (JSON; key = camera).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct StatusRecord {
-    /// The site id.
-    pub site: String,
-    /// The camera id (also the record's key).
-    pub camera: String,
-    /// The camera's zone, if any.
-    pub zone: Option<String>,
-    /// `up` or `down`.
-    pub state: String,
-    /// Why it went down (empty when up): the capture's words, without the URL's credentials.
-    pub reason: String,
-    /// When the gateway saw the change, ms since the epoch.
-    pub at_ms: i64,
-    /// Reconnection attempts of the camera so far.
-    pub reconnects: u64,
-}
 
 /// Where a camera stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

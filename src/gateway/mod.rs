@@ -235,23 +235,11 @@ async fn prepare_topics(cfg: &SiteConfig) -> Result<(), StageError> {
         }
         Err(e) => return Err(StageError::stop("gateway", Domain::User, e.to_string())),
     }
-    // Three replicas where the cluster has them, one on a single broker.
-    for replication in [3, 1] {
-        let topic = std::slice::from_ref(&cfg.status_topic);
-        match kafka::create_topics(&cfg.kafka, topic, 1, replication, &[], &[]).await {
-            Ok(t) => {
-                if t.iter().any(|(_, new)| *new) {
-                    let topic = &cfg.status_topic;
-                    tracing::info!(%topic, replication, "camera status topic created");
-                }
-                break;
-            }
-            Err(e) if replication == 1 => {
-                let topic = &cfg.status_topic;
-                tracing::warn!(%topic, error = %e, "cannot create the camera status topic")
-            }
-            Err(_) => {}
-        }
+    let topic = &cfg.status_topic;
+    match kafka::ensure_single_partition_topic(&cfg.kafka, topic).await {
+        Ok(true) => tracing::info!(%topic, "camera status topic created"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(%topic, error = %e, "cannot create the camera status topic"),
     }
     let _ = kafka::check_message_sizes(&cfg.kafka, &[&cfg.topic], cfg.max_frame_bytes).await;
     Ok(())

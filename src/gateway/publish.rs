@@ -24,9 +24,9 @@ use tokio::sync::mpsc;
 
 use super::buffer::{Buffer, Frame};
 use super::capture::{Captured, Stop};
-use super::health::StatusRecord;
 use super::limit::{Caps, TokenBucket};
 use crate::contract::error::{Domain, StageError};
+use crate::contract::StatusRecord;
 use crate::contract::{header, now_ms};
 use crate::kafka::{self, BrokerLink, OutputProducer};
 use crate::telemetry::SiteMetrics;

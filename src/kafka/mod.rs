@@ -242,6 +242,23 @@ pub fn message_bytes_for(max_frame_bytes: usize) -> usize {
     max_frame_bytes + HEADER_ROOM
 }
 
+/// Creates `topic` with one partition if it is missing: with three replicas where the
+/// cluster has them, one on a single broker. For small topics of records keyed by camera
+/// (camera status), read whole by every reader. Returns whether it was created.
+pub async fn ensure_single_partition_topic(
+    kafka: &KafkaArgs,
+    topic: &str,
+) -> Result<bool, ClientError> {
+    let names = [topic.to_string()];
+    match create_topics(kafka, &names, 1, 3, &[], &[]).await {
+        Ok(t) => Ok(t.iter().any(|(_, new)| *new)),
+        Err(_) => Ok(create_topics(kafka, &names, 1, 1, &[], &[])
+            .await?
+            .iter()
+            .any(|(_, new)| *new)),
+    }
+}
+
 /// Creates topics that do not exist yet; existing ones are left alone (idempotent). Topics in
 /// `compacted` get `cleanup.policy=compact`; `sized` ones get `max.message.bytes` set to the
 /// given size.
