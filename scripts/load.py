@@ -176,6 +176,12 @@ def main():
     ap.add_argument("--rate", type=float, help="frames per second, all cameras together")
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--backlog", type=int, help="publish this many frames, then measure the drain")
+    ap.add_argument("--footage-fps", type=float, metavar="F",
+                    help="with --backlog: stamp the frames as footage recorded at F frames/s per "
+                         "camera (vigil gateway --footage-fps), so that a rule with its own rate "
+                         "(no_animals every 2 s) runs as often as at that camera rate; without it a "
+                         "backlog is stamped as published, within seconds, and such a rule looks "
+                         "cheaper than it is")
     ap.add_argument("--source", default=os.path.join(ROOT, "tests/data/faces"))
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--zone", default="kitchen")
@@ -207,6 +213,8 @@ def main():
         ap.error("--compare needs --local N")
     if a.local and a.local_python and not a.compare:
         ap.error("--local and --local-python together need --compare")
+    if a.footage_fps is not None and not (a.backlog and a.footage_fps > 0):
+        ap.error("--footage-fps needs --backlog and a positive rate")
     if a.steady_fraction is not None and not (a.backlog and 0 < a.steady_fraction):
         ap.error("--steady-fraction needs --backlog and a positive fraction")
     if a.local and a.backlog:
@@ -348,6 +356,8 @@ def run(a):
                "--loop", "--cameras", str(a.cameras), "--fps", f"{fps:.6f}",
                "--frames", str(per_camera), "--width", str(a.width), "--zones", a.zone,
                "--camera-prefix", prefix] + ([] if a.moving else ["--still"])
+    if a.backlog and a.footage_fps:
+        gateway += ["--footage-fps", f"{a.footage_fps:.6f}"]
     sys.stderr.write(f"load: publishing {expected} frames from {a.cameras} cameras"
                      + (" as a backlog\n" if a.backlog else f" at {a.rate} frames/s\n"))
     subprocess.run(gateway, env=env, check=True, stderr=subprocess.DEVNULL)

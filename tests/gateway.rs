@@ -573,3 +573,53 @@ fn a_bad_camera_file_stops_start_up_naming_the_camera_and_the_key() -> Result {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_stamps_a_backlog_as_footage_at_its_rate() -> Result {
+    let topics = create_topics(2).await?;
+    let before = vigil::contract::now_ms();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "gateway",
+            "--brokers",
+            &brokers(),
+            "--frames-topic",
+            &topics.frames,
+        ])
+        .arg("--source")
+        .arg(repo().join("tests/data/faces"))
+        .args([
+            "--cameras",
+            "2",
+            "--frames",
+            "4",
+            "--fps",
+            "1000",
+            "--footage-fps",
+            "2",
+        ])
+        .args(["--width", "160"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames = read_frames(&brokers(), &topics.frames, Duration::from_secs(2))?;
+    ensure!(frames.len() == 8, "{frames:?}");
+    for camera in ["cam-0001", "cam-0002"] {
+        let mut mine: Vec<&FrameSeen> = frames.iter().filter(|f| f.camera == camera).collect();
+        mine.sort_by_key(|f| f.seq);
+        let at: Vec<i64> = mine.iter().map(|f| f.captured_at).collect();
+        // Four frames half a second apart, the footage ending when the simulator started.
+        ensure!(
+            at.windows(2).all(|w| (w[1] - w[0] - 500).abs() <= 1),
+            "{camera}: {at:?}"
+        );
+        ensure!(
+            at[0] >= before - 2_100 && at[3] < vigil::contract::now_ms(),
+            "{camera}: {at:?} (started after {before})"
+        );
+    }
+    Ok(())
+}

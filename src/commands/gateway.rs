@@ -44,6 +44,9 @@ pub struct GatewayConfig {
     pub still: bool,
     /// Stop after this many frames per camera.
     pub frames: Option<u64>,
+    /// Stamp frames as footage recorded at this rate per camera, ending at start-up, instead
+    /// of when they are published (a backlog with real-time spacing).
+    pub footage_fps: Option<f64>,
     /// Resize frames to this width first (keeping aspect), if set.
     pub width: Option<u32>,
     pub max_frame_bytes: usize,
@@ -101,6 +104,7 @@ pub async fn run_args(
         repeat: a.repeat,
         still: a.still,
         frames: a.frames,
+        footage_fps: a.footage_fps,
         width: a.width,
         max_frame_bytes: a.max_frame_bytes,
         camera_prefix: a.camera_prefix,
@@ -226,6 +230,9 @@ pub async fn run(
     if cfg.fps <= 0.0 || !cfg.fps.is_finite() {
         bail!("--fps must be a positive number, got {}", cfg.fps);
     }
+    if cfg.footage_fps.is_some_and(|f| f <= 0.0 || !f.is_finite()) {
+        bail!("--footage-fps must be a positive number");
+    }
     if cfg.cameras == 0 {
         bail!("--cameras must be at least 1");
     }
@@ -272,6 +279,12 @@ pub async fn run(
     let mut last_progress = Instant::now();
     let mut round: u64 = 0;
     let mut oversize: u64 = 0;
+    // With --footage-fps: round r of camera c was "captured" at footage_start + (r + c/N) / fps.
+    let footage = cfg.footage_fps.map(|f| {
+        let period_ms = 1000.0 / f;
+        let rounds = cfg.frames.unwrap_or(1) as f64;
+        (now_ms() as f64 - rounds * period_ms, period_ms)
+    });
     tokio::pin!(shutdown);
     readiness.set(crate::telemetry::Phase::Ready);
     tracing::info!(cameras = cfg.cameras, fps = cfg.fps, source = %cfg.source, topic = %cfg.topic, "gateway started");
@@ -332,7 +345,14 @@ pub async fn run(
                     _ = tokio::time::sleep_until(at) => {}
                 }
             }
-            let captured_at = now_ms().to_string();
+            let captured_at = match footage {
+                Some((start, period_ms)) => {
+                    let at = (round as f64 + c as f64 / ids.len() as f64) * period_ms;
+                    (start + at) as i64
+                }
+                None => now_ms(),
+            }
+            .to_string();
             if frame.len() > cfg.max_frame_bytes {
                 oversize += 1;
                 metrics.errors.with_label_values(&["oversize"]).inc();

@@ -252,6 +252,12 @@ pub struct GatewayArgs {
     /// Stop after this many frames per camera.
     #[arg(long, conflicts_with = "cameras_file")]
     pub frames: Option<u64>,
+    /// Simulator: stamp `captured_at` as footage recorded at this many frames per second per
+    /// camera, ending when the gateway starts (a backlog spaced as in real time, so that rules
+    /// with their own rate see a real camera's cadence), instead of the moment each frame is
+    /// published. Needs --frames.
+    #[arg(long, conflicts_with = "cameras_file", requires = "frames")]
+    pub footage_fps: Option<f64>,
     /// Resize frames to this width (keeping aspect ratio) before encoding.
     #[arg(long, conflicts_with = "cameras_file")]
     pub width: Option<u32>,
