@@ -19,21 +19,25 @@ use anyhow::{anyhow, Context as _};
 use rdkafka::producer::Producer;
 use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::config::WorkerConfig;
 use super::intake::{Intake, Taken};
 use super::progress::watch_queues;
 use super::supervise::{spawn_infallible, spawn_stage};
 use super::{load, Restorer};
+use crate::codec::Codecs;
 use crate::contract::{Domain, Observed, Outcome, StageError};
 use crate::decode::{Decoder, Pending};
 use crate::episodes::cameras::CameraBook;
 use crate::episodes::{Judge, StateStore};
+use crate::evidence::Evidence;
+use crate::infer::model::Model;
 use crate::infer::shed::Shedder;
-use crate::infer::{FramePlan, Infer};
+use crate::infer::{FramePlan, Infer, Planner};
 use crate::kafka;
 use crate::sink::{Checkpoints, Emitter, Sink, Topics};
-use crate::source::{self, SourceConfig};
+use crate::source::{self, Source, SourceConfig};
 use crate::telemetry::{self, Metrics, Phase, Readiness};
 
 /// How often delivered frames' episode state is checkpointed and their offsets stored (the
@@ -50,60 +54,18 @@ pub async fn run(
         cfg.camera_labels.then_some(cfg.camera_series_limit),
     ));
 
-    // Models, brokers and schemas first: a worker that cannot infer or publish must not join
-    // the group. Local checks come before the network's; a wrong CA or password stops the
-    // worker here, naming the cause.
-    let (planner, models) = {
-        let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || load::models(&cfg)).await??
-    };
-    // Brokers that do not answer are waited for (a worker may start during an outage); a wrong
-    // CA or password stops it here, naming the cause.
-    kafka::wait_for_brokers_async(&cfg.kafka).await?;
-    let codecs = load::codecs(&cfg).await?;
-    for m in &models {
-        metrics
-            .model_info
-            .with_label_values(&[
-                &m.manifest.name,
-                &m.manifest.version,
-                m.provider,
-                &cfg.exec.device.to_string(),
-            ])
-            .set(1);
-    }
-
-    let readiness = Readiness::default();
-    // Whether the brokers answer: `/readyz` is 503 while they do not, and the worker waits.
-    let link = kafka::BrokerLink::new(readiness.clone(), metrics.clone());
-    let endpoint = match cfg.metrics_addr {
-        Some(addr) => {
-            let server = telemetry::serve(metrics.registry.clone(), addr, readiness.clone())
-                .await
-                .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
-            tracing::info!(addr = %server.addr, "metrics endpoint listening");
-            Some(server)
-        }
-        None => None,
-    };
-
-    let producer = cfg
-        .kafka
-        .output_producer(64 * 1024 * 1024, None, &link)
-        .map_err(|e| anyhow!(e))?;
-    let co_partitioned = check_topics(&cfg, &producer).await?;
-    let dlq_limit = kafka::check_message_sizes(
-        &cfg.kafka,
-        &[&cfg.frames_topic, &cfg.dlq_topic],
-        cfg.limits.max_frame_bytes,
-    )
-    .await
-    .pop()
-    .flatten();
-    let dlq_producer = cfg
-        .kafka
-        .output_producer(64 * 1024 * 1024, dlq_limit, &link)
-        .map_err(|e| anyhow!(e))?;
+    let Connected {
+        planner,
+        models,
+        codecs,
+        readiness,
+        link,
+        endpoint,
+        producer,
+        dlq_producer,
+        dlq_limit,
+        co_partitioned,
+    } = connect(&cfg, &metrics).await?;
 
     let evidence = match &cfg.evidence {
         Some(e) => Some(
@@ -161,7 +123,6 @@ pub async fn run(
         hooks,
         fatal_tx.clone(),
     )?;
-    let consumer = source.consumer.clone();
 
     // The stages, from the sink upstream, each holding the sender of the next.
     let (out_tx, out_rx) = mpsc::channel::<Outcome>(cfg.max_in_flight.max(1));
@@ -243,6 +204,149 @@ pub async fn run(
     drop(fatal_tx);
 
     tracing::info!(group = %cfg.group, topic = %cfg.frames_topic, worker = %cfg.worker_id, "worker started");
+    let failure = feed(
+        &mut source,
+        &intake,
+        &decoder,
+        &decode_tx,
+        &out_tx,
+        &mut fatal_rx,
+        shutdown,
+    )
+    .await;
+
+    drain(
+        &cfg,
+        Running {
+            source,
+            producer,
+            dlq_producer,
+            decode_tx,
+            out_tx,
+            sequencer,
+            stages,
+            emitter,
+            gauges,
+            fatal_rx,
+            failure,
+        },
+        &readiness,
+        &metrics,
+        evidence.as_deref(),
+        endpoint,
+    )
+    .await
+}
+
+/// What a worker has before it joins the group: a worker that cannot infer or publish must
+/// not take partitions.
+struct Connected {
+    /// Which models each frame needs, by rule.
+    planner: Arc<Planner>,
+    /// The loaded sessions, one per model.
+    models: Vec<Model>,
+    /// The Avro writers (registered when a schema registry is used).
+    codecs: Codecs,
+    /// What `/readyz` answers.
+    readiness: Readiness,
+    /// Whether the brokers answer (the worker waits while they do not).
+    link: kafka::BrokerLink,
+    /// The `/metrics` endpoint, when `--metrics-addr` is set.
+    endpoint: Option<telemetry::server::Server>,
+    /// Observations, events and state records.
+    producer: kafka::OutputProducer,
+    /// Dead letters (batches limited to the dead-letter topic's message size).
+    dlq_producer: kafka::OutputProducer,
+    /// The dead-letter topic's `max.message.bytes`, when known.
+    dlq_limit: Option<usize>,
+    /// Whether observations go to their frame's partition number.
+    co_partitioned: bool,
+}
+
+/// Loads the models, waits for the brokers, checks the topics and schemas, and opens the
+/// producers and the metrics endpoint.
+async fn connect(cfg: &WorkerConfig, metrics: &Arc<Metrics>) -> anyhow::Result<Connected> {
+    // Models, brokers and schemas first: a worker that cannot infer or publish must not join
+    // the group. Local checks come before the network's; a wrong CA or password stops the
+    // worker here, naming the cause.
+    let (planner, models) = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || load::models(&cfg)).await??
+    };
+    // Brokers that do not answer are waited for (a worker may start during an outage); a wrong
+    // CA or password stops it here, naming the cause.
+    kafka::wait_for_brokers_async(&cfg.kafka).await?;
+    let codecs = load::codecs(cfg).await?;
+    for m in &models {
+        metrics
+            .model_info
+            .with_label_values(&[
+                &m.manifest.name,
+                &m.manifest.version,
+                m.provider,
+                &cfg.exec.device.to_string(),
+            ])
+            .set(1);
+    }
+
+    let readiness = Readiness::default();
+    // Whether the brokers answer: `/readyz` is 503 while they do not, and the worker waits.
+    let link = kafka::BrokerLink::new(readiness.clone(), metrics.clone());
+    let endpoint = match cfg.metrics_addr {
+        Some(addr) => {
+            let server = telemetry::serve(metrics.registry.clone(), addr, readiness.clone())
+                .await
+                .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+            tracing::info!(addr = %server.addr, "metrics endpoint listening");
+            Some(server)
+        }
+        None => None,
+    };
+
+    let producer = cfg
+        .kafka
+        .output_producer(64 * 1024 * 1024, None, &link)
+        .map_err(|e| anyhow!(e))?;
+    let co_partitioned = check_topics(cfg, &producer).await?;
+    let dlq_limit = kafka::check_message_sizes(
+        &cfg.kafka,
+        &[&cfg.frames_topic, &cfg.dlq_topic],
+        cfg.limits.max_frame_bytes,
+    )
+    .await
+    .pop()
+    .flatten();
+    let dlq_producer = cfg
+        .kafka
+        .output_producer(64 * 1024 * 1024, dlq_limit, &link)
+        .map_err(|e| anyhow!(e))?;
+
+    Ok(Connected {
+        planner,
+        models,
+        codecs,
+        readiness,
+        link,
+        endpoint,
+        producer,
+        dlq_producer,
+        dlq_limit,
+        co_partitioned,
+    })
+}
+
+/// Reads frames until `shutdown` resolves or a stage fails, handing each to the intake: a
+/// refused frame goes to the sink as a dead letter, an admitted one to the decoders (on the
+/// blocking pool). Returns the failure, if one ended it.
+async fn feed(
+    source: &mut Source,
+    intake: &Intake,
+    decoder: &Arc<Decoder>,
+    decode_tx: &mpsc::Sender<Pending<FramePlan>>,
+    out_tx: &mpsc::Sender<Outcome>,
+    fatal_rx: &mut mpsc::Receiver<StageError>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Option<StageError> {
     let mut failure: Option<StageError> = None;
     tokio::pin!(shutdown);
     loop {
@@ -275,7 +379,57 @@ pub async fn run(
             }
         }
     }
+    failure
+}
 
+/// A running worker's parts that the drain stops, in order.
+struct Running {
+    /// The frames consumer (its thread, offsets and group membership).
+    source: Source,
+    /// Observations, events and state records.
+    producer: kafka::OutputProducer,
+    /// Dead letters.
+    dlq_producer: kafka::OutputProducer,
+    /// The intake's sender to the decoders: dropped first, so the stages finish.
+    decode_tx: mpsc::Sender<Pending<FramePlan>>,
+    /// The intake's sender to the sink (dead letters).
+    out_tx: mpsc::Sender<Outcome>,
+    /// The stages, upstream first.
+    sequencer: JoinHandle<()>,
+    stages: Vec<JoinHandle<()>>,
+    emitter: JoinHandle<()>,
+    /// The queue-depth gauges.
+    gauges: JoinHandle<()>,
+    /// Failures of stages that end after the reading stopped.
+    fatal_rx: mpsc::Receiver<StageError>,
+    /// The failure that ended the reading, if any.
+    failure: Option<StageError>,
+}
+
+/// Stops reading, lets every stage finish what it holds (within the drain timeout), commits
+/// what was delivered, writes the queued evidence pictures and stops the metrics endpoint.
+async fn drain(
+    cfg: &WorkerConfig,
+    running: Running,
+    readiness: &Readiness,
+    metrics: &Arc<Metrics>,
+    evidence: Option<&Evidence>,
+    endpoint: Option<telemetry::server::Server>,
+) -> anyhow::Result<()> {
+    let Running {
+        mut source,
+        producer,
+        dlq_producer,
+        decode_tx,
+        out_tx,
+        sequencer,
+        stages,
+        emitter,
+        gauges,
+        mut fatal_rx,
+        mut failure,
+    } = running;
+    let consumer = source.consumer.clone();
     // Drain: stop reading, then closing the intake's senders lets each stage finish what it
     // holds and end.
     tracing::info!("worker stopping, draining in-flight frames");
@@ -319,7 +473,7 @@ pub async fn run(
     }
     // Events already name the queued pictures: write them (they went on while the offsets were
     // committed), counting any the deadline leaves unwritten.
-    if let Some(evidence) = &evidence {
+    if let Some(evidence) = evidence {
         evidence.drain(deadline).await;
     }
     if let Some(server) = endpoint {
