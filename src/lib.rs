@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! contract/   the leaf vocabulary: frame contract and JPEG structure, rejection reasons, the
-//!             envelope a frame carries between stages, observation and event records, errors
+//!             envelope a frame carries between stages, observation and event records, the
+//!             gateways' camera-status record, errors
 //! rules/      the rules file: which checks run on which cameras, and episode parameters
 //! source/     the group consumer (on its own thread; rebalances drain, commit and restore
 //!             there), in-flight offsets, intake checks
@@ -24,7 +25,8 @@
 //! gateway/    `vigil gateway --cameras-file`: the site gateway (cameras over RTSP and HTTP,
 //!             reconnects, camera health, caps, store and forward on disk)
 //! console/    `vigil console`: sign-in and per-site access, open violations with their pictures,
-//!             acknowledgements (their own topic), history and the compliance scorecard (SQLite)
+//!             cameras offline (the gateways' status topic), acknowledgements (their own
+//!             topic), history and the compliance scorecard (SQLite)
 //! ingest/     `vigil ingest`: HTTP(S) uploads from cameras and phones become frames
 //! codec/      Avro, the schema registry client
 //! telemetry/  Prometheus metrics and the /metrics, /healthz, /readyz endpoint (axum)
