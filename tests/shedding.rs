@@ -20,6 +20,25 @@ const CAMERAS: usize = 12;
 const RATE: f64 = 80.0;
 const SECONDS: f64 = 60.0;
 
+/// Whether load shedding skipped the frame: its due rules say `unknown`, reason `skipped_stale`
+/// (a rule with its own rate that was not due on the frame says `not_due` either way).
+fn shed(o: &vigil::contract::observation::Observation) -> bool {
+    let skipped = o
+        .rules
+        .iter()
+        .any(|r| r.reason.as_deref() == Some("skipped_stale"));
+    assert!(
+        !skipped
+            || o.rules.iter().all(|r| {
+                r.verdict == Verdict::Unknown
+                    && matches!(r.reason.as_deref(), Some("skipped_stale" | "not_due"))
+            }),
+        "a skipped frame has no rule judged: {:?}",
+        o.rules
+    );
+    skipped
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_fairly_and_visibly() -> Result {
     let topics = create_topics(2).await?;
@@ -94,10 +113,7 @@ async fn overload_is_shed_fairly_and_visibly() -> Result {
     let mut per_camera: HashMap<String, usize> = HashMap::new();
     for g in &got {
         let o = g.observation()?;
-        let skip = !o.rules.is_empty()
-            && o.rules.iter().all(|r| {
-                r.verdict == Verdict::Unknown && r.reason.as_deref() == Some("skipped_stale")
-            });
+        let skip = shed(&o);
         if skip {
             skipped += 1;
         } else {
@@ -210,10 +226,7 @@ async fn an_old_backlog_is_judged_the_same_across_a_sigkill() -> Result {
     let mut judged: HashMap<String, Vec<u64>> = HashMap::new();
     for g in &got {
         let o = g.observation()?;
-        let skipped = o
-            .rules
-            .iter()
-            .all(|r| r.reason.as_deref() == Some("skipped_stale"));
+        let skipped = shed(&o);
         if !skipped {
             judged.entry(o.camera.clone()).or_default().push(o.seq);
         }
@@ -292,10 +305,7 @@ async fn a_frame_judged_fresh_is_judged_again_when_it_is_read_again_stale() -> R
     let mut admissions: HashMap<i64, Vec<bool>> = HashMap::new();
     for g in &got {
         let o = g.observation()?;
-        let skipped = o
-            .rules
-            .iter()
-            .all(|r| r.reason.as_deref() == Some("skipped_stale"));
+        let skipped = shed(&o);
         ensure!(
             g.header("admission").as_deref() == Some(if skipped { "skipped" } else { "judged" }),
             "the admission header says how the frame was admitted: {:?}",
