@@ -14,7 +14,8 @@ Run with the project's Python, which has confluent-kafka (no numpy or OpenCV nee
     .venv/bin/python models/evaluate.py --sets mask-scenes-val,closeups [--pack NAME=RULES.toml]...
 
 Sets: mask-scenes-val (models/splits/mask-scenes-val.txt over ../shared/data/mask-scenes),
-gloves-val (models/splits/gloves-val.txt over ../shared/data/gloves), closeups
+gloves-val (models/splits/gloves-val.txt over ../shared/data/gloves), closeups-val (faces of
+mask-scenes-val cut out as small close-ups: one face filling the frame), closeups
 (tests/data/faces: bare faces, violations; tests/data/masked: masked, compliant; plus `--closeup-dir DIR` whose
 `labels.txt` has lines `FILE compliant|violation`). A set is one small loader function below.
 """
@@ -56,8 +57,9 @@ class Item:
     """One image: sent as the only frame of its own camera. `boxes` are labelled objects
     (class, x1, y1, x2, y2 normalised to the image); `truth`, when set, overrides the boxes."""
 
-    def __init__(self, camera, path, boxes=(), truth=None, size=None):
+    def __init__(self, camera, path, boxes=(), truth=None, size=None, data=None):
         self.camera, self.path, self.boxes, self.truth, self.size = camera, path, list(boxes), truth, size
+        self.data = data  # JPEG bytes made here (a cut-out), instead of the file at `path`
 
 
 class ImageSet:
@@ -138,7 +140,52 @@ def load_closeups(args):
     return ImageSet("closeups", "kitchen", "mask", [], items)
 
 
-SETS = {"mask-scenes-val": load_mask_scenes, "gloves-val": load_gloves, "closeups": load_closeups}
+def voc_faces(stem):
+    xml = ET.parse(DATA / "mask-scenes" / "annotations" / f"{stem}.xml").getroot()
+    return [(o.find("name").text, *(float(o.find("bndbox").find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")))
+            for o in xml.iter("object")]
+
+
+def load_closeups_val(args, min_face_px=32, seed=20261207):
+    """Close-ups cut from the held-out scenes: each labelled face at least `min_face_px` tall
+    whose neighbours stay out of it, grown by 10-35 % of its size on each side, scaled so that
+    the longer side is 110-200 px (the small phone photos a face fills), JPEG quality 90. A
+    violation when the face is unmasked or wears its mask wrong. Seeded: the same set each run."""
+    import random
+
+    import cv2
+    rnd, items = random.Random(seed), []
+    for stem in read_split("mask-scenes-val"):
+        faces = voc_faces(stem)
+        img = None
+        for i, (label, x1, y1, x2, y2) in enumerate(faces):
+            if y2 - y1 < min_face_px:
+                continue
+            img = cv2.imread(str(DATA / "mask-scenes" / "images" / f"{stem}.jpg")) if img is None else img
+            m, (bw, bh) = rnd.uniform(0.10, 0.35), (x2 - x1, y2 - y1)
+            X1, Y1 = int(max(0, x1 - m * bw)), int(max(0, y1 - m * bh))
+            X2, Y2 = int(min(img.shape[1], x2 + m * bw)), int(min(img.shape[0], y2 + m * bh))
+            side = rnd.randint(110, 200)
+
+            def inside(b):  # share of another face's box inside this cut-out
+                ix = max(0.0, min(X2, b[3]) - max(X1, b[1]))
+                iy = max(0.0, min(Y2, b[4]) - max(Y1, b[2]))
+                return ix * iy / max((b[3] - b[1]) * (b[4] - b[2]), 1.0)
+            if any(inside(b) > 0.3 for j, b in enumerate(faces) if j != i):
+                continue
+            crop = img[Y1:Y2, X1:X2]
+            f = side / max(crop.shape[:2])
+            w, h = max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f))
+            crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+            box = (label, (x1 - X1) / (X2 - X1), (y1 - Y1) / (Y2 - Y1), (x2 - X1) / (X2 - X1), (y2 - Y1) / (Y2 - Y1))
+            data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+            items.append(Item(camera_id("cv", f"{stem}-{i}"), f"{stem}.jpg#face{i}", [box],
+                              truth=label != "with_mask", size=(w, h), data=data))
+    return ImageSet("closeups-val", "kitchen", "mask", ["without_mask", "mask_weared_incorrect"], items)
+
+
+SETS = {"mask-scenes-val": load_mask_scenes, "gloves-val": load_gloves, "closeups": load_closeups,
+        "closeups-val": load_closeups_val}
 
 
 def rule_kind(name, rule, overrides):
@@ -224,7 +271,7 @@ def measure_pack(run, brokers, pack, rules_file, sets):
         for it in s.items:
             now = str(int(time.time() * 1000))
             headers = {"site": SITE, "camera": it.camera, "captured_at": now, "seq": "1", "zone": s.zone}
-            producer.produce(t["frames"], key=it.camera, value=jpeg_bytes(it.path), headers=list(headers.items()),
+            producer.produce(t["frames"], key=it.camera, value=it.data or jpeg_bytes(it.path), headers=list(headers.items()),
                              on_delivery=lambda e, m: e and errors.append(str(e)))
             producer.poll(0)
             sent += 1

@@ -16,7 +16,7 @@ use super::cascade;
 use super::frame::{ms, InFrame, Infer, InferItem, Reply, Slot};
 use super::model::{Detection, ModelOutput};
 use super::observe::finish;
-use super::plan::FramePlan;
+use super::plan::{FramePlan, CLOSEUP_SCALE};
 use super::shed::{Admission, At, SKIPPED_STALE};
 use super::track::{CropPlan, Tracker};
 use crate::contract::{FrameMeta, Observation, Observed, Origin};
@@ -62,7 +62,7 @@ pub(crate) async fn collect(
                     let mut f = InFrame {
                         origin: d.origin, meta: d.meta, size: d.size, plan: d.plan, image: d.image,
                         outstanding: d.tensors.len(), kept: HashMap::new(), crop_scores: HashMap::new(), tracks: HashMap::new(),
-                        whole_scores: HashMap::new(), stages: Vec::new(), used_models: Vec::new(),
+                        closeup: HashMap::new(), whole_scores: HashMap::new(), stages: Vec::new(), used_models: Vec::new(),
                         decode_ms: d.decode_ms, preprocess_ms: d.preprocess_ms, crop_ms: 0.0, started: Instant::now(),
                     };
                     let at = At { partition: f.origin.ticket.partition, offset: f.origin.ticket.offset };
@@ -91,8 +91,20 @@ pub(crate) async fn collect(
                     let mut release = None;
                     match (slot, output) {
                         (Slot::Whole, ModelOutput::Detections(dets)) => {
+                            let dets = in_frame(&infer, f, model, dets);
+                            let again = closeup_rules(&infer, f, model, &dets);
                             let mut c = Crops { tracker: &mut tracker, waiting: &mut waiting, reply_tx: &reply_tx };
-                            schedule_crops(&infer, frame, f, model, &dets, &mut c);
+                            schedule_crops(&infer, frame, f, model, &dets, Pass::Frame { except: &again }, &mut c);
+                            if !again.is_empty() {
+                                search_closeup(&infer, frame, f, model, again, &reply_tx);
+                            }
+                        }
+                        (Slot::Closeup, ModelOutput::Detections(dets)) => {
+                            let dets = from_closeup(&infer, f, model, dets);
+                            closeup_found(&infer, f, model, &dets);
+                            let again = f.closeup.get(&model).cloned().unwrap_or_default();
+                            let mut c = Crops { tracker: &mut tracker, waiting: &mut waiting, reply_tx: &reply_tx };
+                            schedule_crops(&infer, frame, f, model, &dets, Pass::Closeup { rules: &again }, &mut c);
                         }
                         (Slot::Whole, ModelOutput::Scores(s)) => { f.whole_scores.insert(model, s); }
                         (Slot::Crop { rule, det }, ModelOutput::Scores(s)) => {
@@ -104,12 +116,32 @@ pub(crate) async fn collect(
                             }
                             f.crop_scores.insert((rule, det), s);
                         }
-                        (Slot::Crop { .. }, ModelOutput::Detections(_)) => {}
+                        (Slot::Crop { .. }, ModelOutput::Detections(_)) | (Slot::Closeup, ModelOutput::Scores(_)) => {}
                     }
                     if f.outstanding == 0 { finished.push(frame); }
                     if let Some((k, s)) = release {
                         release_waiters(&mut waiting, &mut state, &k, Some(&s), &mut finished);
                     }
+                }
+                Some(Reply::Closeup { frame, model, tensor }) => {
+                    let Some(f) = state.get_mut(&frame) else { continue };
+                    f.outstanding -= 1;
+                    match tensor {
+                        Some(tensor) => {
+                            f.outstanding += 1;
+                            let item = InferItem { frame, slot: Slot::Closeup, tensor, queued_at: Instant::now(), admission: None };
+                            if model_txs[model].send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => {
+                            closeup_found(&infer, f, model, &[]);
+                            let again = f.closeup.get(&model).cloned().unwrap_or_default();
+                            let mut c = Crops { tracker: &mut tracker, waiting: &mut waiting, reply_tx: &reply_tx };
+                            schedule_crops(&infer, frame, f, model, &[], Pass::Closeup { rules: &again }, &mut c);
+                        }
+                    }
+                    if f.outstanding == 0 { finished.push(frame); }
                 }
                 Some(Reply::Skipped { frame }) => {
                     let Some(f) = state.get_mut(&frame) else { continue };
@@ -223,45 +255,204 @@ struct Crops<'a> {
     reply_tx: &'a mpsc::UnboundedSender<Reply>,
 }
 
-/// Keeps each detector rule's detections and starts a blocking job cutting their crops (those
-/// whose track's scores cannot be reused or awaited).
+/// A detector's detections on the whole frame, boxes mapped from its input to the frame.
+fn in_frame(infer: &Infer, f: &InFrame, detector: usize, dets: Vec<Detection>) -> Vec<Detection> {
+    let (w, h) = (f.size.decoded_width, f.size.decoded_height);
+    let input = &infer.planner.models[detector].input;
+    if input.resize != Resize::Letterbox {
+        return dets;
+    }
+    let lb = Letterbox::fit(w, h, input.width, input.height);
+    map_boxes(dets, |b| lb.to_image(b))
+}
+
+/// A detector's detections on a close-up's canvas, boxes mapped from its input to the frame.
+fn from_closeup(
+    infer: &Infer,
+    f: &InFrame,
+    detector: usize,
+    dets: Vec<Detection>,
+) -> Vec<Detection> {
+    let (w, h) = (f.size.decoded_width, f.size.decoded_height);
+    let input = &infer.planner.models[detector].input;
+    let canvas = cascade::closeup_canvas(w, h, CLOSEUP_SCALE);
+    let lb = Letterbox::fit(
+        canvas.input_width,
+        canvas.input_height,
+        input.width,
+        input.height,
+    );
+    map_boxes(dets, |b| canvas.to_image(lb.to_image(b)))
+}
+
+fn map_boxes(dets: Vec<Detection>, map: impl Fn([f32; 4]) -> [f32; 4]) -> Vec<Detection> {
+    dets.into_iter()
+        .map(|d| Detection {
+            bbox: map(d.bbox),
+            ..d
+        })
+        .collect()
+}
+
+/// The detector → classifier rules of `detector` that keep nothing on a frame of a close-up
+/// camera no larger than its assignment allows: they search the frame again, shrunk.
+fn closeup_rules(infer: &Infer, f: &InFrame, detector: usize, dets: &[Detection]) -> Vec<usize> {
+    let (w, h) = (f.size.decoded_width, f.size.decoded_height);
+    let Some(max_px) = f.plan.closeup_max_px else {
+        return Vec::new();
+    };
+    if w.max(h) > max_px || f.image.is_none() {
+        return Vec::new();
+    }
+    f.plan
+        .rules
+        .iter()
+        .copied()
+        .filter(|r| !f.plan.not_due.contains(r))
+        .filter(|&r| {
+            let rule = &infer.planner.rules[r];
+            rule.detector == Some(detector)
+                && rule.classifier.is_some()
+                && cascade::select(&rule.rule, rule.classes.as_deref(), dets, w, h).is_empty()
+        })
+        .collect()
+}
+
+/// Starts a blocking job making the close-up canvas of frame `frame` for `detector`; its tensor
+/// comes back as [`Reply::Closeup`].
+fn search_closeup(
+    infer: &Arc<Infer>,
+    frame: u64,
+    f: &mut InFrame,
+    detector: usize,
+    rules: Vec<usize>,
+    reply_tx: &mpsc::UnboundedSender<Reply>,
+) {
+    let Some(image) = f.image.clone() else {
+        return;
+    };
+    f.closeup.insert(detector, rules);
+    f.outstanding += 1;
+    let infer = infer.clone();
+    let tx = reply_tx.clone();
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let canvas =
+            cascade::closeup_canvas(image.cols() as u32, image.rows() as u32, CLOSEUP_SCALE);
+        let mut padded = Mat::default();
+        let mut scratch = Mat::default();
+        let mut tensor = Vec::new();
+        let made = opencv::core::copy_make_border(
+            &*image,
+            &mut padded,
+            canvas.y as i32,
+            (canvas.input_height - canvas.height - canvas.y) as i32,
+            canvas.x as i32,
+            (canvas.input_width - canvas.width - canvas.x) as i32,
+            opencv::core::BORDER_CONSTANT,
+            opencv::core::Scalar::all(0.0),
+        )
+        .and_then(|()| {
+            preprocess(
+                &padded,
+                &infer.planner.models[detector].input,
+                &mut scratch,
+                &mut tensor,
+            )
+        });
+        if let Err(e) = &made {
+            tracing::warn!(error = %e, "close-up canvas failed; the frame is not searched again");
+        }
+        tracing::trace!(took_ms = ms(t.elapsed()), "close-up canvas");
+        let _ = tx.send(Reply::Closeup {
+            frame,
+            model: detector,
+            tensor: made.ok().map(|()| tensor),
+        });
+    });
+}
+
+/// Counts a close-up's second search per rule: whether it found a face or judges the frame
+/// whole.
+fn closeup_found(infer: &Infer, f: &InFrame, detector: usize, dets: &[Detection]) {
+    let (w, h) = (f.size.decoded_width, f.size.decoded_height);
+    for &r in f.closeup.get(&detector).into_iter().flatten() {
+        let rule = &infer.planner.rules[r];
+        let kept = cascade::select_closeup(&rule.rule, rule.classes.as_deref(), dets, w, h);
+        let outcome = if kept.score > 0.0 { "found" } else { "whole" };
+        infer
+            .metrics
+            .closeup_searches
+            .with_label_values(&[&rule.name, outcome])
+            .inc();
+    }
+}
+
+/// Which of a detector's rules a call of [`schedule_crops`] decides.
+#[derive(Clone, Copy)]
+enum Pass<'a> {
+    /// The detector's run on the frame: every rule of it but those searching again.
+    Frame { except: &'a [usize] },
+    /// A close-up's second search: the rules that asked for it.
+    Closeup { rules: &'a [usize] },
+}
+
+/// Keeps the detections (boxes in the frame) of the rules of `detector` that `pass` decides
+/// and starts a blocking job cutting their crops (those whose track's scores cannot be reused
+/// or awaited).
 fn schedule_crops(
     infer: &Arc<Infer>,
     frame: u64,
     f: &mut InFrame,
     detector: usize,
     dets: &[Detection],
+    pass: Pass<'_>,
     c: &mut Crops<'_>,
 ) {
     let (w, h) = (f.size.decoded_width, f.size.decoded_height);
-    let input = &infer.planner.models[detector].input;
-    let mapped: Vec<Detection>;
-    let dets = if input.resize == Resize::Letterbox {
-        let lb = Letterbox::fit(w, h, input.width, input.height);
-        mapped = dets
-            .iter()
-            .map(|d| Detection {
-                bbox: lb.to_image(d.bbox),
-                ..*d
-            })
-            .collect();
-        &mapped[..]
-    } else {
-        dets
-    };
     let mut jobs: Vec<(usize, Slot, [f32; 4], f32)> = Vec::new();
     for &r in &f.plan.rules {
         let rule = &infer.planner.rules[r];
         if rule.detector != Some(detector) || f.plan.not_due.contains(&r) {
             continue;
         }
-        let kept = cascade::select(&rule.rule, rule.classes.as_deref(), dets, w, h);
+        let classes = rule.classes.as_deref();
+        let kept = match pass {
+            Pass::Frame { except } if !except.contains(&r) => {
+                cascade::select(&rule.rule, classes, dets, w, h)
+            }
+            Pass::Closeup { rules } if rules.contains(&r) => {
+                vec![cascade::select_closeup(&rule.rule, classes, dets, w, h)]
+            }
+            _ => continue,
+        };
         if let Some(classifier) = rule.classifier {
             let boxes: Vec<[f32; 4]> = kept.iter().map(|d| d.bbox).collect();
             let key = track_key(&f.meta, r);
-            let plans = c.tracker.plan(&key, f.meta.captured_at_ms, &boxes);
+            // A close-up's crop is never tracked: a camera of close-ups shows a new face (or,
+            // judged whole, the same full-frame box) in every frame.
+            let plans: Vec<Option<CropPlan>> = match pass {
+                Pass::Frame { .. } => c
+                    .tracker
+                    .plan(&key, f.meta.captured_at_ms, &boxes)
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+                Pass::Closeup { .. } => kept.iter().map(|_| None).collect(),
+            };
             let (mut run, mut reused) = (0u64, 0u64);
             for (i, (d, plan)) in kept.iter().zip(plans).enumerate() {
+                let crop = (
+                    classifier,
+                    Slot::Crop { rule: r, det: i },
+                    d.bbox,
+                    rule.rule.crop_margin,
+                );
+                let Some(plan) = plan else {
+                    run += 1;
+                    jobs.push(crop);
+                    continue;
+                };
                 match plan {
                     CropPlan::Reuse { scores, .. } => {
                         reused += 1;
@@ -278,12 +469,7 @@ fn schedule_crops(
                     CropPlan::Classify { track } => {
                         run += 1;
                         f.tracks.insert((r, i), track);
-                        jobs.push((
-                            classifier,
-                            Slot::Crop { rule: r, det: i },
-                            d.bbox,
-                            rule.rule.crop_margin,
-                        ));
+                        jobs.push(crop);
                     }
                 }
             }

@@ -48,6 +48,9 @@ pub struct Infer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Slot {
     Whole,
+    /// The whole frame again, shrunk into the detector's input: a close-up searched again
+    /// ([`super::cascade::closeup_canvas`]).
+    Closeup,
     /// Crop of detection `det` kept by rule `rule`.
     Crop {
         rule: usize,
@@ -73,6 +76,13 @@ pub(crate) enum Reply {
         slot: Slot,
         output: ModelOutput,
         timing: StageTiming,
+    },
+    /// A close-up's canvas for detector `model`, ready for it (`None`: it could not be made;
+    /// the rules searching again keep nothing).
+    Closeup {
+        frame: u64,
+        model: usize,
+        tensor: Option<Vec<f32>>,
     },
     /// The frame was skipped by load shedding before this model ran it.
     Skipped { frame: u64 },
@@ -105,6 +115,9 @@ pub(crate) struct InFrame {
     pub(crate) crop_scores: HashMap<(usize, usize), Vec<f32>>,
     /// Track of each crop sent to a classifier, by (rule, detection index).
     pub(crate) tracks: HashMap<(usize, usize), u64>,
+    /// Close-ups searched again: by detector, the rules whose detections the second search
+    /// decides.
+    pub(crate) closeup: HashMap<usize, Vec<usize>>,
     /// Whole-frame classifier scores by model.
     pub(crate) whole_scores: HashMap<usize, Vec<f32>>,
     pub(crate) stages: Vec<StageTiming>,

@@ -85,7 +85,17 @@ pub struct FramePlan {
     /// Rules of `rules` not judged on this frame: their `every_secs` has not passed since the
     /// camera's last frame that judged them (observed `unknown`, reason [`NOT_DUE`]).
     pub not_due: Vec<usize>,
+    /// Whether the camera's assignment allows close-ups, and up to which frame size (longer
+    /// side, pixels): a detector → classifier rule that keeps nothing on such a frame searches
+    /// it again, shrunk into the detector's input ([`CLOSEUP_SCALE`]).
+    pub closeup_max_px: Option<u32>,
 }
+
+/// A close-up searched again fills this share of the detector's input (longer side), centred
+/// on black: a face filling a small frame is too large for the detector once the frame is
+/// enlarged to the input. 0.6 found the most faces on close-ups cut from held-out photos
+/// (models/README.md "Close-ups").
+pub const CLOSEUP_SCALE: f32 = 0.6;
 
 /// The reason of a rule not judged on a frame because its `every_secs` has not passed.
 pub const NOT_DUE: &str = "not_due";
@@ -230,7 +240,9 @@ impl Planner {
             .iter()
             .filter_map(|n| self.rule_index.get(n).copied())
             .collect();
-        self.plan_rules(rules, Vec::new())
+        let mut plan = self.plan_rules(rules, Vec::new());
+        plan.closeup_max_px = self.ruleset.closeups_for(meta);
+        plan
     }
 
     /// The rules of `plan` judged at a cadence (`every_secs`): (rule index, name, period ms).
@@ -249,7 +261,10 @@ impl Planner {
         if not_due.is_empty() {
             return plan;
         }
-        self.plan_rules(plan.rules, not_due)
+        let closeup_max_px = plan.closeup_max_px;
+        let mut plan = self.plan_rules(plan.rules, not_due);
+        plan.closeup_max_px = closeup_max_px;
+        plan
     }
 
     fn plan_rules(&self, rules: Vec<usize>, not_due: Vec<usize>) -> FramePlan {
@@ -273,6 +288,7 @@ impl Planner {
             needs_crops,
             skipped: None,
             not_due,
+            closeup_max_px: None,
         }
     }
 

@@ -47,6 +47,8 @@
 //!
 //! [[assign]]                    # no selector: every camera
 //! rules = ["mask_required", "no_animals"]
+//! closeups = true               # a frame up to closeup_max_px (320) with no face is searched
+//!                               # again shrunk, then judged whole (phone photos, close-ups)
 //! [[assign]]
 //! zone = "dining"
 //! rules = []
@@ -209,6 +211,23 @@ pub struct Assignment {
     #[serde(default)]
     pub camera: Option<String>,
     pub rules: Vec<String>,
+    /// The cameras may show one face filling the whole frame (phone photos, a counter
+    /// close-up), which a detector misses once the frame is enlarged to its input. When a
+    /// detector → classifier rule keeps nothing on a frame whose longer side is at most
+    /// `closeup_max_px`, the frame is searched again shrunk into the middle of the detector's
+    /// input, keeping the best face at a lower score; failing that, the frame is judged whole
+    /// (its classifier sees the whole frame as the crop).
+    #[serde(default)]
+    pub closeups: bool,
+    /// Frames larger than this (longer side, pixels) are never searched again or judged whole:
+    /// a camera's frames with nobody in view must not pay a second detector run, nor have an
+    /// empty room judged as a face.
+    #[serde(default = "default_closeup_max_px")]
+    pub closeup_max_px: u32,
+}
+
+fn default_closeup_max_px() -> u32 {
+    320
 }
 
 impl Assignment {
@@ -275,10 +294,12 @@ every_secs = 2.0
 
 [[assign]]
 rules = ["mask_required", "no_animals"]
+closeups = true
 
 [[assign]]
 zone = "prep"
 rules = ["mask_required", "gloves_required", "no_animals"]
+closeups = true
 
 [[assign]]
 zone = "dining"
@@ -388,15 +409,29 @@ impl RuleSet {
         }
     }
 
-    /// Names of the rules that apply to this frame's camera (possibly none).
-    pub fn rules_for(&self, meta: &FrameMeta) -> &[String] {
+    /// The most specific assignment matching this frame's camera, if any.
+    fn assignment_for(&self, meta: &FrameMeta) -> Option<&Assignment> {
         let mut best: Option<&Assignment> = None;
         for a in self.assign.iter().filter(|a| a.matches(meta)) {
             if best.is_none_or(|b| a.specificity() > b.specificity()) {
                 best = Some(a);
             }
         }
-        best.map_or(&[], |a| a.rules.as_slice())
+        best
+    }
+
+    /// Names of the rules that apply to this frame's camera (possibly none).
+    pub fn rules_for(&self, meta: &FrameMeta) -> &[String] {
+        self.assignment_for(meta)
+            .map_or(&[], |a| a.rules.as_slice())
+    }
+
+    /// The largest frame (longer side, pixels) searched again for a close-up on this camera;
+    /// `None` where its assignment does not allow close-ups.
+    pub fn closeups_for(&self, meta: &FrameMeta) -> Option<u32> {
+        self.assignment_for(meta)
+            .filter(|a| a.closeups)
+            .map(|a| a.closeup_max_px)
     }
 
     /// Every model name any rule uses, detectors first, each once.
@@ -512,6 +547,47 @@ mod tests {
             "no match: no rules"
         );
         assert_eq!(r.models(), ["d", "x", "y"]);
+    }
+
+    #[test]
+    fn close_ups_are_allowed_per_assignment_up_to_a_frame_size() {
+        let r = RuleSet::parse(
+            r#"
+            [rules.m]
+            detector = "d"
+            classifier = "c"
+            violation_label = "bad"
+            [[assign]]
+            rules = ["m"]
+            closeups = true
+            [[assign]]
+            zone = "counter"
+            rules = ["m"]
+            closeups = true
+            closeup_max_px = 1200
+            [[assign]]
+            camera = "c9"
+            rules = ["m"]
+            "#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(r.closeups_for(&meta("s", "c1", None)), Some(320));
+        assert_eq!(
+            r.closeups_for(&meta("s", "c1", Some("counter"))),
+            Some(1200)
+        );
+        assert_eq!(
+            r.closeups_for(&meta("s", "c9", None)),
+            None,
+            "not said: none"
+        );
+        let err = RuleSet::parse(
+            "[rules.m]\nclassifier='c'\nviolation_label='x'\n[[assign]]\nrules=['m']\ncloseups='yes'",
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("closeups"), "{err}");
     }
 
     #[test]

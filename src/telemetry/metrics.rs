@@ -34,6 +34,9 @@ pub struct Metrics {
     /// Detection crops per rule: `classified` (the classifier ran) or `reused` (a still track's
     /// last scores).
     pub crops: IntCounterVec,
+    /// Frames of close-up cameras searched again because a rule kept no detection, per rule,
+    /// by outcome (`found`: the second search found a face; `whole`: the frame is judged whole).
+    pub closeup_searches: IntCounterVec,
     pub decode_seconds: Histogram,
     pub preprocess_seconds: Histogram,
     pub inference_seconds: HistogramVec,
@@ -253,6 +256,18 @@ impl Metrics {
                     Opts::new(
                         "vigil_crops_total",
                         "Detection crops per rule: classified, or reused from a still track.",
+                    ),
+                    &["rule", "outcome"],
+                )
+                .expect("valid"),
+            ),
+            closeup_searches: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vigil_closeup_searches_total",
+                        "Frames of close-up cameras searched again, shrunk, after a rule kept no \
+                         detection: per rule, found (a face) or whole (the frame judged whole).",
                     ),
                     &["rule", "outcome"],
                 )
