@@ -496,7 +496,6 @@ def reduced_read(path, size=SIZE):
 
 
 def measure():
-    import cv2
     import onnxruntime as ort
 
     o = ort.SessionOptions()

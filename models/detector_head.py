@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+import geometry  # models/geometry.py: the worker's pixel geometry
+
 
 class Graph:
     """Collects nodes and initializers; names outputs automatically."""
@@ -121,10 +123,8 @@ def letterbox(img, width, height):
     import cv2
 
     h, w = img.shape[:2]
-    s = min(width / w, height / h)
-    rw, rh = min(width, max(1, round(w * s))), min(height, max(1, round(h * s)))
+    rw, rh, x, y = geometry.letterbox_fit(w, h, width, height)
     canvas = np.zeros((height, width, 3), np.uint8)
-    x, y = (width - rw) // 2, (height - rh) // 2
     canvas[y:y + rh, x:x + rw] = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
     return canvas, (x, y, rw, rh)
 

@@ -37,6 +37,8 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
+import geometry  # models/geometry.py: the worker's pixel geometry
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("VIGIL_SHARED", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared"))) / "data"
 
@@ -326,12 +328,7 @@ def measure_pack(run, brokers, pack, rules_file, sets):
 
 
 # ---------------------------------------------------------------- scoring
-def iou(a, b):
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+iou = geometry.iou
 
 
 def centre_inside(t, d):

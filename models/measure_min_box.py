@@ -14,7 +14,6 @@ Run from the repository root: .venv-models/bin/python models/measure_min_box.py
 import os
 import sys
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_mask_classifier as T  # noqa: E402

@@ -27,6 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import build_yunet  # noqa: E402
+import geometry  # noqa: E402
 
 SCENES = os.path.join(build_yunet.SHARED, "data", "mask-scenes")
 CANDIDATES = [(320, 192), (320, 256), (320, 320), (480, 288), (480, 384), (480, 480),
@@ -99,12 +100,7 @@ def load_scenes():
     return scenes
 
 
-def iou(a, b):
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+iou = geometry.iou_matrix
 
 
 def match(dets, truth):
@@ -160,11 +156,10 @@ def measure_scenes(det, scenes):
 
 
 def reduction(w, h, width, height):
-    """The worker's libjpeg reduction: the largest of 8/4/2 keeping the frame >= the input."""
-    for f, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if w // f >= width and h // f >= height:
-            return f, flag
-    return 1, cv2.IMREAD_COLOR
+    """The worker's libjpeg reduction and the OpenCV flag that decodes at it."""
+    f = geometry.reduction_factor(w, h, width, height)
+    return f, {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
+               2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}[f]
 
 
 def measure_times(dets, scenes, jpeg, every=4, reps=30):

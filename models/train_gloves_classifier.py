@@ -33,6 +33,8 @@ import time
 
 import numpy as np
 
+import geometry  # models/geometry.py: the worker's pixel geometry
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DATA = os.path.join(os.environ.get("VIGIL_SHARED", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")), "data", "gloves")
@@ -56,30 +58,20 @@ VERSION = "v3-onnx1"
 
 # --- Worker replicas ---------------------------------------------------------------------
 
-def reduction_factor(w, h, need_w, need_h):
-    """src/decode/image.rs reduction_factor."""
-    for f in (8, 4, 2):
-        if w // f >= need_w and h // f >= need_h:
-            return f
-    return 1
-
-
 def decode(path):
     """Decodes as the worker does when the palm detector is the largest whole-frame model."""
     import cv2
 
     full = cv2.imread(path, cv2.IMREAD_COLOR)
-    f = reduction_factor(full.shape[1], full.shape[0], PALM_SIZE, PALM_SIZE)
+    f = geometry.reduction_factor(full.shape[1], full.shape[0], PALM_SIZE, PALM_SIZE)
     flag = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
             2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}[f]
     return cv2.imread(path, flag)
 
 
 def letterbox_fit(w, h, size=PALM_SIZE):
-    s = min(size / max(w, 1), size / max(h, 1))
-    rw = min(max(int(np.floor(w * s + 0.5)), 1), size)
-    rh = min(max(int(np.floor(h * s + 0.5)), 1), size)
-    return rw, rh, (size - rw) // 2, (size - rh) // 2
+    """Where the frame lies in the palm detector's square input: (width, height, x, y)."""
+    return geometry.letterbox_fit(w, h, size, size)
 
 
 def palm_input(img):
@@ -93,25 +85,8 @@ def palm_input(img):
 
 
 def to_image(box, w, h):
-    """Letterbox::to_image: input-normalised box to frame-normalised, clamped."""
-    rw, rh, x, y = letterbox_fit(w, h)
-    b = np.asarray(box, np.float32)
-    fx = lambda v: np.clip((v * PALM_SIZE - x) / rw, 0.0, 1.0)
-    fy = lambda v: np.clip((v * PALM_SIZE - y) / rh, 0.0, 1.0)
-    return np.array([fx(b[0]), fy(b[1]), fx(b[2]), fy(b[3])], np.float32)
-
-
-def crop_rect(b, margin, w, h):
-    """src/infer/cascade.rs crop_rect, in f32 like the worker."""
-    f = np.float32
-    b = np.asarray(b, f)
-    bw, bh, m = b[2] - b[0], b[3] - b[1], f(margin)
-    x1 = int(max(np.floor((b[0] - bw * m) * f(w)), 0))
-    y1 = int(max(np.floor((b[1] - bh * m) * f(h)), 0))
-    x2 = int(min(np.ceil((b[2] + bw * m) * f(w)), f(w)))
-    y2 = int(min(np.ceil((b[3] + bh * m) * f(h)), f(h)))
-    x1, y1 = min(x1, w - 1), min(y1, h - 1)
-    return x1, y1, max(x2 - x1, 1), max(y2 - y1, 1)
+    """Letterbox::to_image: a box normalised to the palm input, normalised to the frame."""
+    return np.array(geometry.to_image(box, letterbox_fit(w, h), PALM_SIZE, PALM_SIZE), np.float32)
 
 
 def classifier_input(crop_bgr):
@@ -265,7 +240,7 @@ def crop_loader(images, name, box, margin, flip):
     def load():
         img = images(name)
         h, w = img.shape[:2]
-        x, y, cw, ch = crop_rect(box, margin, w, h)
+        x, y, cw, ch = geometry.crop_rect(box, margin, w, h)
         c = img[y:y + ch, x:x + cw]
         return classifier_input(c[:, ::-1] if flip else c)
     return load
@@ -581,7 +556,6 @@ def write_measurements(results, train, val, n_crops, per_class, worst, ms):
                       f"{c['no hand box'][0]}/{sum(c['no hand box'])} |")
     for t in SCORES:
         r = results[(t, REC_MARGIN)]
-        n_crops_kept = sum(sum(v) for v in r["crops"].values())
         t_rows.append(f"| {t} | {pct(r['box'][0][1], r['box'][0][0])} | {pct(r['box'][1][1], r['box'][1][0])} | "
                       f"{r['crops']['no hand box'][0] + r['crops']['no hand box'][1]} | "
                       f"{pct(r['bare_flagged'], r['bare_imgs'])} | {pct(r['gloved_clear'], r['gloved_imgs'])} | "

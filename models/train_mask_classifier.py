@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 import finetune
+import geometry  # models/geometry.py: the worker's pixel geometry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -66,11 +67,8 @@ SIZE_BINS = ((0, 16, "<16 px"), (16, 32, "16-32 px"), (32, 64, "32-64 px"), (64,
 
 # ---------------------------------------------------------------- the worker's pixel path
 def reduction(w, h, need=DETECTOR_SIZE):
-    """Largest libjpeg reduction keeping the frame at least `need` in both dimensions."""
-    for k in (8, 4, 2):
-        if w // k >= need and h // k >= need:
-            return k
-    return 1
+    """The worker's libjpeg reduction for a `need` x `need` whole-frame model."""
+    return geometry.reduction_factor(w, h, need, need)
 
 
 def decode(path, w=None, h=None):
@@ -88,17 +86,9 @@ def decode(path, w=None, h=None):
 
 
 def crop_rect(box, width, height):
-    """src/infer/cascade.rs crop_rect, in f32: box normalised (x1, y1, x2, y2), grown by the
-    rule's crop margin MARGIN (read at call time, so cv_thresholds.py --margin can change it)."""
-    b = np.asarray(box, np.float32)
-    bw, bh = b[2] - b[0], b[3] - b[1]
-    m, W, H = np.float32(MARGIN), np.float32(width), np.float32(height)
-    x1 = max(int(np.floor((b[0] - bw * m) * W)), 0)
-    y1 = max(int(np.floor((b[1] - bh * m) * H)), 0)
-    x2 = int(min(np.ceil((b[2] + bw * m) * W), W))
-    y2 = int(min(np.ceil((b[3] + bh * m) * H), H))
-    x1, y1 = min(x1, width - 1), min(y1, height - 1)
-    return x1, y1, max(x2 - x1, 1), max(y2 - y1, 1)
+    """The worker's crop (src/infer/cascade.rs crop_rect) with the rule's crop margin MARGIN
+    (read at call time, so cv_thresholds.py --margin can change it)."""
+    return geometry.crop_rect(box, MARGIN, width, height)
 
 
 def crop_input(img, box, flip=False):
@@ -240,7 +230,7 @@ def keras_model():
 
 
 def features(backbone, gen, batch=64):
-    xs, ys, sides, stems, feats = [], [], [], [], []
+    ys, sides, stems, feats = [], [], [], []
     buf = []
     t = time.time()
     for x, y, side, stem in gen:

@@ -772,7 +772,6 @@ def report(log_dir, args, cams, frames, extra, pub, chaos, ref, missing, ref_mis
           + ", ".join(f"{secs:g} s" for _, secs in outages))
 
     by_frame_cam = {f: frames[f]["camera"] for f in frames}
-    kind_of = {c[0]: c[2] for c in cams}
 
     # Outcomes.
     both = [f for f in frames if f in chaos.observations and f in chaos.dead]

@@ -11,7 +11,7 @@ again every --reclassify-every frames, as in the worker. Not done: episodes, loa
 
     .venv/bin/python scripts/pipeline.py --brokers 127.0.0.1:9092 --metrics-port 9400
 """
-import argparse, hashlib, io, json, math, os, signal, sys, threading, time, tomllib  # noqa: E401
+import argparse, hashlib, io, json, os, signal, sys, threading, time, tomllib  # noqa: E401
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +23,9 @@ import onnxruntime as ort
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models"))
+import geometry  # noqa: E402  models/geometry.py: the worker's pixel geometry
 
 ROOT, F32 = os.path.dirname(os.path.dirname(os.path.abspath(__file__))), np.float32
 
@@ -44,12 +47,7 @@ MAX_FRAME_BYTES, MAX_PIXELS, MAX_FUTURE_MS, TIME_FLOOR_MS = 4 << 20, 40_000_000,
 REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
            4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
-def fit(w, h, in_w, in_h):
-    """src/decode/image.rs Letterbox::fit: (width, height, x, y) of the image in the input."""
-    s = min(in_w / max(w, 1), in_h / max(h, 1))
-    fw = min(max(int(math.floor(w * s + 0.5)), 1), in_w)  # Rust's round: half away from zero
-    fh = min(max(int(math.floor(h * s + 0.5)), 1), in_h)
-    return fw, fh, (in_w - fw) // 2, (in_h - fh) // 2
+fit = geometry.letterbox_fit  # src/decode/image.rs Letterbox::fit: (width, height, x, y)
 
 class Model:
     """A manifest (models/*.toml), checked against its file, and its ONNX Runtime session."""
@@ -102,28 +100,16 @@ class Model:
 
 def to_image(box, w, h, m):
     """src/decode/image.rs Letterbox::to_image: a box normalised to the input, to the frame."""
-    fw, fh, x, y = fit(w, h, m.w, m.h)
-    xs = np.clip((box[[0, 2]] * F32(m.w) - F32(x)) / F32(fw), F32(0), F32(1))
-    ys = np.clip((box[[1, 3]] * F32(m.h) - F32(y)) / F32(fh), F32(0), F32(1))
-    return np.array([xs[0], ys[0], xs[1], ys[1]], F32)
+    return np.array(geometry.to_image(box, fit(w, h, m.w, m.h), m.w, m.h), F32)
 
-def crop_rect(b, margin, w, h):
-    """src/infer/cascade.rs crop_rect: the box grown by margin on each side, clamped, not empty."""
-    m, bw, bh = F32(margin), b[2] - b[0], b[3] - b[1]
-    x1, y1 = max(math.floor((b[0] - bw * m) * F32(w)), 0), max(math.floor((b[1] - bh * m) * F32(h)), 0)
-    x2, y2 = min(math.ceil((b[2] + bw * m) * F32(w)), w), min(math.ceil((b[3] + bh * m) * F32(h)), h)
-    x1, y1 = min(x1, w - 1), min(y1, h - 1)
-    return x1, y1, max(x2 - x1, 1), max(y2 - y1, 1)
+crop_rect = geometry.crop_rect  # src/infer/cascade.rs crop_rect
 
 def share(scores, labels):
     """src/infer/cascade.rs verdict: the labels' share of a crop's scores, in f32."""
     part, total = F32(sum(F32(scores[i]) for i in labels)), F32(sum(F32(x) for x in scores))
     return float(min(max(part / total, F32(0)), F32(1))) if total > 0 else 0.0
 
-def iou(a, b):
-    iw, ih = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0), max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    union = max(a[2] - a[0], 0) * max(a[3] - a[1], 0) + max(b[2] - b[0], 0) * max(b[3] - b[1], 0) - iw * ih
-    return iw * ih / union if union > 0 else 0.0
+iou = geometry.iou
 
 def changed(then, now):
     w0, h0 = max(then[2] - then[0], 1e-6), max(then[3] - then[1], 1e-6)

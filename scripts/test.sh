@@ -23,6 +23,10 @@ if [ $# -eq 0 ]; then
   cargo fmt --check
   say "cargo clippy --all-targets -- -D warnings"
   cargo clippy --locked --all-targets --quiet -- -D warnings
+  # The Python tools (models/, scripts/, tests/): syntax errors, undefined names, unused imports
+  # and variables (pyflakes' checks), with the ruff pinned in scripts/requirements.txt.
+  say "ruff check models scripts tests"
+  .venv/bin/ruff check --quiet --select E9,F --line-length 120 models scripts tests
 fi
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/vigil-test.XXXXXX")

@@ -49,6 +49,22 @@ pub fn start(
     out_tx: mpsc::Sender<Observed>,
 ) -> InferStage {
     let (reply_tx, reply_rx) = mpsc::unbounded_channel::<Reply>();
+    // Zeros for dashboards before the first close-up: every detector -> classifier rule.
+    for rule in infer
+        .planner
+        .rules
+        .iter()
+        .filter(|r| r.classifier.is_some())
+    {
+        for outcome in ["found", "whole"] {
+            if rule.detector.is_some() {
+                infer
+                    .metrics
+                    .closeup_searches
+                    .with_label_values(&[&rule.name, outcome]);
+            }
+        }
+    }
     let mut tasks: Vec<(String, StageTask)> = Vec::new();
     let mut model_txs = Vec::new();
     for (i, model) in models.into_iter().enumerate() {

@@ -8,7 +8,6 @@ usage: outside_producer.py BROKERS TOPIC [MAX_FRAME_BYTES]
 import json
 import os
 import sys
-import time
 
 from confluent_kafka import Producer
 
