@@ -61,6 +61,8 @@ VOC = {"with_mask": 0, "without_mask": 1, "mask_weared_incorrect": 2}
 VIOLATION = (1, 2)
 MARGIN, MIN_BOX, DETECTOR_SIZE, SIZE = 0.15, 8, 192, 224
 SEED = 20240601
+# Made-up mask_incorrect faces (crops(): synthetic per bare face, re-lit per real one).
+SYNTHETIC_INCORRECT, RELIGHT_INCORRECT = 0, 0
 JITTER, N_JITTER = 0.08, 3
 SIZE_BINS = ((0, 16, "<16 px"), (16, 32, "16-32 px"), (32, 64, "32-64 px"), (64, 1 << 30, ">=64 px"))
 
@@ -202,22 +204,81 @@ def violating_boxes(data, stem):
     return [b for b, label in zip(all_boxes(data, stem), labels) if label in VIOLATION]
 
 
-def crops(data, stems, augment, rng, unlabelled=None):
+# Synthetic masks worn wrong (--synthetic-incorrect): pale blue, white, black, grey, light pink
+# (BGR), as surgical and cloth masks come.
+MASK_COLOURS = [(235, 215, 170), (245, 245, 245), (40, 40, 40), (150, 150, 150), (200, 190, 235)]
+SYN_MIN_SIDE = 12
+
+
+def draw_low_mask(img, box, rng):
+    """A copy of the frame with a mask drawn on the face in `box` (normalised) but worn wrong:
+    its top edge below the nose tip (over mouth and chin) or, one time in three, below the mouth
+    (on the chin). The shape is the one tests/data/make_masked.py draws over the nose, lowered;
+    its colour, pleats and ear loops vary. SYNTHETIC: trains only, never measures."""
+    out = img.copy()
+    h, w = img.shape[:2]
+    x1, y1, x2, y2 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
+    bw, bh = x2 - x1, y2 - y1
+    chin = rng.random() < 1 / 3
+    top = y1 + (rng.uniform(0.80, 0.88) if chin else rng.uniform(0.62, 0.72)) * bh
+    bottom = y2 + rng.uniform(0.0, 0.08) * bh
+    inset = rng.uniform(0.03, 0.10)
+    pts = np.array([
+        (x1 + inset * bw, top), (x1 + 0.5 * bw, top - rng.uniform(0.0, 0.05) * bh), (x2 - inset * bw, top),
+        (x2 - (inset + 0.05) * bw, bottom - 0.06 * bh), (x1 + 0.5 * bw, bottom),
+        (x1 + (inset + 0.05) * bw, bottom - 0.06 * bh),
+    ], np.int32)
+    colour = MASK_COLOURS[int(rng.integers(len(MASK_COLOURS)))]
+    shade = rng.uniform(0.75, 1.1)  # the scene's light on it
+    colour = tuple(int(min(255, c * shade)) for c in colour)
+    cv2.fillPoly(out, [pts], colour, lineType=cv2.LINE_AA)
+    if rng.random() < 0.6 and not chin:  # pleats
+        dark = tuple(int(c * 0.85) for c in colour)
+        for k in np.linspace(0.25, 0.75, 3):
+            y = int(top + k * (bottom - top))
+            cv2.line(out, (int(x1 + 0.15 * bw), y), (int(x2 - 0.15 * bw), y), dark, max(1, int(bw / 60)), cv2.LINE_AA)
+    if rng.random() < 0.7:  # ear loops
+        for sx, ex in ((x1 + inset * bw, x1 - 0.02 * bw), (x2 - inset * bw, x2 + 0.02 * bw)):
+            cv2.line(out, (int(sx), int(top)), (int(ex), int(y1 + 0.45 * bh)), (235, 235, 235),
+                     max(1, int(bw / 50)), cv2.LINE_AA)
+    return out
+
+
+def relit(img, rng):
+    """A copy of the frame re-lit: contrast and brightness changed, colour cast shifted."""
+    gain = rng.uniform(0.7, 1.3)
+    bias = rng.uniform(-25, 25)
+    cast = rng.uniform(0.9, 1.1, size=3)
+    return np.clip(img.astype(np.float32) * gain * cast + bias, 0, 255).astype(np.uint8)
+
+
+def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0):
     """Yields (input tensor, label, shorter side, stem) for every face (and, with `unlabelled`,
     every unmatched detection as `unclear`); with augment, the original, its flip and N_JITTER
-    jittered copies (random flip)."""
+    jittered copies (random flip). With `synthetic`, each bare face at least SYN_MIN_SIDE px
+    also yields that many faces of label mask_incorrect with a mask drawn below the nose
+    (draw_low_mask), and with `relight` each real mask_incorrect face that many re-lit copies;
+    made-up faces are marked with a negative side (they train only) and come with the same
+    flip and jittered copies, so the pattern of originals holds."""
     for stem in stems:
         img, fs = faces(data, stem)
         if unlabelled is not None:
             h, w = img.shape[:2]
             fs = fs + [(b, UNCLEAR, float(min((b[2] - b[0]) * w, (b[3] - b[1]) * h)))
                        for b in unlabelled.boxes(img, all_boxes(data, stem))]
+        made = []
         for box, label, side in fs:
-            yield crop_input(img, box), label, side, stem
+            if label == 1 and side >= SYN_MIN_SIDE:
+                made += [(draw_low_mask(img, box, rng), box) for _ in range(synthetic)]
+            if label == 2:
+                made += [(relit(img, rng), box) for _ in range(relight)]
+        for frame, box, label, side in ([(img, b, lab, s) for b, lab, s in fs]
+                                         + [(f, b, 2, -1.0) for f, b in made]):
+            yield crop_input(frame, box), label, side, stem
             if augment:
-                yield crop_input(img, box, flip=True), label, side, stem
+                yield crop_input(frame, box, flip=True), label, side, stem
                 for _ in range(N_JITTER):
-                    yield crop_input(img, jitter(box, rng), flip=bool(rng.integers(2))), label, side, stem
+                    yield crop_input(frame, jitter(box, rng), flip=bool(rng.integers(2))), label, side, stem
 
 
 # ---------------------------------------------------------------- models
@@ -427,6 +488,10 @@ def main():
                     help="first MobileNetV2 block to fine-tune (15; 13 was tried: models/README.md)")
     ap.add_argument("--clean-unclear", type=float, default=CLEAN_UNCLEAR,
                     help="leave out unclear crops a teacher judges with this confidence (1: keep all)")
+    ap.add_argument("--synthetic-incorrect", type=int, default=SYNTHETIC_INCORRECT,
+                    help="faces with a mask drawn below the nose made from each bare TRAIN face (trains only)")
+    ap.add_argument("--relight-incorrect", type=int, default=RELIGHT_INCORRECT,
+                    help="re-lit copies of each real mask_incorrect TRAIN face (trains only)")
     args = ap.parse_args()
     finetune.tune_from(args.first_block)
 
@@ -444,7 +509,7 @@ def main():
 
     if args.cache and os.path.exists(args.cache):
         z = np.load(args.cache)
-        fx, fy, fstem = z["fx"], z["fy"], z["fstem"]
+        fx, fy, fside, fstem = z["fx"], z["fy"], z["fside"], z["fstem"]
         if tuple(fx.shape[1:]) != tuple(frozen.output.shape[1:]):
             sys.exit(f"{args.cache} holds activations of shape {fx.shape[1:]}, not {finetune.CUT}'s "
                      f"{tuple(frozen.output.shape[1:])}: another --first-block wrote it")
@@ -452,10 +517,11 @@ def main():
     else:
         rng = np.random.default_rng(args.seed)
         print(f"{finetune.CUT} activations of the TRAIN crops (original, flip, jittered copies)")
-        fx, fy, _, fstem = features(frozen, crops(args.data, train_stems, True, rng, unlabelled))
+        fx, fy, fside, fstem = features(frozen, crops(args.data, train_stems, True, rng, unlabelled,
+                                                      args.synthetic_incorrect, args.relight_incorrect))
         fx = fx.astype(np.float16)
         if args.cache:
-            np.savez(args.cache, fx=fx, fy=fy, fstem=fstem)
+            np.savez(args.cache, fx=fx, fy=fy, fside=fside, fstem=fstem)
     originals = np.arange(len(fy)) % (2 + N_JITTER) == 0  # crops() yields the original first
     print(f"{len(fy)} training crops from {int(originals.sum())} faces: "
           f"{np.bincount(fy[originals], minlength=len(LABELS))} per class")
@@ -464,10 +530,13 @@ def main():
     n_dropped = int((originals & ~keep).sum())
     print(f"unclear: {n_dropped} of {n_unclear} detections left out (teacher confidence >= {args.clean_unclear}; "
           f"{int((~keep).sum())} crops with flips and jittered copies)")
-    fx, fy, fstem, originals = fx[keep], fy[keep], fstem[keep], originals[keep]
+    fx, fy, fstem, originals, fside = fx[keep], fy[keep], fstem[keep], originals[keep], fside[keep]
+    made = fside < 0  # synthetic or re-lit faces: they train, they are never scored
+    print(f"made-up mask_incorrect faces: {int((originals & made).sum())} "
+          f"({args.synthetic_incorrect} drawn per bare face, {args.relight_incorrect} re-lit per real one)")
 
     cw = class_weights(fy)
-    head, epochs = finetune.train(old, make_head, fx, fy, fstem, args.seed, cw, originals,
+    head, epochs = finetune.train(old, make_head, fx, fy, fstem, args.seed, cw, originals & ~made,
                                   VIOLATION)
 
     # Full model: the package's layers (blocks FIRST..16 and Conv_1 now tuned) + the new head; ONNX

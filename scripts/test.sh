@@ -39,6 +39,9 @@ echo "test: broker at $VIGIL_TEST_BROKERS" >&2
 # Worker processes spawned by the tests are CPU-heavy: on a small machine run few at once.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-3}
 cargo test --locked "$@"
+# The broker is done with: stopped before the checks below, which it would otherwise slow (an
+# idle nisshi that many test groups have used keeps about half a core busy).
+scripts/broker.sh stop "$RUN"
 # The benchmarks are not run here (speed lives in benches/), and no GPU is here, but both the
 # benchmarks and the GPU build (CUDA/TensorRT provider registration) must keep compiling.
 if [ $# -eq 0 ]; then
