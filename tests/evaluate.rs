@@ -20,7 +20,13 @@ const FLOORS: &[(&str, &str, f64, f64)] = &[
     ),
     ("gloves-val", "gloves_required", 0.95, 0.93),
     ("closeups", "mask_required", 0.95, 0.95),
+    // Faces of the held-out scenes cut out as small close-ups (0.909 / 0.889 measured).
+    ("closeups-val", "mask_required", 0.88, 0.86),
 ];
+
+/// (set, rule, most `unknown` verdicts allowed): close-ups whose face the detector misses are
+/// searched again, then judged whole (0.033 measured; 0.227 without).
+const UNKNOWN_CEILINGS: &[(&str, &str, f64)] = &[("closeups-val", "mask_required", 0.06)];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_rules_on_held_out_images() -> Result {
@@ -35,7 +41,7 @@ async fn default_rules_on_held_out_images() -> Result {
         .arg(repo().join("models/evaluate.py"))
         .args(["--vigil", env!("CARGO_BIN_EXE_vigil")])
         .args(["--brokers", &brokers()])
-        .args(["--sets", "mask-scenes-val,gloves-val,closeups"])
+        .args(["--sets", "mask-scenes-val,gloves-val,closeups,closeups-val"])
         .args(["--pack", "pack2="])
         .arg("--json")
         .arg(&out)
@@ -57,6 +63,17 @@ async fn default_rules_on_held_out_images() -> Result {
         ensure!(
             p >= p_floor && r >= r_floor,
             "{set} / {rule}: precision {p:.3} (floor {p_floor}), recall {r:.3} (floor {r_floor})"
+        );
+    }
+    for &(set, rule, ceiling) in UNKNOWN_CEILINGS {
+        let row = rows
+            .iter()
+            .find(|r| r["set"] == set && r["rule"] == rule)
+            .with_context(|| format!("no row for {set} / {rule}"))?;
+        let unknown = row["unknown_rate"].as_f64().unwrap_or(1.0);
+        ensure!(
+            unknown <= ceiling,
+            "{set} / {rule}: {unknown:.3} of frames unknown (at most {ceiling})"
         );
     }
     Ok(())
