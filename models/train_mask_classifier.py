@@ -210,17 +210,22 @@ MASK_COLOURS = [(235, 215, 170), (245, 245, 245), (40, 40, 40), (150, 150, 150),
 SYN_MIN_SIDE = 12
 
 
-def draw_low_mask(img, box, rng):
-    """A copy of the frame with a mask drawn on the face in `box` (normalised) but worn wrong:
-    its top edge below the nose tip (over mouth and chin) or, one time in three, below the mouth
-    (on the chin). The shape is the one tests/data/make_masked.py draws over the nose, lowered;
-    its colour, pleats and ear loops vary. SYNTHETIC: trains only, never measures."""
+def draw_mask(img, box, rng, worn_wrong):
+    """A copy of the frame with a mask drawn on the face in `box` (normalised): worn right, its
+    top edge over the nose; or worn wrong, its top edge below the nose tip (over mouth and chin)
+    or, one time in three, below the mouth (on the chin). The shape is the one
+    tests/data/make_masked.py draws; colour, pleats and ear loops vary alike in both, so that
+    only where the mask sits tells them apart (a first try drew only masks worn wrong, and the
+    classifier learnt that a drawn mask is worn wrong). SYNTHETIC: trains only, never measures."""
     out = img.copy()
     h, w = img.shape[:2]
     x1, y1, x2, y2 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
     bw, bh = x2 - x1, y2 - y1
-    chin = rng.random() < 1 / 3
-    top = y1 + (rng.uniform(0.80, 0.88) if chin else rng.uniform(0.62, 0.72)) * bh
+    chin = worn_wrong and rng.random() < 1 / 3
+    if not worn_wrong:
+        top = y1 + rng.uniform(0.42, 0.54) * bh
+    else:
+        top = y1 + (rng.uniform(0.80, 0.88) if chin else rng.uniform(0.62, 0.72)) * bh
     bottom = y2 + rng.uniform(0.0, 0.08) * bh
     inset = rng.uniform(0.03, 0.10)
     pts = np.array([
@@ -256,8 +261,9 @@ def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0):
     """Yields (input tensor, label, shorter side, stem) for every face (and, with `unlabelled`,
     every unmatched detection as `unclear`); with augment, the original, its flip and N_JITTER
     jittered copies (random flip). With `synthetic`, each bare face at least SYN_MIN_SIDE px
-    also yields that many faces of label mask_incorrect with a mask drawn below the nose
-    (draw_low_mask), and with `relight` each real mask_incorrect face that many re-lit copies;
+    also yields that many faces of label mask_incorrect with a mask drawn below the nose and
+    as many of label mask with one drawn over it (draw_mask), and with `relight` each real
+    mask_incorrect face that many re-lit copies;
     made-up faces are marked with a negative side (they train only) and come with the same
     flip and jittered copies, so the pattern of originals holds."""
     for stem in stems:
@@ -269,11 +275,12 @@ def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0):
         made = []
         for box, label, side in fs:
             if label == 1 and side >= SYN_MIN_SIDE:
-                made += [(draw_low_mask(img, box, rng), box) for _ in range(synthetic)]
+                for _ in range(synthetic):
+                    made += [(draw_mask(img, box, rng, True), box, 2), (draw_mask(img, box, rng, False), box, 0)]
             if label == 2:
-                made += [(relit(img, rng), box) for _ in range(relight)]
+                made += [(relit(img, rng), box, 2) for _ in range(relight)]
         for frame, box, label, side in ([(img, b, lab, s) for b, lab, s in fs]
-                                         + [(f, b, 2, -1.0) for f, b in made]):
+                                         + [(f, b, lab, -1.0) for f, b, lab in made]):
             yield crop_input(frame, box), label, side, stem
             if augment:
                 yield crop_input(frame, box, flip=True), label, side, stem
@@ -489,7 +496,8 @@ def main():
     ap.add_argument("--clean-unclear", type=float, default=CLEAN_UNCLEAR,
                     help="leave out unclear crops a teacher judges with this confidence (1: keep all)")
     ap.add_argument("--synthetic-incorrect", type=int, default=SYNTHETIC_INCORRECT,
-                    help="faces with a mask drawn below the nose made from each bare TRAIN face (trains only)")
+                    help="faces with a mask drawn below the nose (and as many over it) made from each bare "
+                         "TRAIN face (trains only)")
     ap.add_argument("--relight-incorrect", type=int, default=RELIGHT_INCORRECT,
                     help="re-lit copies of each real mask_incorrect TRAIN face (trains only)")
     args = ap.parse_args()
@@ -532,8 +540,8 @@ def main():
           f"{int((~keep).sum())} crops with flips and jittered copies)")
     fx, fy, fstem, originals, fside = fx[keep], fy[keep], fstem[keep], originals[keep], fside[keep]
     made = fside < 0  # synthetic or re-lit faces: they train, they are never scored
-    print(f"made-up mask_incorrect faces: {int((originals & made).sum())} "
-          f"({args.synthetic_incorrect} drawn per bare face, {args.relight_incorrect} re-lit per real one)")
+    print(f"made-up faces: {int((originals & made).sum())} ({args.synthetic_incorrect} drawn worn wrong and "
+          f"as many worn right per bare face, {args.relight_incorrect} re-lit per real one worn wrong)")
 
     cw = class_weights(fy)
     head, epochs = finetune.train(old, make_head, fx, fy, fstem, args.seed, cw, originals & ~made,
