@@ -220,6 +220,17 @@ async fn gloves_and_animals_are_judged_through_the_worker() -> Result {
         );
     }
     ensure!(gloves.len() == 4, "two bare and two gloved test photos");
+    // A small close-up of a face in the `prep` zone: no hand in it. Close-ups are searched for
+    // faces only, so the gloves rule finds no hand and judges nothing (it must not judge the
+    // whole frame as a hand).
+    let closeup = std::fs::read(repo().join("tests/data/closeups/maksssksksss703-face8.jpg"))?;
+    add(
+        "prep.closeup".into(),
+        "prep",
+        closeup,
+        "gloves_required",
+        false,
+    );
     let cat = std::fs::read(repo().join("tests/data/animals/chelsea.jpg"))?;
     add("pet.chelsea".into(), "kitchen", cat, "no_animals", true);
     for name in ["grace_hopper.jpg", "sample1.jpg", "sample2.jpg"] {
@@ -251,6 +262,15 @@ async fn gloves_and_animals_are_judged_through_the_worker() -> Result {
             .find(|r| &r.rule == rule)
             .with_context(|| format!("{}: rule {rule} applied", o.camera))?;
         eprintln!("{}: {rule} {:?} {:?}", o.camera, r.verdict, o.detections);
+        if o.camera == "prep.closeup" {
+            ensure!(
+                r.verdict == Verdict::Unknown
+                    && r.reason.as_deref() == Some("no_detection")
+                    && !o.detections.iter().any(|d| &d.rule == rule),
+                "prep.closeup: the gloves rule judged a frame with no hand: {r:?} {:?}",
+                o.detections
+            );
+        }
         if *violation {
             ensure!(
                 r.verdict == Verdict::Violation,

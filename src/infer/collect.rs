@@ -295,13 +295,19 @@ fn map_boxes(dets: Vec<Detection>, map: impl Fn([f32; 4]) -> [f32; 4]) -> Vec<De
 }
 
 /// The detector → classifier rules of `detector` that keep nothing on a frame of a close-up
-/// camera no larger than its assignment allows: they search the frame again, shrunk.
+/// camera no larger than its assignment allows: they search the frame again, shrunk. Close-ups
+/// are of faces: only a face detector's rules search again (a small frame of the `prep` zone
+/// with no hand found is not a hand filling the frame, and must not be judged whole).
 fn closeup_rules(infer: &Infer, f: &InFrame, detector: usize, dets: &[Detection]) -> Vec<usize> {
     let (w, h) = (f.size.decoded_width, f.size.decoded_height);
     let Some(max_px) = f.plan.closeup_max_px else {
         return Vec::new();
     };
-    if w.max(h) > max_px || f.image.is_none() {
+    let finds_faces = infer.planner.models[detector]
+        .labels
+        .iter()
+        .any(|l| l == "face");
+    if w.max(h) > max_px || f.image.is_none() || !finds_faces {
         return Vec::new();
     }
     f.plan

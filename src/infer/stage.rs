@@ -49,15 +49,17 @@ pub fn start(
     out_tx: mpsc::Sender<Observed>,
 ) -> InferStage {
     let (reply_tx, reply_rx) = mpsc::unbounded_channel::<Reply>();
-    // Zeros for dashboards before the first close-up: every detector -> classifier rule.
+    // Zeros for dashboards before the first close-up: every rule of a face detector with a
+    // classifier (the rules a close-up is searched for).
     for rule in infer
         .planner
         .rules
         .iter()
         .filter(|r| r.classifier.is_some())
     {
-        for outcome in ["found", "whole"] {
-            if rule.detector.is_some() {
+        let Some(d) = rule.detector else { continue };
+        if infer.planner.models[d].labels.iter().any(|l| l == "face") {
+            for outcome in ["found", "whole"] {
                 infer
                     .metrics
                     .closeup_searches

@@ -213,7 +213,8 @@ pub struct Assignment {
     pub rules: Vec<String>,
     /// The cameras may show one face filling the whole frame (phone photos, a counter
     /// close-up), which a detector misses once the frame is enlarged to its input. When a
-    /// detector → classifier rule keeps nothing on a frame whose longer side is at most
+    /// detector → classifier rule on a face detector (a `face` label in its manifest: close-ups
+    /// are of faces, not hands) keeps nothing on a frame whose longer side is at most
     /// `closeup_max_px`, the frame is searched again shrunk into the middle of the detector's
     /// input, keeping the best face at a lower score; failing that, the frame is judged whole
     /// (its classifier sees the whole frame as the crop).
