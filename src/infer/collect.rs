@@ -101,7 +101,6 @@ pub(crate) async fn collect(
                         }
                         (Slot::Closeup, ModelOutput::Detections(dets)) => {
                             let dets = from_closeup(&infer, f, model, dets);
-                            closeup_found(&infer, f, model, &dets);
                             let again = f.closeup.get(&model).cloned().unwrap_or_default();
                             let mut c = Crops { tracker: &mut tracker, waiting: &mut waiting, reply_tx: &reply_tx };
                             schedule_crops(&infer, frame, f, model, &dets, Pass::Closeup { rules: &again }, &mut c);
@@ -135,7 +134,6 @@ pub(crate) async fn collect(
                             }
                         }
                         None => {
-                            closeup_found(&infer, f, model, &[]);
                             let again = f.closeup.get(&model).cloned().unwrap_or_default();
                             let mut c = Crops { tracker: &mut tracker, waiting: &mut waiting, reply_tx: &reply_tx };
                             schedule_crops(&infer, frame, f, model, &[], Pass::Closeup { rules: &again }, &mut c);
@@ -303,11 +301,7 @@ fn closeup_rules(infer: &Infer, f: &InFrame, detector: usize, dets: &[Detection]
     let Some(max_px) = f.plan.closeup_max_px else {
         return Vec::new();
     };
-    let finds_faces = infer.planner.models[detector]
-        .labels
-        .iter()
-        .any(|l| l == "face");
-    if w.max(h) > max_px || f.image.is_none() || !finds_faces {
+    if w.max(h) > max_px || f.image.is_none() || !infer.planner.finds_faces(detector) {
         return Vec::new();
     }
     f.plan
@@ -378,22 +372,6 @@ fn search_closeup(
     });
 }
 
-/// Counts a close-up's second search per rule: whether it found a face or judges the frame
-/// whole.
-fn closeup_found(infer: &Infer, f: &InFrame, detector: usize, dets: &[Detection]) {
-    let (w, h) = (f.size.decoded_width, f.size.decoded_height);
-    for &r in f.closeup.get(&detector).into_iter().flatten() {
-        let rule = &infer.planner.rules[r];
-        let kept = cascade::select_closeup(&rule.rule, rule.classes.as_deref(), dets, w, h);
-        let outcome = if kept.score > 0.0 { "found" } else { "whole" };
-        infer
-            .metrics
-            .closeup_searches
-            .with_label_values(&[&rule.name, outcome])
-            .inc();
-    }
-}
-
 /// Which of a detector's rules a call of [`schedule_crops`] decides.
 #[derive(Clone, Copy)]
 enum Pass<'a> {
@@ -428,7 +406,14 @@ fn schedule_crops(
                 cascade::select(&rule.rule, classes, dets, w, h)
             }
             Pass::Closeup { rules } if rules.contains(&r) => {
-                vec![cascade::select_closeup(&rule.rule, classes, dets, w, h)]
+                let kept = cascade::select_closeup(&rule.rule, classes, dets, w, h);
+                let outcome = if kept.score > 0.0 { "found" } else { "whole" };
+                infer
+                    .metrics
+                    .closeup_searches
+                    .with_label_values(&[&rule.name, outcome])
+                    .inc();
+                vec![kept]
             }
             _ => continue,
         };

@@ -110,11 +110,16 @@ impl FramePlan {
 impl Planner {
     /// Detector models whose detections are faces (a `face` label in their manifest).
     pub fn face_detectors(&self) -> std::collections::HashSet<String> {
-        self.models
-            .iter()
-            .filter(|m| m.task == Task::Detect && m.labels.iter().any(|l| l == "face"))
-            .map(|m| m.name.clone())
+        (0..self.models.len())
+            .filter(|&m| self.finds_faces(m))
+            .map(|m| self.models[m].name.clone())
             .collect()
+    }
+
+    /// Whether model `m` is a detector of faces (a `face` label in its manifest).
+    pub fn finds_faces(&self, m: usize) -> bool {
+        let model = &self.models[m];
+        model.task == Task::Detect && model.labels.iter().any(|l| l == "face")
     }
 
     /// The labels each rule's violating detections carry.

@@ -58,7 +58,7 @@ pub fn start(
         .filter(|r| r.classifier.is_some())
     {
         let Some(d) = rule.detector else { continue };
-        if infer.planner.models[d].labels.iter().any(|l| l == "face") {
+        if infer.planner.finds_faces(d) {
             for outcome in ["found", "whole"] {
                 infer
                     .metrics
