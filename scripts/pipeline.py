@@ -7,11 +7,14 @@ the reduction the detectors allow (thread pool), each detector once on the batch
 once on all the batch's crops, verdicts, one observation per frame in vigil's format (Avro
 single-object encoding; `vigil tail --json` reads it). Offsets are stored once a frame's outcome
 and all earlier ones of its partition are acknowledged. A still detection's crop is classified
-again every --reclassify-every frames, as in the worker. Not done: episodes, load shedding.
+again every --reclassify-every frames, as in the worker. The rules are the worker's built-in ones,
+read out of src/rules/mod.rs, or a rules file (--rules, as `vigil worker --rules`). Not done:
+episodes, load shedding, a rule's own rate (`every_secs`: every rule runs on every frame),
+close-ups searched again.
 
     .venv/bin/python scripts/pipeline.py --brokers 127.0.0.1:9092 --metrics-port 9400
 """
-import argparse, hashlib, io, json, os, signal, sys, threading, time, tomllib  # noqa: E401
+import argparse, hashlib, io, json, os, re, signal, sys, threading, time, tomllib  # noqa: E401
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,18 +32,49 @@ import geometry  # noqa: E402  models/geometry.py: the worker's pixel geometry
 
 ROOT, F32 = os.path.dirname(os.path.dirname(os.path.abspath(__file__))), np.float32
 
-# src/rules/mod.rs DEFAULT_RULES, Rule defaults min_box_px 16, max_detections 16; the unjudged label
-# applies only if the classifier has it.
-RULES = {
-    "mask_required": dict(detector="face-yunet", classifier="mask-v2", violation=["no_mask", "mask_incorrect"],
-                          unjudged=["unclear"], min_score=0.5, margin=0.15),
-    "gloves_required": dict(detector="hand-palm", classifier="gloves", violation=["bare_hand"],
-                            min_score=0.5, margin=0.8),
-    "no_animals": dict(detector="objectron", classifier=None, classes=["cat", "dog"], min_score=0.6),
-}
-ZONE_RULES = {"prep": ["mask_required", "gloves_required", "no_animals"], "dining": []}
-DEFAULT_ZONE_RULES = ["mask_required", "no_animals"]
-MIN_BOX_PX, MAX_DETECTIONS = 16, 16
+def load_rules(path=None):
+    """The worker's rules: a rules file (`vigil worker --rules`), or the built-in DEFAULT_RULES
+    read out of src/rules/mod.rs, so the reference judges what the worker judges. Returns
+    ({rule: settings}, [assignment]). Not done here: whole-frame rules, `violation_when`,
+    `every_secs` (every rule runs on every frame) and close-ups."""
+    if path:
+        text, where = open(path).read(), path
+    else:
+        src = open(os.path.join(ROOT, "src", "rules", "mod.rs")).read()
+        text, where = re.search(r'pub const DEFAULT_RULES: &str = r#"(.*?)"#;', src, re.S).group(1), "DEFAULT_RULES"
+    t = tomllib.loads(text)
+
+    def labels(v):
+        return [v] if isinstance(v, str) else list(v or [])
+    rules = {}
+    for name, r in t.get("rules", {}).items():  # src/rules/mod.rs Rule and its defaults
+        if not r.get("detector") or r.get("violation_when"):
+            sys.exit(f"pipeline: rules.{name} in {where}: only detector rules are done here")
+        rules[name] = dict(detector=r["detector"], classifier=r.get("classifier"),
+                           violation=labels(r.get("violation_label")), unjudged=labels(r.get("unjudged_label")),
+                           classes=r.get("classes"), min_score=r.get("min_detection_score", 0.5),
+                           margin=r.get("crop_margin", 0.15), min_box=r.get("min_box_px", 16),
+                           max_detections=r.get("max_detections", 16))
+    assign = t.get("assign", [])
+    for a in assign:
+        if set(a["rules"]) - set(rules):
+            sys.exit(f"pipeline: an assignment in {where} names undefined rules {sorted(set(a['rules']) - set(rules))}")
+    return rules, assign
+
+
+def rules_for(assign, meta):
+    """src/rules/mod.rs: the most specific matching assignment (camera, then site + zone, zone,
+    site, the catch-all); no match, no rules."""
+    best = None
+    for a in assign:
+        if all(a.get(k) is None or a.get(k) == meta.get(k) for k in ("site", "zone", "camera")):
+            rank = 4 * ("camera" in a) + 2 * ("site" in a) + ("zone" in a)
+            if best is None or rank > best[0]:
+                best = (rank, a["rules"])
+    return best[1] if best else []
+
+
+RULES, ASSIGN = load_rules()  # main() replaces them with --rules
 MATCH_IOU, MAX_SHIFT, MAX_SCALE, MAX_AGE_MS, FORGET_MS = 0.3, 0.15, 0.2, 10_000, 10_000  # src/infer/track.rs TrackPolicy
 # src/contract/frame.rs limits, the worker's defaults
 MAX_FRAME_BYTES, MAX_PIXELS, MAX_FUTURE_MS, TIME_FLOOR_MS = 4 << 20, 40_000_000, 300_000, 1_577_836_800_000
@@ -324,7 +358,7 @@ class Pipeline:
                 continue
             frames.append(dict(meta, msg=msg, cb=cb, arrived=arrived, tensors=[], image=None, decode_ms=0.0,
                                preprocess_ms=0.0, crop_ms=0.0, stages=[], used=[], dets={}, kept={}, scores={},
-                               rules=ZONE_RULES.get(meta["zone"], DEFAULT_ZONE_RULES)))
+                               rules=rules_for(ASSIGN, meta)))
         decoded = []
         for f, job in [(f, self.pool.submit(self.decode, f)) for f in frames]:
             try:
@@ -348,8 +382,8 @@ class Pipeline:
                 ds = [(c, s, to_image(b, w, h, det) if det.letterbox else b) for c, s, b in f["dets"][det.name]]
                 classes = [det.labels.index(c) for c in rule["classes"]] if rule.get("classes") else None
                 kept = [d for d in ds if (classes is None or d[0] in classes) and d[1] >= F32(rule["min_score"])
-                        and min((d[2][2] - d[2][0]) * F32(w), (d[2][3] - d[2][1]) * F32(h)) >= MIN_BOX_PX]
-                f["kept"][r] = kept = sorted(kept, key=lambda d: -d[1])[:MAX_DETECTIONS]  # cascade::select
+                        and min((d[2][2] - d[2][0]) * F32(w), (d[2][3] - d[2][1]) * F32(h)) >= rule["min_box"]]
+                f["kept"][r] = kept = sorted(kept, key=lambda d: -d[1])[:rule["max_detections"]]  # cascade::select
                 if not rule["classifier"]:
                     continue
                 t0, cls = time.perf_counter(), self.models[rule["classifier"]]
@@ -472,6 +506,7 @@ def main():
     ap.add_argument("--observations-topic", default="vigil.observations.py")
     ap.add_argument("--dlq-topic", default="vigil.dlq")
     ap.add_argument("--model-dir", default=os.path.join(ROOT, "models"))
+    ap.add_argument("--rules", help="a rules file, as `vigil worker --rules` (default: the worker's built-in rules)")
     ap.add_argument("--max-batch", type=int, default=16, help="records per poll (the detectors' batch)")
     ap.add_argument("--intra-threads", type=int, default=0, help="ONNX Runtime threads per operator (0: its default)")
     ap.add_argument("--ort-spinning", choices=["true", "false"], default="false",
@@ -482,6 +517,9 @@ def main():
     ap.add_argument("--worker-id", help="written into observations (default: python-PID)")
     ap.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on 127.0.0.1")
     a = ap.parse_args()
+    global RULES, ASSIGN
+    if a.rules:
+        RULES, ASSIGN = load_rules(a.rules)
     a.ort_spinning = a.ort_spinning == "true"
     if a.max_batch < 1:
         ap.error("--max-batch must be at least 1")
