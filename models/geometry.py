@@ -75,6 +75,24 @@ def iou(a, b):
     return iw * ih / union if union > 0 else 0.0
 
 
+def match_by_score(dets, truth, threshold):
+    """Greedy one-to-one matching as the tools score detectors: each detection in turn (`dets`,
+    N x 4, in descending score order) takes the labelled box (`truth`, M x 4) it overlaps most
+    among those still free, if their IoU is at least `threshold`. Returns (matched flag per
+    labelled box, number of detections matched)."""
+    hit = np.zeros(len(truth), bool)
+    if not len(dets) or not len(truth):
+        return hit, 0
+    n = 0
+    for row in iou_matrix(dets, truth):
+        row = np.where(hit, -1, row)
+        j = int(np.argmax(row))
+        if row[j] >= threshold:
+            hit[j] = True
+            n += 1
+    return hit, n
+
+
 def iou_matrix(a, b):
     """IoU of every box of `a` (N x 4) with every box of `b` (M x 4): an N x M array."""
     a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)

@@ -100,23 +100,12 @@ def load_scenes():
     return scenes
 
 
-iou = geometry.iou_matrix
-
-
 def match(dets, truth):
-    """Greedy matching; returns (matched flag per labelled face, number of matched detections)."""
-    hit = np.zeros(len(truth), bool)
-    if not len(dets) or not len(truth):
-        return hit, 0
-    m = iou(dets[np.argsort(-dets[:, 0], kind="stable"), 1:5], truth)
-    n = 0
-    for row in m:
-        row = np.where(hit, -1, row)
-        j = int(np.argmax(row))
-        if row[j] >= MATCH_IOU:
-            hit[j] = True
-            n += 1
-    return hit, n
+    """Greedy matching (rows score, x1..y2); returns (matched flag per labelled face, number of
+    matched detections)."""
+    if not len(dets):
+        return np.zeros(len(truth), bool), 0
+    return geometry.match_by_score(dets[np.argsort(-dets[:, 0], kind="stable"), 1:5], truth, MATCH_IOU)
 
 
 def measure_scenes(det, scenes):

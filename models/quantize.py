@@ -233,16 +233,7 @@ def iou(a, b):
 
 def greedy(dets, truth, thr=0.4):
     """dets sorted by score desc (x1..y2); returns bool matched per truth box."""
-    hit = np.zeros(len(truth), bool)
-    for d in dets:
-        if len(truth) == 0:
-            break
-        o = iou(d, truth)
-        o[hit] = -1
-        j = int(np.argmax(o))
-        if o[j] >= thr:
-            hit[j] = True
-    return hit
+    return geometry.match_by_score(np.asarray(dets, np.float64).reshape(-1, 4), truth, thr)[0]
 
 
 def det_diff(a, b, thr=0.5):
