@@ -512,8 +512,8 @@ def main():
     ap.add_argument("--ort-spinning", choices=["true", "false"], default="false",
                     help="let ONNX Runtime's idle threads spin (vigil's default: false)")
     ap.add_argument("--decode-threads", type=int, default=0, help="decode thread pool size (0: CPU count)")
-    ap.add_argument("--reclassify-every", type=int, default=5,
-                    help="classify a still detection's crop every this many frames (1: every frame)")
+    ap.add_argument("--reclassify-every", type=int, default=1,
+                    help="classify a still detection's crop every this many frames (1, the worker's default: every frame)")
     ap.add_argument("--worker-id", help="written into observations (default: python-PID)")
     ap.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on 127.0.0.1")
     a = ap.parse_args()
