@@ -146,9 +146,8 @@ class Unlabelled:
 
         sys.path.insert(0, HERE)
         import build_yunet
-        import measure_yunet
 
-        self.letterbox, self.iou = build_yunet.letterbox, measure_yunet.iou
+        self.letterbox, self.iou = build_yunet.letterbox, geometry.iou_matrix
         self.w, self.h = build_yunet.WIDTH, build_yunet.HEIGHT
         o = ort.SessionOptions()
         o.intra_op_num_threads = 2
@@ -259,6 +258,16 @@ def relit(img, rng):
     return np.clip(img.astype(np.float32) * gain * cast + bias, 0, 255).astype(np.uint8)
 
 
+def scene_faces(data, stem, unlabelled=None):
+    """faces(), and with `unlabelled` every unmatched detection as `unclear`."""
+    img, fs = faces(data, stem)
+    if unlabelled is not None:
+        h, w = img.shape[:2]
+        fs = fs + [(b, UNCLEAR, float(min((b[2] - b[0]) * w, (b[3] - b[1]) * h)))
+                   for b in unlabelled.boxes(img, all_boxes(data, stem))]
+    return img, fs
+
+
 def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0):
     """Yields (input tensor, label, shorter side, stem) for every face (and, with `unlabelled`,
     every unmatched detection as `unclear`); with augment, the original, its flip and N_JITTER
@@ -269,11 +278,7 @@ def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0):
     made-up faces are marked with a negative side (they train only) and come with the same
     flip and jittered copies, so the pattern of originals holds."""
     for stem in stems:
-        img, fs = faces(data, stem)
-        if unlabelled is not None:
-            h, w = img.shape[:2]
-            fs = fs + [(b, UNCLEAR, float(min((b[2] - b[0]) * w, (b[3] - b[1]) * h)))
-                       for b in unlabelled.boxes(img, all_boxes(data, stem))]
+        img, fs = scene_faces(data, stem, unlabelled)
         made = []
         for box, label, side in fs:
             if label == 1 and side >= SYN_MIN_SIDE:
@@ -592,21 +597,15 @@ def main():
     old_sess = ort_session(os.path.join(HERE, "mask_classifier.onnx"))
 
     # Validation crops (no augmentation), judged by both ONNX models.
-    vx, vy, vside = [], [], []
-    for x, y, side, _ in crops(args.data, val_stems, False, None, unlabelled):
-        vx.append(x), vy.append(y), vside.append(side)
+    # (crops() without augmentation, cut once more at the package's size for today's classifier)
+    vx, vx_old, vy, vside = [], [], [], []
+    for stem in val_stems:
+        img, fs = scene_faces(args.data, stem, unlabelled)
+        for box, label, side in fs:
+            vx.append(crop_input(img, box)), vy.append(label), vside.append(side)
+            vx_old.append(vx[-1] if SIZE == PACKAGE_SIZE else crop_input(img, box, size=PACKAGE_SIZE))
     vy, vside = np.array(vy), np.array(vside)
-    new_p = run_onnx(new_sess, vx)
-    if SIZE != PACKAGE_SIZE:  # today's classifier takes the package's size
-        vx_old = []
-        for stem in val_stems:
-            img, fs = faces(args.data, stem)
-            h, w = img.shape[:2]
-            fs = fs + [(b, UNCLEAR, 0.0) for b in unlabelled.boxes(img, all_boxes(args.data, stem))]
-            vx_old += [crop_input(img, b, size=PACKAGE_SIZE) for b, _, _ in fs]
-        old_p = run_onnx(old_sess, vx_old)
-    else:
-        old_p = run_onnx(old_sess, vx)
+    new_p, old_p = run_onnx(new_sess, vx), run_onnx(old_sess, vx_old)
 
     # Parity ONNX vs Keras: random tensors (batches 1, 3, 8) and 64 validation crops.
     rs = np.random.default_rng(7)
