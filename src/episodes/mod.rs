@@ -2,10 +2,13 @@
 //!
 //! - [`machine`]: the smoother and episode state machine of one (camera, rule); pure;
 //! - [`cameras`]: which site owns each camera id, and the partition clock; pure;
+//! - [`book`]: those cameras for every assigned partition, and the state records a frame
+//!   changes;
 //! - [`store`]: the state of every (site, camera, rule) of the assigned partitions, and the
 //!   versioned state records; pure;
 //! - [`judge`]: the stage that applies observations in frame order and builds the events.
 
+pub mod book;
 pub mod cameras;
 pub mod judge;
 pub mod machine;

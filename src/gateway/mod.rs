@@ -16,8 +16,8 @@
 //! backoff  jittered exponential reconnection delays
 //! ```
 //!
-//! The simulator (`vigil gateway --source … --cameras N`, for load tests) is
-//! [`crate::commands::gateway`].
+//! The simulator (`vigil gateway --source … --cameras N`, for load tests) lives with the
+//! command, in `src/commands/gateway.rs`.
 
 pub mod backoff;
 pub mod buffer;

@@ -211,29 +211,7 @@ pub fn find_manifest(dir: &Path, name: &str) -> Result<Manifest, ModelError> {
     })
 }
 
-/// Which execution provider to ask ONNX Runtime for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Device {
-    /// CPU only.
-    Cpu,
-    /// CUDA; a start-up error if it cannot be used.
-    Cuda,
-    /// TensorRT (with CUDA as its fallback for unsupported nodes); a start-up error if unusable.
-    Tensorrt,
-    /// The best one that works: TensorRT, CUDA, then CPU.
-    Auto,
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
-            Device::Tensorrt => "tensorrt",
-            Device::Auto => "auto",
-        })
-    }
-}
+pub use super::provider::Device;
 
 /// How sessions are created.
 #[derive(Debug, Clone, Copy)]
@@ -307,7 +285,14 @@ impl Model {
                 .with_intra_threads(exec.intra_threads)
                 .map_err(|e| rt(e.into()))?;
         }
-        let provider = super::provider::register(&mut builder, exec.device, &name)?;
+        let provider =
+            super::provider::register(&mut builder, exec.device, &name).map_err(|u| {
+                ModelError::Device {
+                    model: name.clone(),
+                    device: u.device,
+                    message: u.message,
+                }
+            })?;
         let session = builder.commit_from_memory(&bytes).map_err(rt)?;
         check_contract(&session, &manifest)?;
         Ok(Model {

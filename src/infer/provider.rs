@@ -1,10 +1,40 @@
 //! Execution providers: which ONNX Runtime backend a model's session runs on (CPU always; CUDA
-//! or TensorRT in a binary built with `--features cuda`), and the error that names the model
-//! when the one asked for is not there.
+//! or TensorRT in a binary built with `--features cuda`), and why the one asked for is not
+//! there (the model loader names the model in its error).
 
-use super::model::{Device, ModelError};
 #[cfg(not(feature = "cuda"))]
 use ort::ep::ExecutionProvider;
+
+/// Which execution provider to ask ONNX Runtime for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// CPU only.
+    Cpu,
+    /// CUDA; a start-up error if it cannot be used.
+    Cuda,
+    /// TensorRT (with CUDA as its fallback for unsupported nodes); a start-up error if unusable.
+    Tensorrt,
+    /// The best one that works: TensorRT, CUDA, then CPU.
+    Auto,
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Tensorrt => "tensorrt",
+            Device::Auto => "auto",
+        })
+    }
+}
+
+/// A device this binary or machine cannot give a model.
+#[derive(Debug)]
+pub struct Unavailable {
+    pub device: Device,
+    pub message: String,
+}
 
 /// ONNX Runtime's name for its CPU execution provider, as `register` returns it.
 pub const CPU: &str = "CPUExecutionProvider";
@@ -14,7 +44,7 @@ pub(crate) fn register(
     builder: &mut ort::session::builder::SessionBuilder,
     device: Device,
     model: &str,
-) -> Result<&'static str, ModelError> {
+) -> Result<&'static str, Unavailable> {
     match device {
         Device::Cpu => Ok(CPU),
         #[cfg(feature = "cuda")]
@@ -22,13 +52,13 @@ pub(crate) fn register(
         #[cfg(not(feature = "cuda"))]
         Device::Cuda | Device::Tensorrt => {
             let _ = builder;
-            Err(unavailable(
-                model,
+            let _ = model;
+            Err(Unavailable {
                 device,
-                "this vigil binary was built without GPU support; rebuild with `--features cuda` \
-                 and load the onnxruntime-gpu library"
+                message: "this vigil binary was built without GPU support; rebuild with \
+                          `--features cuda` and load the onnxruntime-gpu library"
                     .into(),
-            ))
+            })
         }
         #[cfg(not(feature = "cuda"))]
         Device::Auto => {
@@ -38,31 +68,25 @@ pub(crate) fn register(
     }
 }
 
-/// The error for a device this binary or machine cannot give `model`.
-fn unavailable(model: &str, device: Device, message: String) -> ModelError {
-    ModelError::Device {
-        model: model.to_string(),
-        device,
-        message,
-    }
-}
-
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::{unavailable, Device, ModelError, CPU};
+    use super::{Device, Unavailable, CPU};
     use ort::ep::ExecutionProvider;
 
     pub(super) fn register(
         builder: &mut ort::session::builder::SessionBuilder,
         device: Device,
         model: &str,
-    ) -> Result<&'static str, ModelError> {
+    ) -> Result<&'static str, Unavailable> {
         if matches!(device, Device::Tensorrt | Device::Auto) {
             let trt = ort::ep::TensorRT::default();
             match trt.register(builder) {
                 Ok(()) => return Ok("TensorrtExecutionProvider"),
                 Err(e) if device == Device::Tensorrt => {
-                    return Err(unavailable(model, device, e.to_string()))
+                    return Err(Unavailable {
+                        device,
+                        message: e.to_string(),
+                    })
                 }
                 Err(e) => tracing::info!(model, error = %e, "tensorrt unavailable, trying cuda"),
             }
@@ -74,7 +98,10 @@ mod gpu {
                 tracing::warn!(model, error = %e, "cuda unavailable, running on cpu");
                 Ok(CPU)
             }
-            Err(e) => Err(unavailable(model, device, e.to_string())),
+            Err(e) => Err(Unavailable {
+                device,
+                message: e.to_string(),
+            }),
         }
     }
 }

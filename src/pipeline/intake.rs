@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::contract::{now_ms, DeadLetter, Limits, Reason, Rejection};
 use crate::decode::DecodeJob;
-use crate::episodes::cameras::{CameraBook, Refusal};
+use crate::episodes::book::CameraBook;
+use crate::episodes::cameras::Refusal;
 use crate::infer::shed::{At, Shedder, SKIPPED_STALE};
 use crate::infer::{FramePlan, Planner};
 use crate::source::{self, Record};

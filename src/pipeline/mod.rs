@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::contract::{StageError, StateRecord};
-use crate::episodes::cameras::CameraBook;
+use crate::episodes::book::CameraBook;
 use crate::episodes::store::StateRef;
 use crate::episodes::StateStore;
 use crate::infer::shed::Shedder;

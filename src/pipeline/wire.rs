@@ -29,7 +29,7 @@ use super::{load, Restorer};
 use crate::codec::Codecs;
 use crate::contract::{Domain, Observed, Outcome, StageError};
 use crate::decode::{Decoder, Pending};
-use crate::episodes::cameras::CameraBook;
+use crate::episodes::book::CameraBook;
 use crate::episodes::{Judge, StateStore};
 use crate::evidence::Evidence;
 use crate::infer::model::Model;
