@@ -153,6 +153,7 @@ fn bench_pack(c: &mut Criterion) {
         "hand-palm",
         "gloves",
         "objectron",
+        "objectron-int8",
     ] {
         let mut m = load_model(name, 1);
         let mut tensor = Vec::new();

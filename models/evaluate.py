@@ -17,7 +17,9 @@ Sets: mask-scenes-val (models/splits/mask-scenes-val.txt over ../shared/data/mas
 gloves-val (models/splits/gloves-val.txt over ../shared/data/gloves), closeups-val (faces of
 mask-scenes-val cut out as small close-ups: one face filling the frame), closeups
 (tests/data/faces: bare faces, violations; tests/data/masked: masked, compliant; plus `--closeup-dir DIR` whose
-`labels.txt` has lines `FILE compliant|violation`). A set is one small loader function below.
+`labels.txt` has lines `FILE compliant|violation`), animals (every frame of mask-scenes-val and gloves-val as
+it is, compliant, and three times with the test cat pasted in, violations). A set is one small loader
+function below.
 """
 import argparse
 import hashlib
@@ -186,8 +188,34 @@ def load_closeups_val(args, min_face_px=32, seed=20261207):
     return ImageSet("closeups-val", "kitchen", "mask", ["without_mask", "mask_weared_incorrect"], items)
 
 
+def load_animals(args, seed=20261207, copies=3):
+    """Every held-out frame of mask-scenes-val and gloves-val once as it is (no animal:
+    compliant) and `copies` times with the test cat pasted in (models/composite.py: 12-55 % of
+    the frame's height, anywhere; a violation of a no-animals rule), JPEG quality 90. Seeded: the
+    same set each run. It shows whether a change keeps the same verdicts, not how well cats in
+    general are found (one licensed cat photo)."""
+    import random
+
+    import cv2
+
+    import composite
+    rnd, items = random.Random(seed), []
+    cat = cv2.imread(composite.ANIMAL)
+    backgrounds = [(f"ms/{s}", DATA / "mask-scenes" / "images" / f"{s}.jpg") for s in read_split("mask-scenes-val")] + \
+                  [(f"gl/{r}", DATA / "gloves" / r) for r in read_split("gloves-val")]
+    for name, path in backgrounds:
+        img = cv2.imread(str(path))
+        H, W = img.shape[:2]
+        items.append(Item(camera_id("an0", name), path, truth=False, size=(W, H)))
+        for k in range(1, copies + 1):
+            out, box = composite.paste_animal(img, cat, rnd)
+            items.append(Item(camera_id(f"an{k}", name), f"{path}#cat{k}", [("cat", *box)], truth=True,
+                              size=(W, H), data=composite.jpeg(out)))
+    return ImageSet("animals", "kitchen", "animals", ["cat"], items)
+
+
 SETS = {"mask-scenes-val": load_mask_scenes, "gloves-val": load_gloves, "closeups": load_closeups,
-        "closeups-val": load_closeups_val}
+        "closeups-val": load_closeups_val, "animals": load_animals}
 
 
 def rule_kind(name, rule, overrides):
@@ -195,6 +223,8 @@ def rule_kind(name, rule, overrides):
     if name in overrides:
         return overrides[name]
     text = " ".join([name, rule.get("classifier", ""), str(rule.get("violation_label", ""))]).lower()
+    if "animal" in text or {"cat", "dog"} & set(rule.get("classes", [])):
+        return "animals"
     return "gloves" if ("glove" in text or "hand" in text) else "mask" if "mask" in text else None
 
 
@@ -339,9 +369,10 @@ def centre_inside(t, d):
 
 
 def matched(truth_boxes, det_boxes, kind="mask"):
-    """Indices of truth boxes matched one-to-one (greedy): faces at IoU >= IOU_MATCH, hands when
-    the palm detection's centre lies inside the hand's box."""
-    overlap, floor = (centre_inside, 1.0) if kind == "gloves" else (iou, IOU_MATCH)
+    """Indices of truth boxes matched one-to-one (greedy): faces at IoU >= IOU_MATCH; hands when
+    the palm detection's centre lies inside the hand's box, animals when the detection's centre
+    lies inside the pasted photo (whose box holds the cat and its surroundings)."""
+    overlap, floor = (centre_inside, 1.0) if kind in ("gloves", "animals") else (iou, IOU_MATCH)
     pairs = sorted(((overlap(t, d), i, j) for i, t in enumerate(truth_boxes) for j, d in enumerate(det_boxes)),
                    reverse=True)
     used_t, used_d = set(), set()
@@ -426,7 +457,7 @@ def main():
     ap.add_argument("--brokers", help="use this broker instead of starting one with scripts/broker.sh")
     ap.add_argument("--closeup-dir", help="extra close-ups: DIR/labels.txt lines `FILE compliant|violation`")
     ap.add_argument("--rule-kind", action="append", default=[], metavar="RULE=KIND",
-                    help="score RULE against KIND truth (mask, gloves) instead of guessing from its names")
+                    help="score RULE against KIND truth (mask, gloves, animals) instead of guessing from its names")
     ap.add_argument("--intra-threads", type=int, default=1, help="worker's ONNX Runtime threads per operator")
     ap.add_argument("--worker-args", default="", help="extra worker flags, e.g. '--device cuda'")
     ap.add_argument("--idle-timeout", type=float, default=180, help="seconds without a new observation before giving up")

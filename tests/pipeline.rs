@@ -108,7 +108,7 @@ async fn frames_in_observations_out() -> Result {
         );
         // Animals are looked for once per 2 s of a camera's footage (frames are 0.5 s apart):
         // in between, the rule is not judged and its detector does not run.
-        let objectron = o.models.iter().any(|m| m.name == "objectron");
+        let objectron = o.models.iter().any(|m| m.name == "objectron-int8");
         if o.seq % 4 == 0 {
             ensure!(
                 o.rules[1].verdict == vigil::contract::observation::Verdict::Compliant && objectron,

@@ -1,0 +1,137 @@
+"""Builds `objectron_int8.onnx`: the Objectron SSD (`objectron.onnx`, see build_objectron.py)
+with its backbone quantised to INT8 by ONNX Runtime's static quantisation (QDQ).
+
+The recipe is `quantize.py`'s, whose report (measurements/int8.md) weighed it first: activations
+uint8, weights int8 per channel, MinMax calibration on mask-scenes TRAIN images stretched to
+300x300 as the worker stretches them (quantize.py's seed). Only the backbone is quantised: the
+score/box convolutions, the in-graph SSD decode and NonMaxSuppression stay fp32
+(`quantize.head_nodes`). It calibrates on 200 images where quantize.py took 64: of the recipes
+tried on animal composites over TRAIN backgrounds (measurements/objectron-int8.md), 200 changed
+the fewest cat verdicts against fp32 without keeping more of the backbone in fp32.
+
+Whether the pack uses it is decided by the figures through the pipeline
+(measurements/objectron-int8.md, `models/evaluate.py --sets animals`).
+
+Run from the project root (ONNX Runtime's quantiser needs `onnx` and `sympy`, in .venv-models):
+
+    nice .venv-models/bin/python models/build_objectron_int8.py [--out models/objectron_int8.onnx]
+    nice .venv-models/bin/python models/build_objectron_int8.py --recipes   # the comparison
+
+`--recipes` builds each recipe tried into a temporary directory and prints, on 300 TRAIN frames
+(150 mask-scenes, 150 gloves, seeded) each as it is and with the test cat pasted in
+(models/composite.py), how many cat/dog verdicts at the rule's 0.6 differ from fp32's.
+"""
+import argparse
+import hashlib
+import os
+import random
+import tempfile
+
+import cv2
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+import composite  # models/composite.py: the test cat pasted into frames
+import geometry  # models/geometry.py: the worker's decode reduction
+import quantize as q  # models/quantize.py: inputs as the worker makes them, the quantiser's settings
+
+THRESHOLD = 0.6  # the built-in no_animals rule's min_detection_score
+ANIMALS = (7, 19)  # cat, dog in the manifest's labels
+
+
+def calibration(n):
+    """`n` mask-scenes TRAIN images (seeded), stretched to 300x300 as the worker does."""
+    rng = np.random.default_rng(q.SEED)
+    stems = sorted(rng.choice(q.split("mask-scenes-train"), n, replace=False))
+    return [q.objectron_input(q.reduced(os.path.join(q.SCENES, "images", s + ".jpg"), 300, 300)) for s in stems]
+
+
+def build(dst, n, extra_fp32_convs=0, extra_options=None):
+    """quantize.quantise's recipe, with `extra_fp32_convs` more backbone convolutions (the last
+    ones) and `extra_options` for the quantiser when a recipe asks for them."""
+    if not extra_fp32_convs and not extra_options:
+        return q.quantise(os.path.join(q.HERE, "objectron.onnx"), dst, calibration(n), detector=True)
+    m = q.named(onnx.load(os.path.join(q.HERE, "objectron.onnx")))
+    exclude = q.head_nodes(m)
+    exclude += [nd.name for nd in m.graph.node if nd.op_type == "Conv" and nd.name not in exclude][-extra_fp32_convs:] \
+        if extra_fp32_convs else []
+    tmp = dst + ".named.onnx"
+    onnx.save(m, tmp)
+    quantize_static(tmp, dst, q.Reader("image", calibration(n)), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+                    extra_options=extra_options or {})
+    os.remove(tmp)
+
+
+def train_frames():
+    """[(input tensor, has an animal)]: 300 TRAIN frames, each as it is and with the cat pasted in,
+    through JPEG and the worker's reduced decode."""
+    rnd = random.Random(7)
+    paths = [os.path.join(q.SCENES, "images", s + ".jpg") for s in rnd.sample(q.split("mask-scenes-train"), 150)] + \
+            [os.path.join(q.GLOVES, r) for r in rnd.sample(q.split("gloves-train"), 150)]
+    cat, paste_rnd, out = cv2.imread(composite.ANIMAL), random.Random(11), []
+    for path in paths:
+        img = cv2.imread(path)
+        pasted, _ = composite.paste_animal(img, cat, paste_rnd)
+        for frame, truth in ((pasted, True), (img, False)):
+            data = np.frombuffer(composite.jpeg(frame), np.uint8)
+            f = geometry.reduction_factor(frame.shape[1], frame.shape[0], 300, 300)
+            flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                    8: cv2.IMREAD_REDUCED_COLOR_8}[f]
+            out.append((q.objectron_input(cv2.imdecode(data, flag)), truth))
+    return out
+
+
+def animal_scores(path, frames):
+    s = q.session(path)
+    scores = []
+    for x, _ in frames:
+        d = s.run(None, {"image": x[None]})[0]
+        hit = np.isin(d[:, 1], ANIMALS)
+        scores.append(float(d[hit, 2].max()) if hit.any() else 0.0)
+    return np.array(scores)
+
+
+RECIPES = [  # (name, images, extra fp32 convolutions, quantiser options)
+    ("64 images (quantize.py's)", 64, 0, None),
+    ("200 images (built)", 200, 0, None),
+    ("400 images", 400, 0, None),
+    ("200 images, the last 20 backbone convolutions fp32", 200, 20, None),
+    ("200 images, symmetric weights, moving-average ranges", 200, 0,
+     {"WeightSymmetric": True, "CalibMovingAverage": True}),
+]
+
+
+def recipes():
+    frames = train_frames()
+    truth = np.array([t for _, t in frames])
+    fp = animal_scores(os.path.join(q.HERE, "objectron.onnx"), frames) >= THRESHOLD
+    print(f"{len(frames)} TRAIN frames, {truth.sum()} with the cat; fp32: recall {fp[truth].mean():.3f}, "
+          f"{fp[~truth].sum()} false alarms\n")
+    print("| recipe | recall | false alarms | verdicts changed (gained / lost) | MB |\n|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(dir=q.HERE, prefix=".int8-recipes.") as tmp:
+        for i, (name, n, extra, opts) in enumerate(RECIPES):
+            dst = os.path.join(tmp, f"r{i}.onnx")
+            build(dst, n, extra, opts)
+            v = animal_scores(dst, frames) >= THRESHOLD
+            print(f"| {name} | {v[truth].mean():.3f} | {v[~truth].sum()} | {(v != fp).sum()} "
+                  f"({(v & ~fp).sum()} / {(~v & fp).sum()}) | {os.path.getsize(dst) / 1e6:.1f} |", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(q.HERE, "objectron_int8.onnx"))
+    ap.add_argument("--images", type=int, default=200, help="calibration images (mask-scenes TRAIN)")
+    ap.add_argument("--recipes", action="store_true", help="compare the recipes tried instead of building")
+    a = ap.parse_args()
+    if a.recipes:
+        return recipes()
+    build(a.out, a.images)
+    digest = hashlib.sha256(open(a.out, "rb").read()).hexdigest()
+    print(f"{a.out}: {os.path.getsize(a.out)} bytes, sha256 {digest}")
+
+
+if __name__ == "__main__":
+    main()
