@@ -44,7 +44,10 @@ async fn default_rules_on_held_out_images() -> Result {
         .arg(repo().join("models/evaluate.py"))
         .args(["--vigil", env!("CARGO_BIN_EXE_vigil")])
         .args(["--brokers", &brokers()])
-        .args(["--sets", "mask-scenes-val,gloves-val,closeups,closeups-val,animals"])
+        .args([
+            "--sets",
+            "mask-scenes-val,gloves-val,closeups,closeups-val,animals",
+        ])
         .args(["--pack", "pack2="])
         .arg("--json")
         .arg(&out)

@@ -508,7 +508,13 @@ mod tests {
         assert!(r.rules_for(&meta("s", "c", Some("dining"))).is_empty());
         assert_eq!(
             r.models(),
-            ["hand-palm", "face-yunet", "objectron-int8", "gloves", "mask-v2"]
+            [
+                "hand-palm",
+                "face-yunet",
+                "objectron-int8",
+                "gloves",
+                "mask-v2"
+            ]
         );
         let pack1 =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/rules/pack1.toml");
