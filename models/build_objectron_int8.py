@@ -12,10 +12,10 @@ the fewest cat verdicts against fp32 without keeping more of the backbone in fp3
 Whether the pack uses it is decided by the figures through the pipeline
 (measurements/objectron-int8.md, `models/evaluate.py --sets animals`).
 
-Run from the project root (ONNX Runtime's quantiser needs `onnx` and `sympy`, in .venv-models):
+Run from the project root, with the project's .venv (ONNX Runtime's quantiser needs `onnx` and `sympy`):
 
-    nice .venv-models/bin/python models/build_objectron_int8.py [--out models/objectron_int8.onnx]
-    nice .venv-models/bin/python models/build_objectron_int8.py --recipes   # the comparison
+    nice .venv/bin/python models/build_objectron_int8.py [--out models/objectron_int8.onnx]
+    nice .venv/bin/python models/build_objectron_int8.py --recipes   # the comparison
 
 `--recipes` builds each recipe tried into a temporary directory and prints, on 300 TRAIN frames
 (150 mask-scenes, 150 gloves, seeded) each as it is and with the test cat pasted in
@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import os
 import random
+import re
 import tempfile
 
 import cv2
@@ -130,6 +131,10 @@ def main():
         return recipes()
     build(a.out, a.images)
     digest = hashlib.sha256(open(a.out, "rb").read()).hexdigest()
+    if os.path.abspath(a.out) == os.path.join(q.HERE, "objectron_int8.onnx"):  # the pack's file: its manifest follows
+        manifest = os.path.join(q.HERE, "objectron_int8.toml")
+        text = re.sub(r'(?m)^sha256 = "[0-9a-f]*"', f'sha256 = "{digest}"', open(manifest).read(), count=1)
+        open(manifest, "w").write(text)
     print(f"{a.out}: {os.path.getsize(a.out)} bytes, sha256 {digest}")
 
 

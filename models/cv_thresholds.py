@@ -17,7 +17,7 @@ Run from the repository root (about 40 minutes on 2 cores at 11 epochs; `--cache
 block 14's activations of the training crops, the file train_mask_classifier.py --cache
 writes; `--dump` keeps every crop's fold probabilities, and `--report` prints the tables from
 such a file again without training):
-  .venv-models/bin/python models/cv_thresholds.py [--cache FILE] [--dump FILE]
+  .venv/bin/python models/cv_thresholds.py [--cache FILE] [--dump FILE]
 
 `--seeds A,B,C` trains one tail per seed and fold and averages their probabilities (an ensemble;
 each further seed costs about 25 minutes), `--flip` also classifies every crop mirrored and

@@ -1,7 +1,7 @@
 """Measures the pack's face detectors on the project's photos, the way the worker uses them:
 faces found at score >= 0.5 (against the counted faces in tests/data/faces.tsv), the mask
 classifier's decision on each found face's crop (15 % margin), and time per image (1 thread).
-Writes the table models/README.md quotes. Run with .venv-models/bin/python.
+Writes the table models/README.md quotes. Run with .venv/bin/python.
 """
 import os
 import time

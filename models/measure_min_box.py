@@ -9,7 +9,7 @@ this share caps the rule's frame-level recall. The detector was never trained on
 It also prints the cost side: crops the rule classifies per frame (one mask-v2 run each), over
 all TRAIN images.
 
-Run from the repository root: .venv-models/bin/python models/measure_min_box.py
+Run from the repository root: .venv/bin/python models/measure_min_box.py
 """
 import os
 import sys

@@ -9,7 +9,7 @@ centred black padding, each model's own input spec), and writes models/measureme
 - close-ups: detections at score >= 0.5 on tests/data/faces and tests/data/masked against the
   counts in tests/data/faces.tsv.
 
-One ONNX Runtime thread, batch 1. Run: nice .venv-models/bin/python models/measure_yunet.py
+One ONNX Runtime thread, batch 1. Run: nice .venv/bin/python models/measure_yunet.py
 (about 5 minutes on the project's 2-core machine). Matching is greedy per image: detections in
 descending score each take the unmatched labelled face they overlap most (IoU >= 0.4).
 """
@@ -236,7 +236,7 @@ def report(results, closeups, frames, chosen):
     names = list(results)
     r0 = results[names[0]][0.5]
     L.append("# YuNet-n face detector: input size and comparison with BlazeFace\n")
-    L.append("Measured by `models/measure_yunet.py` (command: `nice .venv-models/bin/python "
+    L.append("Measured by `models/measure_yunet.py` (command: `nice .venv/bin/python "
              "models/measure_yunet.py` from the repository root). One ONNX Runtime thread, batch 1, "
              "ms/image is the median model time over every 4th image, all detectors taking turns "
              "image by image, "

@@ -19,8 +19,8 @@ Measurement (one process, ONNX Runtime 1 thread): speed per item at batch 1 and 
 Writes the INT8 files to --out (default /tmp/int8) and the report to
 models/measurements/int8.md.
 
-Run: nice -n 19 .venv-models/bin/python models/quantize.py [--out /tmp/int8]
-(ONNX Runtime's quantisation package also needs `sympy`: `.venv-models/bin/pip install sympy`.)
+Run: nice -n 19 .venv/bin/python models/quantize.py [--out /tmp/int8]
+(ONNX Runtime's quantisation package also needs `sympy`, which scripts/requirements.txt pins.)
 """
 import argparse
 import os
@@ -476,7 +476,7 @@ def main():
     f3 = lambda v: f"{v:.3f}"
     L += ["# INT8 static quantisation of the default models: measured", "",
           "Written by `models/quantize.py` (one run; numbers below are from that run).", "",
-          "```sh", "nice -n 19 .venv-models/bin/python models/quantize.py --out " + args.out
+          "```sh", "nice -n 19 .venv/bin/python models/quantize.py --out " + args.out
           + (" --full-classifiers" if args.full_classifiers else ""), "```", "",
           f"ONNX Runtime {ort.__version__}, CPUExecutionProvider, 1 intra-op thread; CPU has AVX2 and "
           "AVX-VNNI. `quantize_static`, QDQ, activations uint8, weights int8 per channel, MinMax "

@@ -579,9 +579,9 @@ Written by `models/train_gloves_classifier.py`; every figure below comes from it
 (from the repository root; about 4 minutes on this shared 2-core machine without a cache):
 
 ```sh
-.venv-models/bin/python models/splits.py                  # split files, if missing
-.venv-models/bin/python models/build_palm.py              # palm.onnx, palm.toml, LICENSE-mediapipe
-.venv-models/bin/python models/train_gloves_classifier.py [--cache DIR] [--write-test-images]
+.venv/bin/python models/splits.py                  # split files, if missing
+.venv/bin/python models/build_palm.py              # palm.onnx, palm.toml, LICENSE-mediapipe
+.venv/bin/python models/train_gloves_classifier.py [--cache DIR] [--write-test-images]
 ```
 
 `--cache DIR` (default `/tmp/vigil-gloves-cache`) keeps the detections and backbone features

@@ -29,7 +29,7 @@ Then: ONNX export (tf2onnx, opset 13, NCHW input `image`, dynamic batch, output 
 the same crops, a close-up check on tests/data/faces (no masks) and tests/data/masked
 (synthetic masks) with BlazeFace boxes, and the manifest with the sha256.
 
-Run with .venv-models/bin/python (models/build.sh). Writes models/mask_v2.onnx,
+Run with .venv/bin/python (models/build.sh). Writes models/mask_v2.onnx,
 models/mask_v2.toml and models/measurements/mask_v2.md.
 """
 import argparse
@@ -680,7 +680,7 @@ name = "probs"
 REPORT_HEAD = """# mask-v2 (`models/mask_v2.onnx`): validation
 
 Written by `models/train_mask_classifier.py`, which trains the model and measures it in the same
-run (`cd models && ../.venv-models/bin/python train_mask_classifier.py`). Images and labels:
+run (`cd models && ../.venv/bin/python train_mask_classifier.py`). Images and labels:
 mask-scenes, the Kaggle "Face Mask Detection" set by andrewmvd. Training used {n_faces} labelled
 faces and {n_unclear} faces YuNet finds that no annotator boxed (label `unclear`) from the
 {n_images} TRAIN images ({n_dropped} more unboxed detections, which a teacher trained on the

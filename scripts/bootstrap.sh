@@ -6,8 +6,9 @@
 #     tests put a TLS listener with a private CA in front of the broker), and GStreamer's RTSP
 #     server with the Python bindings and the H.264 encoder (the site gateway's tests serve
 #     RTSP cameras with tests/tools/rtsp_cameras.py)
-#   - .venv: a project-local Python venv with the onnxruntime wheel (its libonnxruntime.so is
-#     what the worker loads) and confluent-kafka (an outside client for tests)
+#   - .venv: the project's one Python venv (scripts/requirements*.txt): the onnxruntime wheel
+#     (its libonnxruntime.so is what the worker loads), confluent-kafka (an outside client for
+#     tests), and the model tooling (TensorFlow 2.15, tf2onnx, onnx) models/build.sh uses
 #   - the nisshi broker (Kafka protocol) for the demo and the tests: built once per user into
 #     ~/.cache/vigil/nisshi-VERSION-FEATURES (like cargo's own registry cache, so a second
 #     clone reuses it; about 10 minutes on 2 cores the first time, with cargo's progress shown)
@@ -40,15 +41,17 @@ fi
 
 # --- Python venv with ONNX Runtime ---------------------------------------------------------
 REQ="$ROOT/scripts/requirements.txt"
+REQ_NODEPS="$ROOT/scripts/requirements-nodeps.txt"
 STAMP="$ROOT/.venv/.vigil-requirements"
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   say "creating .venv"
   python3 -m venv "$ROOT/.venv"
 fi
-if ! cmp -s "$REQ" "$STAMP" 2>/dev/null; then
+if ! cat "$REQ" "$REQ_NODEPS" | cmp -s - "$STAMP" 2>/dev/null; then
   say "installing Python packages into .venv"
   "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -r "$REQ"
-  cp "$REQ" "$STAMP"
+  "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check --no-deps -r "$REQ_NODEPS"
+  cat "$REQ" "$REQ_NODEPS" > "$STAMP"
 else
   say "Python packages present"
 fi

@@ -4,7 +4,7 @@ the cascade finds faces whose mouth and nose are covered and that the classifier
 `mask`. Face boxes come from the committed SSD detector at a low threshold (0.3), so faces
 the detector only half sees are masked too. Run with the models venv (models/build.sh):
 
-    .venv-models/bin/python tests/data/make_masked.py
+    .venv/bin/python tests/data/make_masked.py
 """
 import os
 

@@ -1,6 +1,6 @@
 """Builds brightness.onnx, a tiny user model for the tests: a whole-frame classifier that says
 whether the lights are on (`bright`) or off (`dark`) from the mean pixel value. It shows that a
-model following a manifest runs in vigil without code changes. Run with .venv-models/bin/python.
+model following a manifest runs in vigil without code changes. Run with .venv/bin/python.
 """
 import hashlib
 import os
