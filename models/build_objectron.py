@@ -45,6 +45,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+import geometry  # models/geometry.py: the worker's decode reduction
+
 from detector_head import Graph, manifest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -483,16 +485,7 @@ def main():
 
 def reduced_read(path, size=SIZE):
     """Decode as the worker does: the largest libjpeg reduction keeping both sides >= size."""
-    import cv2
-
-    h, w = cv2.imread(path, cv2.IMREAD_UNCHANGED).shape[:2]
-    flag = cv2.IMREAD_COLOR
-    for f, fl in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                  (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if w // f >= size and h // f >= size:
-            flag = fl
-            break
-    return cv2.imread(path, flag)
+    return geometry.decode_reduced(path, size, size)
 
 
 def measure():

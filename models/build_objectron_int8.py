@@ -5,9 +5,9 @@ The recipe is `quantize.py`'s, whose report (measurements/int8.md) weighed it fi
 uint8, weights int8 per channel, MinMax calibration on mask-scenes TRAIN images stretched to
 300x300 as the worker stretches them (quantize.py's seed). Only the backbone is quantised: the
 score/box convolutions, the in-graph SSD decode and NonMaxSuppression stay fp32
-(`quantize.head_nodes`). It calibrates on 200 images where quantize.py took 64: of the recipes
-tried on animal composites over TRAIN backgrounds (measurements/objectron-int8.md), 200 changed
-the fewest cat verdicts against fp32 without keeping more of the backbone in fp32.
+(`quantize.head_nodes`). It calibrates on 200 images where quantize.py took 64. The recipes
+tried (`--recipes`, on TRAIN frames with the test cat pasted in) differ by a verdict or two
+against fp32, within noise (measurements/objectron-int8.md).
 
 Whether the pack uses it is decided by the figures through the pipeline
 (measurements/objectron-int8.md, `models/evaluate.py --sets animals`).
@@ -30,8 +30,6 @@ import tempfile
 
 import cv2
 import numpy as np
-import onnx
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 import composite  # models/composite.py: the test cat pasted into frames
 import geometry  # models/geometry.py: the worker's decode reduction
@@ -48,22 +46,10 @@ def calibration(n):
     return [q.objectron_input(q.reduced(os.path.join(q.SCENES, "images", s + ".jpg"), 300, 300)) for s in stems]
 
 
-def build(dst, n, extra_fp32_convs=0, extra_options=None):
-    """quantize.quantise's recipe, with `extra_fp32_convs` more backbone convolutions (the last
-    ones) and `extra_options` for the quantiser when a recipe asks for them."""
-    if not extra_fp32_convs and not extra_options:
-        return q.quantise(os.path.join(q.HERE, "objectron.onnx"), dst, calibration(n), detector=True)
-    m = q.named(onnx.load(os.path.join(q.HERE, "objectron.onnx")))
-    exclude = q.head_nodes(m)
-    exclude += [nd.name for nd in m.graph.node if nd.op_type == "Conv" and nd.name not in exclude][-extra_fp32_convs:] \
-        if extra_fp32_convs else []
-    tmp = dst + ".named.onnx"
-    onnx.save(m, tmp)
-    quantize_static(tmp, dst, q.Reader("image", calibration(n)), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
-                    extra_options=extra_options or {})
-    os.remove(tmp)
+def build(dst, n, fp32_last_convs=0, extra_options=None):
+    """quantize.quantise's recipe over `n` calibration images, with a recipe's variations."""
+    q.quantise(os.path.join(q.HERE, "objectron.onnx"), dst, calibration(n), detector=True,
+               fp32_last_convs=fp32_last_convs, extra_options=extra_options)
 
 
 def train_frames():
@@ -77,11 +63,7 @@ def train_frames():
         img = cv2.imread(path)
         pasted, _ = composite.paste_animal(img, cat, paste_rnd)
         for frame, truth in ((pasted, True), (img, False)):
-            data = np.frombuffer(composite.jpeg(frame), np.uint8)
-            f = geometry.reduction_factor(frame.shape[1], frame.shape[0], 300, 300)
-            flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                    8: cv2.IMREAD_REDUCED_COLOR_8}[f]
-            out.append((q.objectron_input(cv2.imdecode(data, flag)), truth))
+            out.append((q.objectron_input(geometry.decode_reduced(composite.jpeg(frame), 300, 300)), truth))
     return out
 
 

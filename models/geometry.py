@@ -4,7 +4,8 @@ names its Rust original and computes in the same arithmetic (f32 where the worke
 rounding half away from zero where it rounds): `tests/geometry.rs` runs these functions on
 thousands of cases beside the Rust ones and requires identical answers.
 
-Boxes are (x1, y1, x2, y2); "normalised" boxes are fractions of the image (0..1). Only numpy.
+Boxes are (x1, y1, x2, y2); "normalised" boxes are fractions of the image (0..1). Only numpy,
+except `decode_reduced`, which imports OpenCV when called.
 """
 import math
 
@@ -25,6 +26,20 @@ def reduction_factor(w, h, need_w, need_h):
         if w // f >= need_w and h // f >= need_h:
             return f
     return 1
+
+
+def decode_reduced(src, need_w, need_h):
+    """src/decode/image.rs decode: the image (JPEG bytes, or a file's path) decoded by OpenCV at
+    `reduction_factor` for a need_w x need_h model, as the worker decodes a frame for its largest
+    whole-frame model. BGR."""
+    import cv2
+
+    buf = np.frombuffer(src, np.uint8) if isinstance(src, (bytes, bytearray, memoryview)) \
+        else np.fromfile(str(src), np.uint8)
+    h, w = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).shape[:2]
+    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}[reduction_factor(w, h, need_w, need_h)]
+    return cv2.imdecode(buf, flag)
 
 
 def letterbox_fit(w, h, in_w, in_h):

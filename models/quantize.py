@@ -67,16 +67,7 @@ ort.SessionOptions = _one_thread_options
 
 
 # ------------------------------------------------------------------------------ inputs
-def reduced(path, need_w, need_h):
-    """The worker's decode: largest libjpeg reduction keeping the frame >= the input."""
-    h, w = cv2.imread(path, cv2.IMREAD_UNCHANGED).shape[:2]
-    flag = cv2.IMREAD_COLOR
-    for f, fl in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                  (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if w // f >= need_w and h // f >= need_h:
-            flag = fl
-            break
-    return cv2.imread(path, flag)
+reduced = geometry.decode_reduced  # the worker's decode: largest libjpeg reduction keeping the frame >= the input
 
 
 def yunet_input(img):
@@ -174,7 +165,10 @@ def head_nodes(model):
     return [n.name for n in g.node if not feeds_conv(n)]
 
 
-def quantise(src, dst, tensors, detector, full_classifier=False):
+def quantise(src, dst, tensors, detector, full_classifier=False, fp32_last_convs=0, extra_options=None):
+    """QDQ INT8 copy of `src`: detectors (and classifiers unless `full_classifier`) keep their
+    head in fp32; `fp32_last_convs` keeps that many more convolutions (the backbone's last) in
+    fp32; `extra_options` goes to the quantiser as it is."""
     m = named(onnx.load(src))
     tmp = dst + ".named.onnx"
     onnx.save(m, tmp)
@@ -182,11 +176,14 @@ def quantise(src, dst, tensors, detector, full_classifier=False):
         exclude = head_nodes(m)
     else:
         exclude = [n.name for n in m.graph.node if n.op_type == "Softmax"]
+    if fp32_last_convs:
+        exclude += [n.name for n in m.graph.node if n.op_type == "Conv" and n.name not in exclude][-fp32_last_convs:]
     name = m.graph.input[0].name
     t = time.time()
     quantize_static(tmp, dst, Reader(name, tensors), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+                    extra_options=extra_options or {})
     os.remove(tmp)
     kinds = {}
     for n in m.graph.node:

@@ -60,13 +60,7 @@ VERSION = "v3-onnx1"
 
 def decode(path):
     """Decodes as the worker does when the palm detector is the largest whole-frame model."""
-    import cv2
-
-    full = cv2.imread(path, cv2.IMREAD_COLOR)
-    f = geometry.reduction_factor(full.shape[1], full.shape[0], PALM_SIZE, PALM_SIZE)
-    flag = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}[f]
-    return cv2.imread(path, flag)
+    return geometry.decode_reduced(path, PALM_SIZE, PALM_SIZE)
 
 
 def letterbox_fit(w, h, size=PALM_SIZE):
