@@ -28,18 +28,26 @@ def reduction_factor(w, h, need_w, need_h):
     return 1
 
 
-def decode_reduced(src, need_w, need_h):
+def reduced_flag(factor):
+    """The OpenCV imread/imdecode flag that decodes a JPEG at libjpeg's scale-down `factor`
+    (1, 2, 4 or 8), in colour."""
+    import cv2
+
+    return {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
+
+
+def decode_reduced(src, need_w, need_h, size=None):
     """src/decode/image.rs decode: the image (JPEG bytes, or a file's path) decoded by OpenCV at
     `reduction_factor` for a need_w x need_h model, as the worker decodes a frame for its largest
-    whole-frame model. BGR."""
+    whole-frame model. BGR. `size` (w, h), when the caller knows it (an annotation file says
+    it), saves decoding the image once just to learn it."""
     import cv2
 
     buf = np.frombuffer(src, np.uint8) if isinstance(src, (bytes, bytearray, memoryview)) \
         else np.fromfile(str(src), np.uint8)
-    h, w = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).shape[:2]
-    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}[reduction_factor(w, h, need_w, need_h)]
-    return cv2.imdecode(buf, flag)
+    w, h = size if size is not None else cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).shape[1::-1]
+    return cv2.imdecode(buf, reduced_flag(reduction_factor(w, h, need_w, need_h)))
 
 
 def letterbox_fit(w, h, in_w, in_h):

@@ -147,8 +147,7 @@ def measure_scenes(det, scenes):
 def reduction(w, h, width, height):
     """The worker's libjpeg reduction and the OpenCV flag that decodes at it."""
     f = geometry.reduction_factor(w, h, width, height)
-    return f, {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
-               2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}[f]
+    return f, geometry.reduced_flag(f)
 
 
 def measure_times(dets, scenes, jpeg, every=4, reps=30):

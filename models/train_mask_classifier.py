@@ -63,7 +63,7 @@ MARGIN, MIN_BOX, DETECTOR_SIZE, SIZE = 0.15, 8, 192, 224
 PACKAGE_SIZE = 224  # the package's input; SIZE is the trained model's (--size)
 SEED = 20240601
 # Made-up mask_incorrect faces (crops(): synthetic per bare face, re-lit per real one).
-SYNTHETIC_INCORRECT, RELIGHT_INCORRECT = 0, 0
+SYNTHETIC_INCORRECT, RELIGHT_INCORRECT, PASTED_INCORRECT = 0, 0, 0
 JITTER, N_JITTER = 0.08, 3
 SIZE_BINS = ((0, 16, "<16 px"), (16, 32, "16-32 px"), (32, 64, "32-64 px"), (64, 1 << 30, ">=64 px"))
 
@@ -75,17 +75,9 @@ def reduction(w, h, need=DETECTOR_SIZE):
 
 
 def decode(path, w=None, h=None):
-    if w is None:
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        h, w = img.shape[:2]
-    else:
-        img = None
-    k = reduction(w, h)
-    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}[k]
-    if k > 1 or img is None:
-        img = cv2.imread(path, flag)
-    return img
+    """The frame as the worker decodes it for BlazeFace (its smallest whole-frame model); w, h:
+    the image's size when the annotation says it."""
+    return geometry.decode_reduced(path, DETECTOR_SIZE, DETECTOR_SIZE, None if w is None else (w, h))
 
 
 def crop_rect(box, width, height):
@@ -250,6 +242,78 @@ def draw_mask(img, box, rng, worn_wrong):
     return out
 
 
+# Real masks pasted below the nose (--pasted-incorrect): cut from masked TRAIN faces at least
+# PASTE_MIN_SIDE px, from PASTE_CUT of the box's height down to just below the chin.
+PASTE_MIN_SIDE, PASTE_CUT = 20, 0.45
+
+
+def mask_pool(data, stems):
+    """The lower faces of the real masked faces of `stems` (label mask, at least PASTE_MIN_SIDE px
+    in the decoded frame): [(BGR patch, shorter side px)], each the mask as worn, the box's width
+    and from PASTE_CUT of its height to its bottom."""
+    pool = []
+    for stem in stems:
+        img, fs = faces(data, stem)
+        h, w = img.shape[:2]
+        for box, label, side in fs:
+            if label != 0 or side < PASTE_MIN_SIDE:
+                continue
+            x1, y1, x2, y2 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
+            top, bottom = int(round(y1 + PASTE_CUT * (y2 - y1))), int(round(y2))
+            patch = img[top:bottom, int(round(x1)):int(round(x2))]
+            if patch.shape[0] >= 4 and patch.shape[1] >= 4:
+                pool.append((patch.copy(), side))
+    return pool
+
+
+def paste_mask(img, box, pool, rng, worn_wrong):
+    """A copy of the frame with a real mask (from mask_pool, of a face at least 0.8 as large when
+    there is one) pasted on the face in `box` (normalised): worn right, its top edge over the
+    nose; or worn wrong, below the nose tip or, one time in three, on the chin. Where the mask
+    sits is the only difference between the two (draw_mask's lesson); the patch is mirrored at
+    random, re-lit, and blended with feathered sides and bottom (its sides hold the other
+    face's cheeks). SYNTHETIC: trains only, never measures."""
+    out = img.copy()
+    h, w = img.shape[:2]
+    x1, y1, x2, y2 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
+    bw, bh = x2 - x1, y2 - y1
+    big = [p for p, s in pool if s >= 0.8 * min(bw, bh)]
+    if not big:
+        big = [p for p, _ in sorted(pool, key=lambda e: -e[1])[:50]]
+    patch = big[int(rng.integers(len(big)))]
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    chin = worn_wrong and rng.random() < 1 / 3
+    if not worn_wrong:
+        top = y1 + rng.uniform(0.40, 0.50) * bh
+    else:
+        top = y1 + (rng.uniform(0.78, 0.86) if chin else rng.uniform(0.62, 0.72)) * bh
+    # A mask pulled down bunches up between the nose and the chin: the patch is squeezed to end
+    # about where the face does.
+    bottom = y2 + (rng.uniform(0.02, 0.10) if chin else rng.uniform(-0.02, 0.06)) * bh
+    pw, ph = bw * rng.uniform(0.9, 1.05), bottom - top
+    left = x1 + (bw - pw) / 2 + rng.uniform(-0.04, 0.04) * bw
+    pw_i, ph_i = max(2, int(round(pw))), max(2, int(round(ph)))
+    p = cv2.resize(np.ascontiguousarray(patch), (pw_i, ph_i), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    p *= rng.uniform(0.8, 1.15)
+    # Alpha: 1 in the middle 70 % of the width, fading to 0 at the sides; the bottom 10 % fades
+    # too; the top edge (the mask's) stays sharp.
+    ax = np.clip((0.5 - np.abs(np.linspace(-0.5, 0.5, pw_i))) / 0.15, 0, 1)
+    ay = np.clip((1.0 - np.linspace(0, 1, ph_i)) / 0.1, 0, 1)
+    alpha = (ay[:, None] * ax[None, :])[..., None]
+    tx, ty = int(round(left)), int(round(top))
+    sx0, sy0 = max(0, -tx), max(0, -ty)
+    dx0, dy0 = max(0, tx), max(0, ty)
+    dx1, dy1 = min(w, tx + pw_i), min(h, ty + ph_i)
+    if dx1 <= dx0 or dy1 <= dy0:
+        return out
+    sx1, sy1 = sx0 + (dx1 - dx0), sy0 + (dy1 - dy0)
+    a = alpha[sy0:sy1, sx0:sx1]
+    region = out[dy0:dy1, dx0:dx1].astype(np.float32)
+    out[dy0:dy1, dx0:dx1] = np.clip(a * p[sy0:sy1, sx0:sx1] + (1 - a) * region, 0, 255).astype(np.uint8)
+    return out
+
+
 def relit(img, rng):
     """A copy of the frame re-lit: contrast and brightness changed, colour cast shifted."""
     gain = rng.uniform(0.7, 1.3)
@@ -268,7 +332,7 @@ def scene_faces(data, stem, unlabelled=None):
     return img, fs
 
 
-def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0):
+def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0, pasted=0):
     """Yields (input tensor, label, shorter side, stem) for every face (and, with `unlabelled`,
     every unmatched detection as `unclear`); with augment, the original, its flip and N_JITTER
     jittered copies (random flip). With `synthetic`, each bare face at least SYN_MIN_SIDE px
@@ -276,7 +340,9 @@ def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0):
     as many of label mask with one drawn over it (draw_mask), and with `relight` each real
     mask_incorrect face that many re-lit copies;
     made-up faces are marked with a negative side (they train only) and come with the same
-    flip and jittered copies, so the pattern of originals holds."""
+    flip and jittered copies, so the pattern of originals holds. With `pasted`, the same with a
+    real mask from another TRAIN face pasted (paste_mask) instead of a drawn one."""
+    pool = mask_pool(data, stems) if pasted else []
     for stem in stems:
         img, fs = scene_faces(data, stem, unlabelled)
         made = []
@@ -284,6 +350,8 @@ def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0):
             if label == 1 and side >= SYN_MIN_SIDE:
                 for _ in range(synthetic):
                     made += [(draw_mask(img, box, rng, True), box, 2), (draw_mask(img, box, rng, False), box, 0)]
+                for _ in range(pasted):
+                    made += [(paste_mask(img, box, pool, rng, True), box, 2), (paste_mask(img, box, pool, rng, False), box, 0)]
             if label == 2:
                 made += [(relit(img, rng), box, 2) for _ in range(relight)]
         for frame, box, label, side in ([(img, b, lab, s) for b, lab, s in fs]
@@ -293,6 +361,23 @@ def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0):
                 yield crop_input(frame, box, flip=True), label, side, stem
                 for _ in range(N_JITTER):
                     yield crop_input(frame, jitter(box, rng), flip=bool(rng.integers(2))), label, side, stem
+
+
+def show_pasted(data, stems, out, seed, n=16):
+    """Writes `n` bare TRAIN faces (at least 24 px) beside the same face with a mask pasted worn
+    right and worn wrong (paste_mask), each crop as the classifier gets it, for a look."""
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pool, rows = mask_pool(data, stems), []
+    print(f"{len(pool)} masks in the pool")
+    for stem in stems:
+        img, fs = faces(data, stem)
+        for box, label, side in fs:
+            if label == 1 and side >= 24 and len(rows) < n:
+                made = [img, paste_mask(img, box, pool, rng, False), paste_mask(img, box, pool, rng, True)]
+                rows.append(np.hstack([((crop_input(f, box) + 1) * 127.5).astype(np.uint8)[..., ::-1] for f in made]))
+    for k in range(0, len(rows), 4):
+        cv2.imwrite(os.path.join(out, f"pasted-{k // 4}.png"), np.vstack(rows[k:k + 4]))
 
 
 # ---------------------------------------------------------------- models
@@ -527,9 +612,17 @@ def main():
                     help="input side of the trained model (a multiple of 32; the package's is 224)")
     ap.add_argument("--relight-incorrect", type=int, default=RELIGHT_INCORRECT,
                     help="re-lit copies of each real mask_incorrect TRAIN face (trains only)")
+    ap.add_argument("--pasted-incorrect", type=int, default=PASTED_INCORRECT,
+                    help="faces with a real mask (cut from a masked TRAIN face) pasted below the nose "
+                         "(and as many over it) made from each bare TRAIN face (trains only)")
+    ap.add_argument("--show-pasted", metavar="DIR",
+                    help="write a few pasted faces to DIR as PNG for a look, and stop")
     args = ap.parse_args()
     SIZE = args.size
     finetune.tune_from(args.first_block)
+    if args.show_pasted:
+        show_pasted(args.data, split("train"), args.show_pasted, args.seed)
+        return
 
     import tensorflow as tf
     import tf2onnx
@@ -554,7 +647,8 @@ def main():
         rng = np.random.default_rng(args.seed)
         print(f"{finetune.CUT} activations of the TRAIN crops (original, flip, jittered copies)")
         fx, fy, fside, fstem = features(frozen, crops(args.data, train_stems, True, rng, unlabelled,
-                                                      args.synthetic_incorrect, args.relight_incorrect))
+                                                      args.synthetic_incorrect, args.relight_incorrect,
+                                                      args.pasted_incorrect))
         fx = fx.astype(np.float16)
         if args.cache:
             np.savez(args.cache, fx=fx, fy=fy, fside=fside, fstem=fstem)
@@ -569,7 +663,8 @@ def main():
     fx, fy, fstem, originals, fside = fx[keep], fy[keep], fstem[keep], originals[keep], fside[keep]
     made = fside < 0  # synthetic or re-lit faces: they train, they are never scored
     print(f"made-up faces: {int((originals & made).sum())} ({args.synthetic_incorrect} drawn worn wrong and "
-          f"as many worn right per bare face, {args.relight_incorrect} re-lit per real one worn wrong)")
+          f"as many worn right per bare face, {args.pasted_incorrect} pasted worn wrong and as many worn right "
+          f"per bare face, {args.relight_incorrect} re-lit per real one worn wrong)")
 
     cw = class_weights(fy)
     head, epochs = finetune.train(old, make_head, fx, fy, fstem, args.seed, cw, originals & ~made,

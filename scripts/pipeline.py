@@ -78,8 +78,6 @@ RULES, ASSIGN = load_rules()  # main() replaces them with --rules
 MATCH_IOU, MAX_SHIFT, MAX_SCALE, MAX_AGE_MS, FORGET_MS = 0.3, 0.15, 0.2, 10_000, 10_000  # src/infer/track.rs TrackPolicy
 # src/contract/frame.rs limits, the worker's defaults
 MAX_FRAME_BYTES, MAX_PIXELS, MAX_FUTURE_MS, TIME_FLOOR_MS = 4 << 20, 40_000_000, 300_000, 1_577_836_800_000
-REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-           4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 fit = geometry.letterbox_fit  # src/decode/image.rs Letterbox::fit: (width, height, x, y)
 
@@ -335,10 +333,10 @@ class Pipeline:
         models = list({RULES[r]["detector"]: self.models[RULES[r]["detector"]] for r in f["rules"]}.values())
         if not models:
             return f  # observed, not judged: not decoded
-        t0 = time.perf_counter()  # the reduction_factor the detectors' inputs allow:
-        factor = next((k for k in (8, 4, 2) if f["width"] // k >= max(m.w for m in models)
-                       and f["height"] // k >= max(m.h for m in models)), 1)
-        img = cv2.imdecode(np.frombuffer(f["msg"].value(), np.uint8), REDUCED[factor])
+        t0 = time.perf_counter()  # the reduction the detectors' inputs allow (the frame's size is in its header)
+        factor = geometry.reduction_factor(f["width"], f["height"], max(m.w for m in models),
+                                           max(m.h for m in models))
+        img = cv2.imdecode(np.frombuffer(f["msg"].value(), np.uint8), geometry.reduced_flag(factor))
         if img is None:
             raise Reject("decode_failed", "opencv could not decode the JPEG data")
         t1 = time.perf_counter()
