@@ -52,7 +52,7 @@ DATA = os.path.join(os.environ.get("VIGIL_SHARED", os.path.join(os.path.dirname(
 PACKAGE_VERSION = "0.2.3"
 LABELS = ["mask", "no_mask", "mask_incorrect", "unclear"]
 UNCLEAR = 3
-UNMATCHED_IOU, DETECTOR_SCORE = 0.3, 0.5
+UNMATCHED_IOU, DETECTOR_SCORE, MATCH_IOU = 0.3, 0.5, 0.4
 # `unclear` crops a teacher (trained on the labelled faces alone) judges with at least this
 # confidence are left out of training: most are faces the annotators did not box, not faces
 # that cannot be judged (see clean_unclear). 1 keeps them all, as up to `scenes-4`.
@@ -159,6 +159,21 @@ class Unlabelled:
                                     (b[2] * self.w - ox) / rw, (b[3] * self.h - oy) / rh], np.float32), 0, 1)
             out.append((float(row[2]), float(min((box[2] - box[0]) * w, (box[3] - box[1]) * h)), box))
         return sorted(out, key=lambda d: -d[0])
+
+    def matched(self, img, labelled, labels):
+        """Detections (score >= DETECTOR_SCORE, at least MIN_BOX px) that match a labelled face
+        at IoU >= MATCH_IOU, each with that face's label: [(normalised box, label)]. The worker
+        crops YuNet's box, which sits differently on a face than the annotator's."""
+        out = []
+        if not labelled:
+            return out
+        for score, side, box in self.detections(img):
+            if score < DETECTOR_SCORE or side < MIN_BOX:
+                continue
+            ious = self.iou(box[None], np.array(labelled))[0]
+            if ious.max() >= MATCH_IOU:
+                out.append((box, labels[int(ious.argmax())]))
+        return out
 
     def boxes(self, img, labelled):
         out = []
@@ -332,7 +347,7 @@ def scene_faces(data, stem, unlabelled=None):
     return img, fs
 
 
-def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0, pasted=0):
+def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0, pasted=0, detector_boxes=False):
     """Yields (input tensor, label, shorter side, stem) for every face (and, with `unlabelled`,
     every unmatched detection as `unclear`); with augment, the original, its flip and N_JITTER
     jittered copies (random flip). With `synthetic`, each bare face at least SYN_MIN_SIDE px
@@ -341,11 +356,18 @@ def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0, pa
     mask_incorrect face that many re-lit copies;
     made-up faces are marked with a negative side (they train only) and come with the same
     flip and jittered copies, so the pattern of originals holds. With `pasted`, the same with a
-    real mask from another TRAIN face pasted (paste_mask) instead of a drawn one."""
+    real mask from another TRAIN face pasted (paste_mask) instead of a drawn one. With
+    `detector_boxes` (needs `unlabelled`), each labelled face YuNet finds also yields the crop of
+    YuNet's box with the face's label (Unlabelled.matched), marked like the made-up faces: it
+    trains, the epoch pick scores the annotators' boxes alone."""
     pool = mask_pool(data, stems) if pasted else []
     for stem in stems:
         img, fs = scene_faces(data, stem, unlabelled)
         made = []
+        if detector_boxes:
+            labelled = [(b, lab) for b, lab, _ in fs if lab != UNCLEAR]
+            made += [(img, b, lab) for b, lab in unlabelled.matched(img, [b for b, _ in labelled],
+                                                                   [lab for _, lab in labelled])]
         for box, label, side in fs:
             if label == 1 and side >= SYN_MIN_SIDE:
                 for _ in range(synthetic):
@@ -615,6 +637,8 @@ def main():
     ap.add_argument("--pasted-incorrect", type=int, default=PASTED_INCORRECT,
                     help="faces with a real mask (cut from a masked TRAIN face) pasted below the nose "
                          "(and as many over it) made from each bare TRAIN face (trains only)")
+    ap.add_argument("--detector-boxes", action="store_true",
+                    help="also train on the crop of YuNet's box for each labelled TRAIN face it finds")
     ap.add_argument("--show-pasted", metavar="DIR",
                     help="write a few pasted faces to DIR as PNG for a look, and stop")
     args = ap.parse_args()
@@ -648,7 +672,7 @@ def main():
         print(f"{finetune.CUT} activations of the TRAIN crops (original, flip, jittered copies)")
         fx, fy, fside, fstem = features(frozen, crops(args.data, train_stems, True, rng, unlabelled,
                                                       args.synthetic_incorrect, args.relight_incorrect,
-                                                      args.pasted_incorrect))
+                                                      args.pasted_incorrect, args.detector_boxes))
         fx = fx.astype(np.float16)
         if args.cache:
             np.savez(args.cache, fx=fx, fy=fy, fside=fside, fstem=fstem)
@@ -664,7 +688,8 @@ def main():
     made = fside < 0  # synthetic or re-lit faces: they train, they are never scored
     print(f"made-up faces: {int((originals & made).sum())} ({args.synthetic_incorrect} drawn worn wrong and "
           f"as many worn right per bare face, {args.pasted_incorrect} pasted worn wrong and as many worn right "
-          f"per bare face, {args.relight_incorrect} re-lit per real one worn wrong)")
+          f"per bare face, {args.relight_incorrect} re-lit per real one worn wrong"
+          f"{', the crops of YuNet boxes matched to labelled faces' if args.detector_boxes else ''})")
 
     cw = class_weights(fy)
     head, epochs = finetune.train(old, make_head, fx, fy, fstem, args.seed, cw, originals & ~made,
