@@ -189,7 +189,7 @@ def main():
     rng = np.random.default_rng(7)
     xs = [c for c, _ in zip(T.crops(args.data, T.split("train")[:80], False, rng), range(400))]
     inp = np.stack([c[0] for c in xs]).transpose(0, 3, 1, 2)
-    base, act = sess.run(None, {"image": inp})[0], sess.run([FEATURE], {"image": inp})[0]
+    base, act = sess.run(None, {"image": inp})  # the tapped session: probs, then FEATURE
     for tt in (tau, -1.0):
         g = model if tt == tau else graft(args.base, head, tt)
         new = ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": inp})[0]

@@ -69,11 +69,6 @@ SIZE_BINS = ((0, 16, "<16 px"), (16, 32, "16-32 px"), (32, 64, "32-64 px"), (64,
 
 
 # ---------------------------------------------------------------- the worker's pixel path
-def reduction(w, h, need=DETECTOR_SIZE):
-    """The worker's libjpeg reduction for a `need` x `need` whole-frame model."""
-    return geometry.reduction_factor(w, h, need, need)
-
-
 def decode(path, w=None, h=None):
     """The frame as the worker decodes it for BlazeFace (its smallest whole-frame model); w, h:
     the image's size when the annotation says it."""
@@ -160,29 +155,28 @@ class Unlabelled:
             out.append((float(row[2]), float(min((box[2] - box[0]) * w, (box[3] - box[1]) * h)), box))
         return sorted(out, key=lambda d: -d[0])
 
+    def kept(self, img):
+        """The boxes of the detections the tools keep: score at least DETECTOR_SCORE, at least
+        MIN_BOX px."""
+        return [box for score, side, box in self.detections(img) if score >= DETECTOR_SCORE and side >= MIN_BOX]
+
     def matched(self, img, labelled, labels):
-        """Detections (score >= DETECTOR_SCORE, at least MIN_BOX px) that match a labelled face
-        at IoU >= MATCH_IOU, each with that face's label: [(normalised box, label)]. The worker
-        crops YuNet's box, which sits differently on a face than the annotator's."""
-        out = []
+        """Kept detections that match a labelled face at IoU >= MATCH_IOU, each with that face's
+        label: [(normalised box, label)]. The worker crops YuNet's box, which sits differently on
+        a face than the annotator's."""
         if not labelled:
-            return out
-        for score, side, box in self.detections(img):
-            if score < DETECTOR_SCORE or side < MIN_BOX:
-                continue
+            return []
+        out = []
+        for box in self.kept(img):
             ious = self.iou(box[None], np.array(labelled))[0]
             if ious.max() >= MATCH_IOU:
                 out.append((box, labels[int(ious.argmax())]))
         return out
 
     def boxes(self, img, labelled):
-        out = []
-        for score, side, box in self.detections(img):
-            if score < DETECTOR_SCORE or side < MIN_BOX:
-                continue
-            if not labelled or self.iou(box[None], np.array(labelled)).max() < UNMATCHED_IOU:
-                out.append(box)
-        return out
+        """Kept detections that overlap no labelled box (IoU < UNMATCHED_IOU with each)."""
+        return [box for box in self.kept(img)
+                if not labelled or self.iou(box[None], np.array(labelled)).max() < UNMATCHED_IOU]
 
 
 def jitter(box, rng):
@@ -365,9 +359,8 @@ def crops(data, stems, augment, rng, unlabelled=None, synthetic=0, relight=0, pa
         img, fs = scene_faces(data, stem, unlabelled)
         made = []
         if detector_boxes:
-            labelled = [(b, lab) for b, lab, _ in fs if lab != UNCLEAR]
-            made += [(img, b, lab) for b, lab in unlabelled.matched(img, [b for b, _ in labelled],
-                                                                   [lab for _, lab in labelled])]
+            real = [(b, lab) for b, lab, _ in fs if lab != UNCLEAR]
+            made += [(img, b, lab) for b, lab in unlabelled.matched(img, *zip(*real))] if real else []
         for box, label, side in fs:
             if label == 1 and side >= SYN_MIN_SIDE:
                 for _ in range(synthetic):
