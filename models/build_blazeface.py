@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from detector_head import (Graph, add_detections, canonical_names, convert_tflite, letterbox_rgb,
-                           manifest)
+from vigil_tools.detector_head import (Graph, add_detections, canonical_names, convert_tflite,
+                                       letterbox_rgb, manifest)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

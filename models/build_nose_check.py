@@ -34,7 +34,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-import train_mask_classifier as T  # models/train_mask_classifier.py: the TRAIN crops, cut as the worker cuts them
+from vigil_tools import train_mask_classifier as T  # the TRAIN crops, cut as the worker cuts them
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FEATURE = "model_7/block_14_add/add:0"  # mask-v2's block-14 activations, NCHW [N, 160, 7, 7]

@@ -45,9 +45,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-import geometry  # models/geometry.py: the worker's decode reduction
+from vigil_tools import geometry  # the worker's decode reduction
 
-from detector_head import Graph, manifest
+from vigil_tools.detector_head import Graph, manifest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -31,9 +31,9 @@ import tempfile
 import cv2
 import numpy as np
 
-import composite  # models/composite.py: the test cat pasted into frames
-import geometry  # models/geometry.py: the worker's decode reduction
-import quantize as q  # models/quantize.py: inputs as the worker makes them, the quantiser's settings
+from vigil_tools import composite  # the test cat pasted into frames
+from vigil_tools import geometry  # the worker's decode reduction
+from vigil_tools import quantize as q  # inputs as the worker makes them, the quantiser's settings
 
 THRESHOLD = 0.6  # the built-in no_animals rule's min_detection_score
 ANIMALS = (7, 19)  # cat, dog in the manifest's labels

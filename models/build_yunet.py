@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, version_converter
 
-import detector_head
-from detector_head import Graph, add_detections, manifest_wh
+from vigil_tools import detector_head
+from vigil_tools.detector_head import Graph, add_detections, manifest_wh
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

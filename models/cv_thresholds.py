@@ -26,19 +26,19 @@ keeps every seed's and view's probabilities apart (`probs[seed, view, crop, labe
 is in the shipped model: see models/README.md, "Seeds, ensembles and a test-time flip".
 `--margin M` cuts every training and judged crop at margin M instead of
 the rule's 0.15 (the activations are computed again, not read from `--cache`); see
-models/README.md, "A wider crop margin".
+models/README.md, "A wider crop margin". `--detector-boxes` trains each fold's tail also on the
+crops of YuNet's boxes matched to its labelled faces, as `train_mask_classifier.py
+--detector-boxes` does (a `--cache` is then written for that build, never read).
 """
 import argparse
 import hashlib
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import finetune  # noqa: E402
-import train_mask_classifier as T  # noqa: E402
+from vigil_tools import finetune
+from vigil_tools import train_mask_classifier as T
 
 FOLDS, TOP = 5, 16
 SCORES = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
@@ -52,7 +52,8 @@ def fold(stem):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", help="npz of the training crops' block 14 activations (fx, fy, fstem)")
+    ap.add_argument("--cache", help="npz of the training crops' block 14 activations (fx, fy, fstem), "
+                    "train_mask_classifier.py's --cache; written here when missing")
     ap.add_argument("--epochs", type=int, default=11, help="the epoch count the build picked (scenes-5: 11)")
     ap.add_argument("--clean-unclear", type=float, default=T.CLEAN_UNCLEAR,
                     help="as train_mask_classifier.py: 1 trains on every unclear crop (scenes-4)")
@@ -69,6 +70,9 @@ def main():
     ap.add_argument("--margin", type=float, default=T.MARGIN,
                     help="crop margin for training and judging (the rule's crop_margin; mask_required: "
                     f"{T.MARGIN}); another margin cannot use --cache")
+    ap.add_argument("--detector-boxes", action="store_true",
+                    help="as train_mask_classifier.py: also train on YuNet's boxes matched to labelled "
+                    "faces (a --cache is then written, never read)")
     args = ap.parse_args()
     SHIPPED_MARGIN, T.MARGIN = T.MARGIN, args.margin
     if args.report:
@@ -86,12 +90,17 @@ def main():
     front = finetune.front(old)
     stems = T.split("train")
     yunet = T.Unlabelled()
-    if args.cache and os.path.exists(args.cache) and args.margin == SHIPPED_MARGIN:
+    if args.cache and os.path.exists(args.cache) and args.margin == SHIPPED_MARGIN and not args.detector_boxes:
         z = np.load(args.cache)
         fx, fy, fstem = z["fx"], z["fy"], z["fstem"]
     else:
         rng = np.random.default_rng(T.SEED)
-        fx, fy, _, fstem = T.features(front, T.crops(T.DATA, stems, True, rng, yunet))
+        fx, fy, fside, fstem = T.features(front, T.crops(T.DATA, stems, True, rng, yunet,
+                                                         detector_boxes=args.detector_boxes))
+        if args.cache and not os.path.exists(args.cache) and args.margin == SHIPPED_MARGIN:
+            # The same crops as train_mask_classifier.py's with the same options (same seed), in
+            # its --cache format, so that a build after this run need not compute them again.
+            np.savez(args.cache, fx=fx.astype(np.float16), fy=fy, fside=fside, fstem=fstem)
 
     # The crops the worker would classify on each TRAIN image.
     mirrored = (False, True) if args.flip else (False,)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-import geometry  # models/geometry.py: the worker's pixel geometry
+from vigil_tools import geometry  # the worker's pixel geometry
 
 
 class Graph:

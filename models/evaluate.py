@@ -39,7 +39,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-import geometry  # models/geometry.py: the worker's pixel geometry
+from vigil_tools import geometry  # the worker's pixel geometry
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("VIGIL_SHARED", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared"))) / "data"
@@ -198,7 +198,7 @@ def load_animals(args, seed=20261207, copies=3):
 
     import cv2
 
-    import composite
+    from vigil_tools import composite
     rnd, items = random.Random(seed), []
     cat = cv2.imread(composite.ANIMAL)
     backgrounds = [(f"ms/{s}", DATA / "mask-scenes" / "images" / f"{s}.jpg") for s in read_split("mask-scenes-val")] + \

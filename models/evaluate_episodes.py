@@ -30,11 +30,10 @@ import cv2
 import numpy as np
 from confluent_kafka import Producer
 
+from vigil_tools import evaluate
+from vigil_tools.topics import TopicReader, avro_reader
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "scripts"))
-import evaluate  # noqa: E402
-from chaos import TopicReader, avro_reader  # noqa: E402
 
 ROOT = HERE.parent
 SITE = "episodes"

@@ -11,12 +11,8 @@ all TRAIN images.
 
 Run from the repository root: .venv/bin/python models/measure_min_box.py
 """
-import os
-import sys
 
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_mask_classifier as T  # noqa: E402
+from vigil_tools import train_mask_classifier as T
 
 SCORES, SIDES, TOPS = (0.5, 0.4, 0.3), (16, 12, 10, 8), (16, 32)
 

@@ -15,7 +15,6 @@ descending score each take the unmatched labelled face they overlap most (IoU >=
 """
 import glob
 import os
-import sys
 import time
 import xml.etree.ElementTree as ET
 
@@ -23,11 +22,10 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from vigil_tools import build_yunet, geometry
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-import build_yunet  # noqa: E402
-import geometry  # noqa: E402
 
 SCENES = os.path.join(build_yunet.SHARED, "data", "mask-scenes")
 CANDIDATES = [(320, 192), (320, 256), (320, 320), (480, 288), (480, 384), (480, 480),

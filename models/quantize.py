@@ -35,14 +35,13 @@ import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                       QuantType, quantize_static)
 
-import geometry  # models/geometry.py: the worker's pixel geometry
+from vigil_tools import geometry  # the worker's pixel geometry
+from vigil_tools import train_gloves_classifier as tgc
+from vigil_tools import train_mask_classifier as tmc
+from vigil_tools.detector_head import letterbox
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-import train_mask_classifier as tmc  # noqa: E402
-from detector_head import letterbox  # noqa: E402
-import train_gloves_classifier as tgc  # noqa: E402
 
 SHARED = os.environ.get("VIGIL_SHARED", os.path.join(ROOT, "..", "shared"))
 SCENES = os.path.join(SHARED, "data", "mask-scenes")

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-import geometry  # models/geometry.py: the worker's pixel geometry
+from vigil_tools import geometry  # the worker's pixel geometry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -410,8 +410,7 @@ def export(head, records, images, out_dir):
     import tensorflow as tf
     import tf2onnx
 
-    sys.path.insert(0, HERE)
-    from detector_head import canonical_names
+    from vigil_tools.detector_head import canonical_names
 
     backbone = keras_backbone()
     backbone.trainable = False
@@ -663,8 +662,7 @@ rather than `ok`, and the classifier's job is to reject the gloved hands it does
 def write_test_images(val, head, feats, images):
     """Two bare-hand and two gloved-hand VAL images that the pipeline judges right with
     confidence, from different source photos, copied unmodified to tests/data/gloves/."""
-    sys.path.insert(0, HERE)
-    from splits import gloves_source_id
+    from vigil_tools.splits import gloves_source_id
 
     cands = {0: [], 1: []}
     for r in val:

@@ -43,8 +43,8 @@ import xml.etree.ElementTree as ET
 import cv2
 import numpy as np
 
-import finetune
-import geometry  # models/geometry.py: the worker's pixel geometry
+from vigil_tools import finetune
+from vigil_tools import geometry  # the worker's pixel geometry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -131,8 +131,7 @@ class Unlabelled:
     def __init__(self):
         import onnxruntime as ort
 
-        sys.path.insert(0, HERE)
-        import build_yunet
+        from vigil_tools import build_yunet
 
         self.letterbox, self.iou = build_yunet.letterbox, geometry.iou_matrix
         self.w, self.h = build_yunet.WIDTH, build_yunet.HEIGHT
@@ -643,7 +642,7 @@ def main():
 
     import tensorflow as tf
     import tf2onnx
-    from detector_head import canonical_names
+    from vigil_tools.detector_head import canonical_names
 
     tf.config.threading.set_intra_op_parallelism_threads(2)
     tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -8,7 +8,8 @@
 #     RTSP cameras with tests/tools/rtsp_cameras.py)
 #   - .venv: the project's one Python venv (scripts/requirements*.txt): the onnxruntime wheel
 #     (its libonnxruntime.so is what the worker loads), confluent-kafka (an outside client for
-#     tests), and the model tooling (TensorFlow 2.15, tf2onnx, onnx) models/build.sh uses
+#     tests), and the model tooling (TensorFlow 2.15, tf2onnx, onnx) models/build.sh uses, with
+#     models/ itself as the editable package vigil_tools
 #   - the nisshi broker (Kafka protocol) for the demo and the tests: built once per user into
 #     ~/.cache/vigil/nisshi-VERSION-FEATURES (like cargo's own registry cache, so a second
 #     clone reuses it; about 10 minutes on 2 cores the first time, with cargo's progress shown)
@@ -56,6 +57,18 @@ else
   say "Python packages present"
 fi
 ls "$ROOT"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* >/dev/null
+# The model tooling is one package, vigil_tools (models/, see pyproject.toml), installed
+# editable and without dependencies (the pins above are the environment's): the tools and
+# scripts/ import its modules by name. Checked by where it points, so a moved checkout reinstalls.
+if ! "$ROOT/.venv/bin/python" - "$ROOT/models" <<'PY' 2>/dev/null
+import os, sys
+import vigil_tools
+sys.exit(os.path.realpath(os.path.dirname(vigil_tools.__file__)) != os.path.realpath(sys.argv[1]))
+PY
+then
+  say "installing the model tooling (models/ as the package vigil_tools) into .venv"
+  "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$ROOT"
+fi
 
 # --- Kafka-protocol broker -----------------------------------------------------------------
 NISSHI_FEATURES=libsql

@@ -49,8 +49,6 @@ everywhere, frames skipped as stale, the judging lag, and the workers' warnings 
 """
 import argparse
 import heapq
-import io
-import json
 import os
 import random
 import shlex
@@ -68,15 +66,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
 
 try:
-    import fastavro
-    from confluent_kafka import Consumer, Producer, TopicPartition
-    from fastavro.schema import fingerprint, to_parsing_canonical_form
+    from confluent_kafka import Producer
+
+    from vigil_tools.topics import TopicReader, avro_reader
 except ImportError:
     # .venv/bin/python may be a link to this very interpreter: tell them apart by sys.prefix.
     venv = os.path.dirname(os.path.dirname(VENV_PY))
     if os.path.exists(VENV_PY) and os.path.realpath(sys.prefix) != os.path.realpath(venv):
         os.execv(VENV_PY, [VENV_PY, os.path.abspath(__file__)] + sys.argv[1:])
-    sys.exit("chaos.py needs confluent-kafka and fastavro: run scripts/bootstrap.sh (it makes .venv)")
+    sys.exit("chaos.py needs .venv (confluent-kafka, fastavro, vigil_tools): run scripts/bootstrap.sh")
 
 # Photos whose faces the shipped rules judge reliably: bare -> violation, masked -> compliant.
 PHOTOS = ["grace_hopper.jpg", "sample1.jpg", "sample2.jpg", "sample3.jpg", "sample4.jpg",
@@ -354,58 +352,6 @@ def publish_backlog(pub, cams, duration, interval, base_ms, bursts, t0, burst_ev
 
 # ----------------------------------------------------------------------------------------------
 # Reading outcomes
-
-
-def plain(schema):
-    """The schema without logical types: timestamps stay milliseconds (longs)."""
-    if isinstance(schema, dict):
-        return {k: plain(v) for k, v in schema.items() if k != "logicalType"}
-    if isinstance(schema, list):
-        return [plain(v) for v in schema]
-    return schema
-
-
-def avro_reader(name):
-    raw = json.load(open(os.path.join(ROOT, "schemas", name)))
-    fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(fastavro.parse_schema(raw)), "CRC-64-AVRO"))
-    schema = fastavro.parse_schema(plain(raw))
-
-    def read(data):
-        if data[:2] != b"\xc3\x01" or data[2:10] != fp:
-            raise ValueError(f"not single-object {name}: {data[:10].hex()}")
-        return fastavro.schemaless_reader(io.BytesIO(data[10:]), schema)
-
-    return read
-
-
-class TopicReader:
-    """Reads a topic from its beginning, incrementally, up to its current end."""
-
-    def __init__(self, brokers, topic):
-        self.topic = topic
-        self.consumer = Consumer({
-            "bootstrap.servers": brokers, "group.id": f"chaos-reader-{os.getpid()}",
-            "enable.auto.commit": False, "log_level": 2})
-        meta = self.consumer.list_topics(topic, timeout=30).topics[topic]
-        self.partitions = sorted(meta.partitions)
-        self.consumer.assign([TopicPartition(topic, p, 0) for p in self.partitions])
-        self.next = {p: 0 for p in self.partitions}
-
-    def catch_up(self, timeout=60):
-        ends = {p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
-                for p in self.partitions}
-        out = []
-        deadline = time.monotonic() + timeout
-        while any(self.next[p] < ends[p] for p in self.partitions) and time.monotonic() < deadline:
-            for m in self.consumer.consume(500, 0.5):
-                if m.error():
-                    continue
-                self.next[m.partition()] = m.offset() + 1
-                out.append(m)
-        return out, ends
-
-    def close(self):
-        self.consumer.close()
 
 
 def read_frames(brokers, topic, sent):

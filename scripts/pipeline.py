@@ -25,10 +25,9 @@ import numpy as np
 import onnxruntime as ort
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models"))
-import geometry  # noqa: E402  models/geometry.py: the worker's pixel geometry
+from vigil_tools import geometry  # models/geometry.py: the worker's pixel geometry
+from vigil_tools.topics import single_object_header
 
 ROOT, F32 = os.path.dirname(os.path.dirname(os.path.abspath(__file__))), np.float32
 
@@ -262,8 +261,7 @@ class Pipeline:
         if names - set(self.models):
             sys.exit(f"pipeline: no manifest for {sorted(names - set(self.models))} in {a.model_dir}")
         self.schema = fastavro.parse_schema(json.load(open(os.path.join(ROOT, "schemas/observation.avsc"))))
-        fp = fingerprint(to_parsing_canonical_form(self.schema), "CRC-64-AVRO")  # little-endian hex
-        self.header = b"\xc3\x01" + bytes.fromhex(fp)
+        self.header = single_object_header(self.schema)
         self.tracker = Tracker(max(1, a.reclassify_every))
         self.pool = ThreadPoolExecutor(a.decode_threads or os.cpu_count() or 2)
         base = {"bootstrap.servers": a.brokers, "client.id": "vigil-python"}

@@ -24,9 +24,10 @@ if [ $# -eq 0 ]; then
   say "cargo clippy --all-targets -- -D warnings"
   cargo clippy --locked --all-targets --quiet -- -D warnings
   # The Python tools (models/, scripts/, tests/): syntax errors, undefined names, unused imports
-  # and variables (pyflakes' checks), with the ruff pinned in scripts/requirements.txt.
+  # and variables (pyflakes' checks, configured in pyproject.toml), with the ruff pinned in
+  # scripts/requirements.txt.
   say "ruff check models scripts tests"
-  .venv/bin/ruff check --quiet --select E9,F --line-length 120 models scripts tests
+  .venv/bin/ruff check --quiet models scripts tests
 fi
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/vigil-test.XXXXXX")

@@ -128,8 +128,7 @@ fn the_python_tools_cut_and_fit_boxes_exactly_as_the_worker() -> Result {
     }
     let script = r#"
 import json, sys
-sys.path.insert(0, "models")
-import geometry as g
+from vigil_tools import geometry as g
 bad = []
 for c in json.load(sys.stdin):
     w, h, iw, ih = c["w"], c["h"], c["in_w"], c["in_h"]
