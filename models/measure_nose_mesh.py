@@ -82,9 +82,8 @@ def square(rgb, box):
     x1, y1, x2, y2 = box * [w, h, w, h]
     cx, cy, s = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * GROW
     x0, y0, n = int(round(cx - s / 2)), int(round(cy - s / 2)), max(1, int(round(s)))
-    pad = n
-    big = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    return big[y0 + pad:y0 + pad + n, x0 + pad:x0 + pad + n]
+    big = cv2.copyMakeBorder(rgb, n, n, n, n, cv2.BORDER_REPLICATE)  # the square fits inside
+    return big[y0 + n:y0 + 2 * n, x0 + n:x0 + 2 * n]
 
 
 def logistic(x, y, l2=1e-2, steps=3000, rate=0.1):
