@@ -17,7 +17,10 @@ two small matrix products per crop.
 
 The threshold is chosen on TRAIN alone: five folds by image, each fold's nose check trained on
 the other four, and the threshold the smallest at which at most MAX_FPR of the masked TRAIN
-faces (original crops) would be flagged. VAL is never used for a choice.
+faces (original crops) would be flagged. VAL is never used for a choice. With
+`--detector-boxes` the check also trains on YuNet's box of each labelled face it finds (the box
+the worker crops, which sits differently on the face) and the threshold holds on both kinds of
+box; it was measured through the pipeline and not adopted either (models/README.md).
 
 Writes OUT/mask_v2.onnx and OUT/mask_v2.toml (version `<base>-nose`); models/evaluate.py
 --model-dir a copy of models/ holding them measures it through the pipeline.
@@ -60,24 +63,28 @@ def nose_cells(act):
     return act[:, :, ROWS[0]:ROWS[1], COLS[0]:COLS[1]].transpose(0, 2, 3, 1).reshape(len(act), -1)
 
 
-def train_crops(data, sess, seed):
-    """The nose cells, labels, shorter sides and images of every labelled TRAIN face: the
-    original crop, its flip and 3 jittered copies (train_mask_classifier.crops)."""
+def train_crops(data, sess, seed, detector_boxes=False):
+    """The nose cells, mask-v2's probabilities, labels, shorter sides and images of every labelled TRAIN face: the
+    original crop, its flip and 3 jittered copies (train_mask_classifier.crops). With
+    `detector_boxes`, also YuNet's box of each labelled face it finds (negative side, with the
+    face's label) and each detection no annotator boxed (label `unclear`)."""
     rng = np.random.default_rng(seed)
-    xs, ys, sides, stems, batch = [], [], [], [], []
+    unlabelled = T.Unlabelled() if detector_boxes else None
+    xs, ps, ys, sides, stems, batch = [], [], [], [], [], []
 
     def flush():
         if batch:
-            act = sess.run([FEATURE], {"image": np.stack(batch).transpose(0, 3, 1, 2)})[0]
-            xs.append(nose_cells(act))
+            probs, act = sess.run(None, {"image": np.stack(batch).transpose(0, 3, 1, 2)})
+            xs.append(nose_cells(act)), ps.append(probs)
             batch.clear()
 
-    for x, label, side, stem in T.crops(data, T.split("train"), True, rng):
+    for x, label, side, stem in T.crops(data, T.split("train"), True, rng, unlabelled=unlabelled,
+                                        detector_boxes=detector_boxes):
         batch.append(x), ys.append(label), sides.append(side), stems.append(stem)
         if len(batch) == 64:
             flush()
     flush()
-    return np.concatenate(xs), np.array(ys), np.array(sides), np.array(stems)
+    return np.concatenate(xs), np.concatenate(ps), np.array(ys), np.array(sides), np.array(stems)
 
 
 def fit(x, t, w, seed):
@@ -151,17 +158,24 @@ def main():
     ap.add_argument("--base", default=os.path.join(HERE, "mask_v2.onnx"), help="mask-v2 as shipped")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--detector-boxes", action="store_true",
+                    help="also train on YuNet's boxes of the labelled faces, and pick the threshold on them too")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
     sess = tapped(args.base)
-    x, y, side, stem = train_crops(args.data, sess, args.seed)
+    x, p, y, side, stem = train_crops(args.data, sess, args.seed, args.detector_boxes)
+    orig = np.arange(len(y)) % (2 + T.N_JITTER) == 0  # crops() yields each face's original first
+    said_mask = p.argmax(1) == MASK
+    unboxed = (y == UNCLEAR) & orig & said_mask  # detections no annotator boxed, called `mask`
     keep = y != UNCLEAR
-    x, y, side, stem = x[keep], y[keep], side[keep], stem[keep]
+    x_unboxed = x[unboxed]
+    x, y, side, stem, orig, said_mask = (v[keep] for v in (x, y, side, stem, orig, said_mask))
     t = (y != MASK).astype(np.float32)
     w = np.where(y == INCORRECT, INCORRECT_WEIGHT, 1.0).astype(np.float32)
-    orig = np.arange(len(y)) % (2 + T.N_JITTER) == 0  # crops() yields each face's original first
-    print(f"{len(y)} TRAIN crops of {int(orig.sum())} faces: {np.bincount(y[orig], minlength=3)[:3]} mask/no_mask/incorrect")
+    annotated = side >= 0  # the annotators' boxes; YuNet's boxes (--detector-boxes) have side -1
+    print(f"{len(y)} TRAIN crops of {int(orig.sum())} faces ({int((orig & ~annotated).sum())} of them YuNet's boxes): "
+          f"{np.bincount(y[orig & annotated], minlength=3)[:3]} mask/no_mask/incorrect annotated")
 
     # Out-of-fold nose checks: five folds by image.
     stems = np.unique(stem)
@@ -172,14 +186,26 @@ def main():
     for k in range(FOLDS):
         oof[f == k] = nose(fit(x[f != k], t[f != k], w[f != k], args.seed + k), x[f == k])
     taus = np.round(np.arange(0.50, 0.995, 0.01), 2)
-    fpr = np.array([(oof[orig & (y == MASK)] > tau).mean() for tau in taus])
+    # Masked faces flagged, on the annotators' boxes and, where built, on YuNet's (the boxes the
+    # worker crops): each at most MAX_FPR.
+    boxes = [("annotated", annotated)] + ([("YuNet's", ~annotated)] if args.detector_boxes else [])
+    fpr = np.array([max((oof[orig & b & (y == MASK)] > tau).mean() for _, b in boxes) for tau in taus])
     tau = float(taus[np.argmax(fpr <= MAX_FPR)]) if (fpr <= MAX_FPR).any() else float(taus[-1])
-    print("| threshold | masked faces flagged | bare faces seen | worn wrong seen |\n|---|---|---|---|")
+    print("| threshold | boxes | masked faces moved | bare faces seen | worn wrong seen | worn wrong called `mask` moved |\n"
+          "|---|---|---|---|---|---|")
     for tt in sorted({0.5, 0.7, 0.9, tau}):
-        seen = [(oof[orig & (y == c)] > tt).mean() for c in (MASK, NO_MASK, INCORRECT)]
-        print(f"| {tt:.2f}{' (chosen)' if tt == tau else ''} | {seen[0]:.3f} | {seen[1]:.3f} | {seen[2]:.3f} |")
+        for name, b in boxes:
+            o = orig & b
+            moved = (oof[o & (y == MASK) & said_mask] > tt).sum() / max((o & (y == MASK)).sum(), 1)
+            seen = [(oof[o & (y == c)] > tt).mean() for c in (NO_MASK, INCORRECT)]
+            wrong = o & (y == INCORRECT) & said_mask
+            print(f"| {tt:.2f}{' (chosen)' if tt == tau else ''} | {name} | {moved:.3f} | {seen[0]:.3f} | {seen[1]:.3f} | "
+                  f"{int((oof[wrong] > tt).sum())} of {int(wrong.sum())} |")
 
     head = fit(x, t, w, args.seed)
+    if args.detector_boxes:
+        print(f"unboxed detections (score >= {T.DETECTOR_SCORE}) mask-v2 calls `mask`: {len(x_unboxed)}, "
+              f"moved by the final check (in sample) at {tau:.2f}: {int((nose(head, x_unboxed) > tau).sum())}")
     model = graft(args.base, head, tau)
     path = os.path.join(args.out, "mask_v2.onnx")
     onnx.save(model, path)
