@@ -64,8 +64,9 @@ def nose_cells(act):
 
 
 def train_crops(data, sess, seed, detector_boxes=False):
-    """The nose cells, mask-v2's probabilities, labels, shorter sides and images of every labelled TRAIN face: the
-    original crop, its flip and 3 jittered copies (train_mask_classifier.crops). With
+    """The nose cells, mask-v2's probabilities, labels, shorter sides and images of every
+    labelled TRAIN face: the original crop, its flip and 3 jittered copies
+    (train_mask_classifier.crops). With
     `detector_boxes`, also YuNet's box of each labelled face it finds (negative side, with the
     face's label) and each detection no annotator boxed (label `unclear`)."""
     rng = np.random.default_rng(seed)
